@@ -1,0 +1,16 @@
+//! kedit: knowledge editing for large language models.
+//!
+//! - [`model`]: load real models (GGUF, Hugging Face directories), weights under
+//!   canonical names, save edited models.
+//! - [`runtime`]: the forward pass with named intervention sites, gradients, KV caches.
+//! - [`tokenizer`]: tokenizers and chat templates.
+
+pub mod error;
+pub mod model;
+pub mod rng;
+pub mod runtime;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use model::{Model, ParamId};
+pub use runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};

@@ -1,0 +1,322 @@
+//! Reading (and writing) Hugging Face `config.json` for the supported architectures.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
+use crate::model::config::{Activation, Biases, BlockLayout, Family, ModelConfig, NormKind, Rope};
+
+/// Field access that names the file and the field in every error.
+struct Fields<'a> {
+    path: &'a Path,
+    v: &'a Value,
+}
+
+impl Fields<'_> {
+    fn opt(&self, key: &str) -> Option<&Value> {
+        self.v.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize(&self, key: &str) -> Result<usize> {
+        let v = self.opt(key).ok_or_else(|| self.err(key, "is missing"))?;
+        v.as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| self.err(key, &format!("must be a non-negative integer, got {v}")))
+    }
+
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        if self.opt(key).is_some() {
+            self.usize(key)
+        } else {
+            Ok(default)
+        }
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        match self.opt(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| self.err(key, &format!("must be a number, got {v}"))),
+        }
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.opt(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(key, &format!("must be true or false, got {v}"))),
+        }
+    }
+
+    fn str_or<'b>(&'b self, key: &str, default: &'b str) -> Result<&'b str> {
+        match self.opt(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| self.err(key, &format!("must be a string, got {v}"))),
+        }
+    }
+
+    fn token_id(&self, key: &str) -> Option<u32> {
+        match self.opt(key)? {
+            Value::Number(n) => n.as_u64().map(|x| x as u32),
+            Value::Array(a) => a.first()?.as_u64().map(|x| x as u32),
+            _ => None,
+        }
+    }
+
+    fn err(&self, key: &str, what: &str) -> Error {
+        Error::model(self.path, format!("field `{key}` {what}"))
+    }
+
+    /// RoPE base: transformers 5 nests it in `rope_parameters`; older files have `rope_theta`.
+    fn rope_theta(&self, legacy_key: &str) -> Result<f64> {
+        if let Some(t) = self
+            .opt("rope_parameters")
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+        {
+            return Ok(t);
+        }
+        self.f64_or(legacy_key, 10_000.0)
+    }
+
+    fn reject_rope_scaling(&self) -> Result<()> {
+        let scaling = self
+            .opt("rope_scaling")
+            .or_else(|| self.opt("rope_parameters"))
+            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
+            .and_then(Value::as_str);
+        match scaling {
+            None | Some("default") => Ok(()),
+            Some(other) => Err(self.err(
+                "rope_scaling",
+                &format!("uses rope type `{other}`, which kedit does not support yet"),
+            )),
+        }
+    }
+}
+
+fn activation(f: &Fields, key: &str, default: &str) -> Result<Activation> {
+    let name = f.str_or(key, default)?;
+    Ok(match name {
+        "silu" | "swish" => Activation::Silu,
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+        "gelu" => Activation::GeluErf,
+        "relu" => Activation::Relu,
+        other => return Err(f.err(key, &format!("activation `{other}` is not supported"))),
+    })
+}
+
+/// Parses `config.json` (`path` is used in error messages).
+pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
+    let f = Fields { path, v };
+    let class = v
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            f.err(
+                "architectures",
+                "is missing (expected e.g. [\"LlamaForCausalLM\"])",
+            )
+        })?;
+    let family = Family::from_hf_class(class).ok_or_else(|| {
+        f.err(
+            "architectures",
+            &format!(
+                "names `{class}`; supported: LlamaForCausalLM, MistralForCausalLM, \
+                 Qwen2ForCausalLM, GPT2LMHeadModel, GPTJForCausalLM, GPTNeoXForCausalLM"
+            ),
+        )
+    })?;
+    let cfg = match family {
+        Family::Llama | Family::Mistral | Family::Qwen2 => {
+            f.reject_rope_scaling()?;
+            let d = f.usize("hidden_size")?;
+            let heads = f.usize("num_attention_heads")?;
+            if heads == 0 {
+                return Err(f.err("num_attention_heads", "must be positive"));
+            }
+            let head_dim = f.usize_or("head_dim", d / heads)?;
+            let attention_bias = f.bool_or("attention_bias", false)?;
+            let window = match family {
+                Family::Mistral => f.opt("sliding_window").and_then(Value::as_u64),
+                Family::Qwen2 if f.bool_or("use_sliding_window", false)? => {
+                    return Err(f.err(
+                        "use_sliding_window",
+                        "is true; Qwen2's per-layer sliding window is not supported",
+                    ))
+                }
+                _ => None,
+            };
+            ModelConfig {
+                family,
+                vocab_size: f.usize("vocab_size")?,
+                d_model: d,
+                n_layers: f.usize("num_hidden_layers")?,
+                n_heads: heads,
+                n_kv_heads: f.usize_or("num_key_value_heads", heads)?,
+                head_dim,
+                d_ff: f.usize("intermediate_size")?,
+                norm: NormKind::Rms,
+                norm_eps: f.f64_or("rms_norm_eps", 1e-6)?,
+                activation: activation(&f, "hidden_act", "silu")?,
+                block: BlockLayout::Sequential,
+                rope: Some(Rope {
+                    theta: f.rope_theta("rope_theta")?,
+                    rotary_dim: head_dim,
+                    interleaved: false,
+                }),
+                learned_positions: false,
+                max_positions: f.usize_or("max_position_embeddings", 2048)?,
+                sliding_window: window.map(|w| w as usize),
+                tie_embeddings: f.bool_or("tie_word_embeddings", false)?,
+                biases: Biases {
+                    qkv: family == Family::Qwen2 || attention_bias,
+                    attn_out: attention_bias,
+                    mlp: f.bool_or("mlp_bias", false)?,
+                    lm_head: false,
+                },
+                bos_token_id: f.token_id("bos_token_id"),
+                eos_token_id: f.token_id("eos_token_id"),
+                pad_token_id: f.token_id("pad_token_id"),
+            }
+        }
+        Family::Gpt2 | Family::GptJ => {
+            let d = f.usize("n_embd")?;
+            let heads = f.usize("n_head")?;
+            if heads == 0 {
+                return Err(f.err("n_head", "must be positive"));
+            }
+            if f.bool_or("scale_attn_by_inverse_layer_idx", false)? {
+                return Err(f.err("scale_attn_by_inverse_layer_idx", "is true: not supported"));
+            }
+            let gpt2 = family == Family::Gpt2;
+            ModelConfig {
+                family,
+                vocab_size: f.usize("vocab_size")?,
+                d_model: d,
+                n_layers: f.usize("n_layer")?,
+                n_heads: heads,
+                n_kv_heads: heads,
+                head_dim: d / heads,
+                d_ff: f.usize_or("n_inner", 4 * d)?,
+                norm: NormKind::Layer,
+                norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)?,
+                activation: activation(&f, "activation_function", "gelu_new")?,
+                block: if gpt2 {
+                    BlockLayout::Sequential
+                } else {
+                    BlockLayout::ParallelSharedNorm
+                },
+                rope: if gpt2 {
+                    None
+                } else {
+                    Some(Rope {
+                        theta: 10_000.0,
+                        rotary_dim: f.usize_or("rotary_dim", d / heads)?,
+                        interleaved: true,
+                    })
+                },
+                learned_positions: gpt2,
+                max_positions: f.usize_or("n_positions", 1024)?,
+                sliding_window: None,
+                tie_embeddings: f.bool_or("tie_word_embeddings", gpt2)?,
+                biases: Biases {
+                    qkv: gpt2,
+                    attn_out: gpt2,
+                    mlp: true,
+                    lm_head: !gpt2,
+                },
+                bos_token_id: f.token_id("bos_token_id"),
+                eos_token_id: f.token_id("eos_token_id"),
+                pad_token_id: f.token_id("pad_token_id"),
+            }
+        }
+        Family::GptNeoX => {
+            let d = f.usize("hidden_size")?;
+            let heads = f.usize("num_attention_heads")?;
+            if heads == 0 {
+                return Err(f.err("num_attention_heads", "must be positive"));
+            }
+            let head_dim = d / heads;
+            let pct = f
+                .opt("rope_parameters")
+                .and_then(|p| p.get("partial_rotary_factor"))
+                .and_then(Value::as_f64)
+                .map(Ok)
+                .unwrap_or_else(|| f.f64_or("rotary_pct", 0.25))?;
+            let bias = f.bool_or("attention_bias", true)?;
+            ModelConfig {
+                family,
+                vocab_size: f.usize("vocab_size")?,
+                d_model: d,
+                n_layers: f.usize("num_hidden_layers")?,
+                n_heads: heads,
+                n_kv_heads: heads,
+                head_dim,
+                d_ff: f.usize("intermediate_size")?,
+                norm: NormKind::Layer,
+                norm_eps: f.f64_or("layer_norm_eps", 1e-5)?,
+                activation: activation(&f, "hidden_act", "gelu")?,
+                block: if f.bool_or("use_parallel_residual", true)? {
+                    BlockLayout::Parallel
+                } else {
+                    BlockLayout::Sequential
+                },
+                rope: Some(Rope {
+                    theta: f.rope_theta("rotary_emb_base")?,
+                    rotary_dim: (head_dim as f64 * pct) as usize,
+                    interleaved: false,
+                }),
+                learned_positions: false,
+                max_positions: f.usize_or("max_position_embeddings", 2048)?,
+                sliding_window: None,
+                tie_embeddings: f.bool_or("tie_word_embeddings", false)?,
+                biases: Biases {
+                    qkv: bias,
+                    attn_out: bias,
+                    mlp: true,
+                    lm_head: false,
+                },
+                bos_token_id: f.token_id("bos_token_id"),
+                eos_token_id: f.token_id("eos_token_id"),
+                pad_token_id: f.token_id("pad_token_id"),
+            }
+        }
+    };
+    cfg.validate().map_err(|m| Error::model(path, m))?;
+    Ok(cfg)
+}
+
+/// A `config.json` for a model that did not come with one (GGUF), in the Llama format.
+pub fn synthesize(cfg: &ModelConfig) -> Value {
+    let rope = cfg.rope.map(|r| r.theta).unwrap_or(10_000.0);
+    json!({
+        "architectures": [cfg.family.hf_class()],
+        "model_type": cfg.family.model_type(),
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_positions,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": rope,
+        "rope_parameters": {"rope_theta": rope, "rope_type": "default"},
+        "attention_bias": cfg.biases.qkv,
+        "mlp_bias": cfg.biases.mlp,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
+        "torch_dtype": "float32",
+    })
+}

@@ -1,0 +1,212 @@
+//! Models: loading (GGUF, Hugging Face directories), weights under canonical names, saving.
+
+pub mod config;
+pub mod gguf;
+pub mod hf;
+pub mod hf_config;
+pub mod hf_names;
+pub mod params;
+pub mod safetensors_io;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::runtime::batch::TokenBatch;
+use crate::runtime::forward::Forward;
+use crate::tokenizer::Tokenizer;
+pub use config::{Family, ModelConfig};
+pub use params::{BlockParam, ParamId, Params};
+
+/// The default model: SmolLM2-135M-Instruct, as fetched by `scripts/fetch-model`.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceFormat {
+    Gguf,
+    HfDir,
+    Memory,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelSource {
+    pub path: PathBuf,
+    pub format: SourceFormat,
+}
+
+/// A loaded model: configuration, weights, tokenizer.
+#[derive(Clone)]
+pub struct Model {
+    pub config: ModelConfig,
+    pub params: Params,
+    pub tokenizer: Option<Tokenizer>,
+    pub source: ModelSource,
+    /// The Hugging Face `config.json` to write when saving.
+    pub hf_config: Value,
+    device: Device,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads a `.gguf` file or a Hugging Face model directory.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let loaded = hf::load(path)?;
+            let tokenizer = if path.join("tokenizer.json").exists() {
+                Some(Tokenizer::from_hf_dir(path)?)
+            } else {
+                None
+            };
+            Ok(Model {
+                config: loaded.config,
+                params: loaded.params,
+                tokenizer,
+                source: ModelSource {
+                    path: path.to_path_buf(),
+                    format: SourceFormat::HfDir,
+                },
+                hf_config: loaded.hf_config,
+                device: Device::Cpu,
+            })
+        } else if path.is_file() {
+            let loaded = gguf::load(path)?;
+            let tokenizer = Tokenizer::from_gguf(path, &loaded.metadata)?;
+            Ok(Model {
+                hf_config: hf_config::synthesize(&loaded.config),
+                config: loaded.config,
+                params: loaded.params,
+                tokenizer: Some(tokenizer),
+                source: ModelSource {
+                    path: path.to_path_buf(),
+                    format: SourceFormat::Gguf,
+                },
+                device: Device::Cpu,
+            })
+        } else {
+            Err(Error::model(
+                path,
+                "no such file or directory (expected a .gguf file or a Hugging Face model directory; \
+                 run scripts/fetch-model for the default model)",
+            ))
+        }
+    }
+
+    /// A model built in memory (tests, synthetic models).
+    pub fn from_parts(
+        config: ModelConfig,
+        params: Params,
+        tokenizer: Option<Tokenizer>,
+    ) -> Result<Model> {
+        config.validate().map_err(Error::config)?;
+        for (id, shape) in config.param_shapes() {
+            let t = params.require(id)?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::invalid(format!(
+                    "parameter `{id}` has shape {:?}; expected {shape:?}",
+                    t.dims()
+                )));
+            }
+        }
+        Ok(Model {
+            hf_config: hf_config::synthesize(&config),
+            config,
+            params,
+            tokenizer,
+            source: ModelSource {
+                path: PathBuf::new(),
+                format: SourceFormat::Memory,
+            },
+            device: Device::Cpu,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.params
+            .get(ParamId::TokenEmbed)
+            .map(|t| t.dtype())
+            .unwrap_or(DType::F32)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The same model in another float type (f64 for finite-difference checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
+        let mut m = self.clone();
+        m.params = self.params.to_dtype(dtype)?;
+        Ok(m)
+    }
+
+    pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::model(
+                &self.source.path,
+                "this model has no tokenizer (tokenizer.json)",
+            )
+        })
+    }
+
+    /// Starts a forward pass over `batch`.
+    pub fn forward<'m>(&'m self, batch: &'m TokenBatch) -> Forward<'m> {
+        Forward::new(self, batch)
+    }
+
+    /// Saves the model as a Hugging Face directory (config.json, model.safetensors,
+    /// tokenizer files). The directory appears whole or not at all.
+    pub fn save_hf(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let tmp = safetensors_io::temp_sibling(dir);
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        hf::save(&tmp, &self.config, &self.params, &self.hf_config)?;
+        if let Some(tok) = &self.tokenizer {
+            tok.save_hf(&tmp)?;
+        }
+        if dir.exists() {
+            let old = dir.with_file_name(format!(
+                ".{}.old-{}",
+                dir.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+        } else {
+            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the default model lives: `$KEDIT_MODEL`, else `models/` at the workspace root
+/// (found from the current directory upwards).
+pub fn default_model_path() -> PathBuf {
+    if let Ok(p) = std::env::var("KEDIT_MODEL") {
+        return PathBuf::from(p);
+    }
+    let mut dir = std::env::current_dir().unwrap_or_default();
+    loop {
+        let candidate = dir.join("models").join(DEFAULT_MODEL_FILE);
+        if candidate.exists() {
+            return candidate;
+        }
+        if !dir.pop() {
+            return PathBuf::from("models").join(DEFAULT_MODEL_FILE);
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Reading and writing safetensors files (single or sharded), with errors that name the
+//! file and the tensor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use safetensors::{Dtype as StDtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// The safetensors files of a checkpoint, memory-mapped, with an index of tensor names.
+pub struct SafetensorFiles {
+    files: Vec<(PathBuf, Mmap)>,
+    index: HashMap<String, usize>,
+}
+
+impl SafetensorFiles {
+    /// Opens `model.safetensors` or the shards listed in `model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let paths: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::model(&index_path, format!("invalid JSON: {e}")))?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    Error::model(
+                        &index_path,
+                        "field `weight_map` is missing or not an object",
+                    )
+                })?;
+            let mut shards: Vec<String> = Vec::new();
+            for (name, file) in map {
+                let file = file.as_str().ok_or_else(|| {
+                    Error::model(
+                        &index_path,
+                        format!("`weight_map.{name}` is not a file name"),
+                    )
+                })?;
+                if !shards.iter().any(|s| s == file) {
+                    shards.push(file.to_string());
+                }
+            }
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else {
+            return Err(Error::model(
+                dir,
+                "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)",
+            ));
+        };
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for path in paths {
+            let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+            // SAFETY: the mapping is read-only and lives as long as `self`; a file changed
+            // underneath us while loading is a user error we cannot guard against anyway.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+            let st = SafeTensors::deserialize(&mmap)
+                .map_err(|e| Error::model(&path, format!("not a valid safetensors file: {e}")))?;
+            for name in st.names() {
+                index.insert(name.to_string(), files.len());
+            }
+            files.push((path, mmap));
+        }
+        Ok(SafetensorFiles { files, index })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// A description of where the tensors come from, for error messages.
+    pub fn describe(&self) -> PathBuf {
+        match self.files.as_slice() {
+            [(p, _)] => p.clone(),
+            _ => self
+                .files
+                .first()
+                .and_then(|(p, _)| p.parent())
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The tensor as f32 (bf16/f16/f64 are converted).
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::tensor(self.describe(), name, "is missing"))?;
+        let (path, mmap) = &self.files[i];
+        let st =
+            SafeTensors::deserialize(mmap).map_err(|e| Error::tensor(path, name, e.to_string()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| Error::tensor(path, name, e.to_string()))?;
+        let dtype = match view.dtype() {
+            StDtype::F32 => DType::F32,
+            StDtype::F16 => DType::F16,
+            StDtype::BF16 => DType::BF16,
+            StDtype::F64 => DType::F64,
+            other => {
+                return Err(Error::tensor(
+                    path,
+                    name,
+                    format!("dtype {other:?} is not a floating-point type kedit can load"),
+                ))
+            }
+        };
+        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+            .map_err(|e| Error::tensor(path, name, e.to_string()))?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+}
+
+/// Writes `tensors` to `path` atomically (a temporary file renamed into place).
+pub fn save_atomic(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let tmp = temp_sibling(path);
+    let map: HashMap<String, Tensor> = tensors
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.contiguous()?)))
+        .collect::<Result<_>>()?;
+    candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::model(&tmp, e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// `dir/.name.tmp-<pid>`: same directory, so the final rename is atomic.
+pub fn temp_sibling(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+/// Writes bytes to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_sibling(path);
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,14 @@
+//! The model runtime: batches, named sites, interventions, the forward pass, KV caches.
+
+pub mod batch;
+pub mod forward;
+pub mod intervention;
+pub mod kv_cache;
+pub mod ops;
+pub mod sites;
+
+pub use batch::{Padding, TokenBatch};
+pub use forward::{Forward, ForwardOutput, LogitsAt, WeightOverrides};
+pub use intervention::{Action, Intervention};
+pub use kv_cache::KvCache;
+pub use sites::Site;

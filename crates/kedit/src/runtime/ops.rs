@@ -1,0 +1,208 @@
+//! The numerical building blocks of the forward pass, all composed from differentiable
+//! primitives.
+//!
+//! candle's fused kernels (rms_norm, layer_norm, softmax, rope) have no backward: gradients
+//! through them are silently dropped. Composed versions cost a few percent at inference
+//! and keep one code path for inference and differentiation alike.
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor,
+    WithDType, D,
+};
+
+use crate::error::Result;
+use crate::model::config::Activation;
+
+/// A large finite negative for masked attention scores: -inf would make gradients NaN.
+pub const MASKED: f64 = -1.0e9;
+
+/// RMSNorm: x / sqrt(mean(x²) + eps) · w.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+/// LayerNorm: (x − mean) / sqrt(var + eps) · w + b, variance biased as in PyTorch.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (var + eps)?.sqrt()?.recip()?;
+    let y = centred.broadcast_mul(&inv)?.broadcast_mul(w)?;
+    Ok(match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    })
+}
+
+/// Softmax over the last dimension. The max is detached: softmax is shift-invariant, so
+/// its gradient does not depend on it.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let sum = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&sum)?)
+}
+
+/// log-softmax over the last dimension (numerically stable).
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::Silu => x.silu()?,
+        Activation::GeluTanh => x.gelu()?,
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
+    })
+}
+
+/// y = x·Wᵀ + b for `x` of shape `[..., in]` and `W` of shape `[out, in]`.
+///
+/// With `frozen`, a gradient flows to `x` but none is computed for `W`: candle's matmul
+/// backward always computes both operands' gradients, and for frozen weights that is a
+/// third of the backward pass spent on numbers nobody reads.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, frozen: bool) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let (last, lead) = dims
+        .split_last()
+        .expect("linear needs a tensor of rank ≥ 1");
+    let rows: usize = lead.iter().product();
+    let x2 = x.reshape((rows, *last))?;
+    let y = if frozen && x2.track_op() {
+        x2.contiguous()?
+            .apply_op1(FrozenLinear { weight: w.clone() })?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = lead.to_vec();
+    out_dims.push(w.dim(0)?);
+    Ok(y.reshape(out_dims)?)
+}
+
+/// x·Wᵀ with a backward that returns only the input's gradient.
+struct FrozenLinear {
+    weight: Tensor,
+}
+
+fn tensor_from_cpu<T: WithDType>(data: &[T], layout: &Layout) -> candle_core::Result<Tensor> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu),
+        None => candle_core::bail!("frozen linear expects a contiguous input"),
+    }
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = match storage {
+            CpuStorage::F32(v) => tensor_from_cpu(v, layout)?,
+            CpuStorage::F64(v) => tensor_from_cpu(v, layout)?,
+            other => candle_core::bail!("frozen linear: unsupported dtype {:?}", other.dtype()),
+        };
+        let y = x.matmul(&self.weight.t()?)?.contiguous()?;
+        let (storage, _) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(cpu) => Ok((cpu.clone(), y.shape().clone())),
+            _ => candle_core::bail!("frozen linear: expected CPU storage"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
+    }
+}
+
+/// A `[rows, 1]` column of ones/zeros or a `[rows, n]` selection matrix, in `dtype`.
+pub fn host_tensor(
+    data: Vec<f32>,
+    shape: impl Into<Shape>,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    Ok(Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[f64], shape: &[usize]) -> Tensor {
+        Tensor::from_slice(v, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_masked_entries_vanish() {
+        let x = t(&[1.0, 2.0, MASKED, 0.5, 0.5, 0.5], &[2, 3]);
+        let p = softmax_last(&x).unwrap().to_vec2::<f64>().unwrap();
+        for row in &p {
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        }
+        assert!(p[0][2] < 1e-300);
+        let lp = log_softmax_last(&x).unwrap().to_vec2::<f64>().unwrap();
+        assert!((lp[1][0] - (1.0f64 / 3.0).ln()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn norms_match_hand_computation() {
+        let x = t(&[3.0, 4.0], &[1, 2]);
+        let w = t(&[1.0, 2.0], &[2]);
+        let y = rms_norm(&x, &w, 0.0).unwrap().to_vec2::<f64>().unwrap();
+        let rms = (12.5f64).sqrt();
+        assert!((y[0][0] - 3.0 / rms).abs() < 1e-12 && (y[0][1] - 8.0 / rms).abs() < 1e-12);
+        let b = t(&[0.5, -0.5], &[2]);
+        let y = layer_norm(&x, &w, Some(&b), 0.0)
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        assert!((y[0][0] - (-1.0 + 0.5)).abs() < 1e-12 && (y[0][1] - (2.0 - 0.5)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_and_passes_input_gradient_only() {
+        let x =
+            candle_core::Var::from_tensor(&t(&[1.0, 2.0, 3.0, -1.0, 0.5, 2.0], &[2, 3])).unwrap();
+        let w = t(
+            &[0.1, 0.2, 0.3, -0.4, 0.5, 0.6, 0.7, 0.8, -0.9, 1.0, 1.1, 1.2],
+            &[4, 3],
+        );
+        // Multiply by a constant first so that x's consumer is a tracked op.
+        let xs = (x.as_tensor() * 1.0).unwrap();
+        let frozen = linear(&xs, &w, None, true).unwrap();
+        let plain = linear(&xs, &w, None, false).unwrap();
+        let diff = (&frozen - &plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+        let g_frozen = frozen.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g_plain = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let a = g_frozen.get(x.as_tensor()).unwrap();
+        let b = g_plain.get(x.as_tensor()).unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f64>().unwrap() < 1e-12);
+    }
+}
