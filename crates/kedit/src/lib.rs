@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: tokenizers and chat templates.
 
 pub mod error;
+pub mod evaluate;
 pub mod model;
 pub mod rng;
 pub mod runtime;
