@@ -1,1 +1,68 @@
-fn main() {}
+//! `kedit`: the command line. A thin layer over the kedit library: parse, call, print.
+
+mod bench;
+mod demo;
+mod generate;
+mod inspect;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use kedit::Model;
+
+#[derive(Parser)]
+#[command(
+    name = "kedit",
+    version,
+    about = "Knowledge editing for large language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main demo on the default model.
+    Demo(demo::Args),
+    /// Generate a continuation of a prompt.
+    Generate(generate::Args),
+    /// Describe a model: architecture, sizes, layers, intervention sites.
+    Inspect(inspect::Args),
+    /// Measure throughput: matmul GFLOP/s, prefill, forward+backward.
+    Bench(bench::Args),
+}
+
+/// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArg {
+    /// A .gguf file or a Hugging Face model directory [default: models/SmolLM2-135M-Instruct.Q4_1.gguf]
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+impl ModelArg {
+    pub fn load(&self) -> Result<Model> {
+        let path = self
+            .model
+            .clone()
+            .unwrap_or_else(kedit::model::default_model_path);
+        Model::load(&path).with_context(|| format!("loading model {}", path.display()))
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

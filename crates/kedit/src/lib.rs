@@ -5,8 +5,10 @@
 //! - [`runtime`]: the forward pass with named intervention sites, gradients, KV caches.
 //! - [`tokenizer`]: tokenizers and chat templates.
 
+pub mod bench;
 pub mod error;
 pub mod evaluate;
+pub mod generate;
 pub mod model;
 pub mod rng;
 pub mod runtime;

@@ -7,6 +7,7 @@ pub mod hf_config;
 pub mod hf_names;
 pub mod params;
 pub mod safetensors_io;
+pub mod summary;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,86 @@
+//! `kedit bench`: throughput figures of this machine and model.
+
+use anyhow::Result;
+use kedit::bench;
+use serde::Serialize;
+
+use crate::output::{print_json, table};
+use crate::ModelArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Repetitions per figure (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    threads: usize,
+    matmul: bench::MatmulFigure,
+    prefill: Vec<bench::PrefillFigure>,
+    forward_backward: bench::BackwardFigure,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = args.model.load()?;
+    let matmul = bench::matmul(1536, 4096, 1536, args.reps)?;
+    let prefill = vec![
+        bench::prefill(&model, 1, 64, args.reps)?,
+        bench::prefill(&model, 16, 64, args.reps)?,
+    ];
+    let fb = bench::forward_backward(&model, 6, 20, 5, args.reps)?;
+    let report = Report {
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        matmul,
+        prefill,
+        forward_backward: fb,
+    };
+    if args.json {
+        return print_json(&report);
+    }
+    let m = &report.matmul;
+    println!("threads: {}", report.threads);
+    println!(
+        "f32 matmul {}x{} · {}x{}: {:.1} GFLOP/s ({:.3} s)\n",
+        m.m, m.k, m.k, m.n, m.gflops, m.seconds
+    );
+    let rows: Vec<Vec<String>> = report
+        .prefill
+        .iter()
+        .map(|p| {
+            vec![
+                format!("{}x{}", p.rows, p.len),
+                format!("{:.3}", p.seconds),
+                format!("{:.0}", p.tokens_per_second),
+                format!("{:.1}", p.gflops),
+                format!("{:.0}%", 100.0 * p.gflops / m.gflops),
+            ]
+        })
+        .collect();
+    println!(
+        "{}\n",
+        table(
+            &["prefill", "seconds", "tokens/s", "GFLOP/s", "of matmul"],
+            &rows
+        )
+    );
+    let f = &report.forward_backward;
+    println!(
+        "forward+backward, {}x{} tokens, delta at layer {}:\n  from the embeddings      {:.3} s\n  from the layer-{} residual {:.3} s ({:.2}x faster)",
+        f.rows,
+        f.len,
+        f.layer,
+        f.from_embeddings_seconds,
+        f.layer,
+        f.from_cached_residual_seconds,
+        f.from_embeddings_seconds / f.from_cached_residual_seconds
+    );
+    Ok(())
+}
