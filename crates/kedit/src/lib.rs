@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: tokenizers and chat templates.
 
 pub mod bench;
+pub mod editor;
 pub mod error;
 pub mod evaluate;
 pub mod generate;
