@@ -54,6 +54,11 @@ impl ModelArg {
 }
 
 fn main() {
+    // See .cargo/config.toml: candle's element-wise thread pool fights gemm's for the
+    // cores; one element-wise thread is faster. Set before any tensor work starts threads.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),

@@ -1,0 +1,67 @@
+//! Adam, as PyTorch's `torch.optim.Adam` (L2 weight decay added to the gradient).
+
+use candle_core::{Tensor, Var};
+
+use crate::error::Result;
+
+pub struct Adam {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    weight_decay: f64,
+    step: i32,
+    state: Vec<(Var, Tensor, Tensor)>,
+}
+
+impl Adam {
+    pub fn new(vars: Vec<Var>, lr: f64, weight_decay: f64) -> Result<Self> {
+        let state = vars
+            .into_iter()
+            .map(|v| {
+                let z = v.zeros_like()?;
+                Ok((v, z.clone(), z))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, state })
+    }
+
+    /// One update from the gradients of `grads` (variables without a gradient are skipped).
+    pub fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        self.step += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.step);
+        let bc2 = 1.0 - self.beta2.powi(self.step);
+        for (var, m, v) in &mut self.state {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let g = if self.weight_decay != 0.0 {
+                (g + (var.as_tensor() * self.weight_decay)?)?
+            } else {
+                g.clone()
+            };
+            *m = ((&*m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
+            *v = ((&*v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            let denom = ((v.clone() / bc2)?.sqrt()? + self.eps)?;
+            let update = ((m.clone() / bc1)? / denom)?;
+            var.set(&(var.as_tensor() - (update * self.lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn minimises_a_quadratic() {
+        let x = Var::new(&[3.0f64, -2.0], &Device::Cpu).unwrap();
+        let mut opt = Adam::new(vec![x.clone()], 0.1, 0.0).unwrap();
+        for _ in 0..500 {
+            let loss = x.as_tensor().sqr().unwrap().sum_all().unwrap();
+            opt.step(&loss.backward().unwrap()).unwrap();
+        }
+        let v = x.as_tensor().to_vec1::<f64>().unwrap();
+        assert!(v.iter().all(|x| x.abs() < 1e-2), "{v:?}");
+    }
+}

@@ -1,0 +1,249 @@
+//! ROME (Meng et al., 2022): locate a fact in one MLP and rewrite it with a rank-one update.
+//!
+//! For a request (prompt about `subject` → `target`) at layer l:
+//! 1. context templates: short model-written prefixes so the edit generalises;
+//! 2. k* — the key at the subject's last token, averaged over the templates;
+//! 3. u = C⁻¹k* (C = E[kkᵀ] over a corpus, with `mom2_adjustment`), normalised;
+//! 4. v* — the MLP output that makes the model say the target (an optimisation);
+//! 5. ΔW = (v* − W k) uᵀ / (uᵀk), with k the prompt key (ROME) or k* (R-ROME).
+
+pub mod key;
+pub mod templates;
+pub mod update;
+pub mod value;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::editor::WeightEdit;
+use crate::error::{Error, Result};
+use crate::evaluate::EditRequest;
+use crate::methods::hparams::{builtin, lenient_f64, resolve_module, HparamsSource};
+use crate::methods::{filter_warnings, EditContext, EditMethod, LoadedMethod};
+use crate::model::{BlockParam, Model, ParamId};
+use crate::prompts::{fill, lookup, subject_template, target_ids, FactToken};
+use key::{key_star, keys_at, Lookup};
+use templates::{context_templates, TemplateSpec};
+use value::{value_star, ValueHparams};
+
+const SMOLLM2_DEFAULT: &str = include_str!("../../../../../hparams/ROME/smollm2-135m.yaml");
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RomeHparams {
+    pub layers: Vec<usize>,
+    pub fact_token: FactToken,
+    pub v_num_grad_steps: usize,
+    #[serde(deserialize_with = "lenient_f64")]
+    pub v_lr: f64,
+    /// Accepted for compatibility: the loss is always read at the final logits (which is
+    /// what EasyEdit's `v_loss_layer` = last layer amounts to).
+    #[serde(default)]
+    pub v_loss_layer: Option<usize>,
+    #[serde(deserialize_with = "lenient_f64")]
+    pub v_weight_decay: f64,
+    #[serde(deserialize_with = "lenient_f64")]
+    pub clamp_norm_factor: f64,
+    #[serde(deserialize_with = "lenient_f64")]
+    pub kl_factor: f64,
+    pub mom2_adjustment: bool,
+    pub context_template_length_params: Vec<(usize, usize)>,
+    pub rewrite_module_tmp: String,
+    /// A corpus path, or a name (EasyEdit's "wikipedia"); `--corpus` takes precedence.
+    #[serde(default = "default_mom2_dataset")]
+    pub mom2_dataset: String,
+    #[serde(default = "default_mom2_n_samples")]
+    pub mom2_n_samples: usize,
+    #[serde(default = "default_mom2_dtype")]
+    pub mom2_dtype: String,
+    /// R-ROME: use the template-averaged key k* in the update as well (consistent keys).
+    #[serde(default)]
+    pub enable_random_prefix_keys: bool,
+    /// Stop the v* optimisation below this loss (EasyEdit hard-codes 5e-2).
+    #[serde(default = "default_v_early_stop", deserialize_with = "lenient_f64")]
+    pub v_early_stop_loss: f64,
+    /// Seed of the context-template sampling.
+    #[serde(default)]
+    pub context_template_seed: u64,
+}
+
+fn default_mom2_dataset() -> String {
+    "wikipedia".into()
+}
+fn default_mom2_n_samples() -> usize {
+    100_000
+}
+fn default_mom2_dtype() -> String {
+    "float32".into()
+}
+fn default_v_early_stop() -> f64 {
+    5e-2
+}
+
+pub struct Rome {
+    name: String,
+    hp: RomeHparams,
+    params: Vec<(usize, ParamId)>,
+    /// Context templates per template spec (EasyEdit also samples them once per process).
+    templates: Mutex<HashMap<TemplateSpec, Vec<String>>>,
+    /// C⁻¹ per (layer, statistics key).
+    inverse_moments: Mutex<HashMap<(usize, String), Tensor>>,
+}
+
+impl Rome {
+    pub fn load(name: &str, source: Option<HparamsSource>, model: &Model) -> Result<LoadedMethod> {
+        let source = source.unwrap_or_else(|| builtin("ROME/smollm2-135m.yaml", SMOLLM2_DEFAULT));
+        let (mut hp, unknown): (RomeHparams, _) = source.deserialize()?;
+        if name == "r-rome" {
+            hp.enable_random_prefix_keys = true;
+        }
+        if hp.layers.is_empty() || hp.v_num_grad_steps == 0 {
+            return Err(Error::config(format!(
+                "{}: `layers` must be non-empty and `v_num_grad_steps` positive",
+                source.origin.display()
+            )));
+        }
+        let mut params = Vec::new();
+        for &l in &hp.layers {
+            let id = resolve_module(model, "rewrite_module_tmp", &hp.rewrite_module_tmp, l)
+                .map_err(|e| Error::config(format!("{}: {e}", source.origin.display())))?;
+            if id != ParamId::mlp_out(l) {
+                return Err(Error::config(format!(
+                    "{}: ROME rewrites the MLP output projection; `rewrite_module_tmp` names `{id}`",
+                    source.origin.display()
+                )));
+            }
+            params.push((l, id));
+        }
+        params.sort_by_key(|(l, _)| *l);
+        let display = if hp.enable_random_prefix_keys { "R-ROME" } else { "ROME" };
+        Ok(LoadedMethod {
+            warnings: filter_warnings(&source.origin, unknown),
+            hparams_origin: source.origin.clone(),
+            method: Box::new(Rome {
+                name: display.into(),
+                hp,
+                params,
+                templates: Mutex::new(HashMap::new()),
+                inverse_moments: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn hparams(&self) -> &RomeHparams {
+        &self.hp
+    }
+
+    fn templates(&self, model: &Model, ctx: &EditContext) -> Result<Vec<String>> {
+        let spec = TemplateSpec {
+            length_params: self.hp.context_template_length_params.clone(),
+            seed: self.hp.context_template_seed ^ ctx.seed,
+        };
+        let mut cache = self.templates.lock().expect("template cache lock");
+        if let Some(t) = cache.get(&spec) {
+            return Ok(t.clone());
+        }
+        let t = context_templates(model, &spec, &ctx.cache_dir)?;
+        cache.insert(spec, t.clone());
+        Ok(t)
+    }
+
+    fn inverse_moment(&self, _model: &Model, layer: usize, _ctx: &mut EditContext) -> Result<Option<Tensor>> {
+        if !self.hp.mom2_adjustment {
+            return Ok(None);
+        }
+        let key = (layer, self.hp.mom2_dataset.clone());
+        if let Some(t) = self.inverse_moments.lock().expect("lock").get(&key) {
+            return Ok(Some(t.clone()));
+        }
+        Err(Error::config(
+            "mom2_adjustment needs key statistics; they are not available in this build yet",
+        ))
+    }
+
+    /// Edits one request at one layer of `model`.
+    fn edit_layer(&self, model: &Model, r: &EditRequest, layer: usize, param: ParamId, ctx: &mut EditContext) -> Result<crate::editor::Delta> {
+        let tok = model.tokenizer()?;
+        let prompt = subject_template(&r.prompt, &r.subject)?;
+        let target = target_ids(tok, &r.target_new)?;
+        let templates = ctx.timed("templates", |ctx| self.templates(model, ctx))?;
+        let contexts: Vec<String> = templates.iter().map(|t| fill(t, &prompt)).collect();
+        let strategy = self.hp.fact_token;
+        let lookups = |texts: &[String]| -> Result<Vec<Lookup>> {
+            texts
+                .iter()
+                .map(|t| lookup(tok, t, &r.subject, strategy).map(|(ids, index)| Lookup { ids, index }))
+                .collect()
+        };
+        let rewriting = lookups(&contexts)?;
+        let kl = lookups(&["{} is a".to_string()])?;
+        let plain = lookups(std::slice::from_ref(&prompt))?;
+
+        let (k_star, u) = ctx.timed("key", |ctx| {
+            let k_star = key_star(model, layer, &rewriting)?;
+            let c_inv = self.inverse_moment(model, layer, ctx)?;
+            let u = update::left_vector(&k_star, c_inv.as_ref())?;
+            Ok((k_star, u))
+        })?;
+        let vh = ValueHparams {
+            steps: self.hp.v_num_grad_steps,
+            lr: self.hp.v_lr,
+            weight_decay: self.hp.v_weight_decay,
+            clamp_norm_factor: self.hp.clamp_norm_factor,
+            kl_factor: self.hp.kl_factor,
+            early_stop_loss: self.hp.v_early_stop_loss,
+        };
+        let v = ctx.timed("value", |ctx| value_star(model, layer, &rewriting, &target, &kl, &vh, ctx.verbose))?;
+        ctx.note("v_iterations", v.iterations);
+        ctx.note("v_loss", format!("{:.4}", v.loss));
+        ctx.note("v_target_prob", format!("{:.4}", v.target_prob));
+        ctx.timed("update", |_| {
+            let k = if self.hp.enable_random_prefix_keys {
+                k_star.clone()
+            } else {
+                keys_at(model, layer, &plain)?.squeeze(0)?
+            };
+            let w = model.params.require(param)?;
+            let bias = model.params.get(ParamId::Block(layer, BlockParam::OutBias));
+            update::rank_one_update(w, bias, &k, &v.v_star()?, &u)
+        })
+    }
+}
+
+impl EditMethod for Rome {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn max_batch(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn hparams_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
+    }
+
+    fn compute(&self, model: &Model, requests: &[EditRequest], ctx: &mut EditContext) -> Result<WeightEdit> {
+        ctx.start_call();
+        let [r] = requests else {
+            return Err(Error::invalid(format!("{} edits one request at a time; got {}", self.name, requests.len())));
+        };
+        let mut edit = WeightEdit::new();
+        // Several layers are edited in order, each on the model the previous ones changed.
+        let mut current = model.clone();
+        for &(layer, param) in &self.params {
+            let delta = self.edit_layer(&current, r, layer, param, ctx)?;
+            if self.params.len() > 1 {
+                let w = current.params.require(param)?;
+                let updated = (w + delta.dense(w.dtype())?)?;
+                current.params.replace(param, updated)?;
+            }
+            edit.push(param, delta);
+        }
+        edit.meta.insert("method".into(), self.name.clone());
+        edit.meta.insert("case_id".into(), r.case_id.clone());
+        Ok(edit)
+    }
+}

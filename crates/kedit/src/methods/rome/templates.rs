@@ -1,0 +1,80 @@
+//! ROME's context templates: `"{}"` plus short texts sampled from the model itself, each
+//! followed by `". {}"`, so that the key and value are averaged over varied contexts.
+//!
+//! EasyEdit samples them once per process with unseeded top-k; ours are seeded and cached
+//! on disk, so two runs edit with the same templates.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateOptions, Sampling};
+use crate::model::safetensors_io::write_atomic;
+use crate::model::Model;
+
+/// The prompts generation starts from (ROME's).
+const STARTS: [&str; 5] = ["The", "Therefore", "Because", "I", "You"];
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TemplateSpec {
+    /// `(length in tokens, how many)` pairs; `how many` is split over the five starts.
+    pub length_params: Vec<(usize, usize)>,
+    pub seed: u64,
+}
+
+fn cache_path(cache_dir: &Path, model: &Model, spec: &TemplateSpec) -> PathBuf {
+    let mut key = format!("{:016x}", model.fingerprint());
+    for (len, n) in &spec.length_params {
+        key.push_str(&format!("-{len}x{n}"));
+    }
+    key.push_str(&format!("-s{}", spec.seed));
+    cache_dir.join("context_templates").join(format!("{key}.json"))
+}
+
+/// The templates for `model`, from the cache or generated (and then cached).
+pub fn context_templates(model: &Model, spec: &TemplateSpec, cache_dir: &Path) -> Result<Vec<String>> {
+    let path = cache_path(cache_dir, model, spec);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(t) = serde_json::from_str::<Vec<String>>(&text) {
+            return Ok(t);
+        }
+    }
+    let templates = generate_templates(model, spec)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let json = serde_json::to_string_pretty(&templates).expect("strings serialise");
+        write_atomic(&path, json.as_bytes())?;
+    }
+    Ok(templates)
+}
+
+fn generate_templates(model: &Model, spec: &TemplateSpec) -> Result<Vec<String>> {
+    let tok = model.tokenizer()?;
+    let mut templates = vec!["{}".to_string()];
+    for (group, &(length, n)) in spec.length_params.iter().enumerate() {
+        let per_start = n / STARTS.len();
+        let mut prompts = Vec::new();
+        for s in STARTS {
+            let ids = tok.encode(s)?;
+            prompts.extend(std::iter::repeat_n(ids, per_start));
+        }
+        if prompts.is_empty() {
+            continue;
+        }
+        // `length` counts the whole text, start included (as ROME's generate_fast).
+        let new_tokens = length.saturating_sub(prompts[0].len()).max(1);
+        let opts = GenerateOptions {
+            max_new_tokens: new_tokens,
+            sampling: Sampling::TopK { k: 5, temperature: 1.0, seed: spec.seed.wrapping_add(group as u64) },
+            stop_at_eos: false,
+        };
+        let outs = generate(model, &prompts, &opts)?;
+        for (p, o) in prompts.iter().zip(outs) {
+            let ids: Vec<u32> = p.iter().copied().chain(o).collect();
+            let text = tok.decode(&ids, true)?.replace("\n\n", " ").replace(['{', '}'], "");
+            templates.push(format!("{text}. {{}}"));
+        }
+    }
+    Ok(templates)
+}

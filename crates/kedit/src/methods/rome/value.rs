@@ -1,0 +1,252 @@
+//! v*: the MLP output at the subject that makes the model say the target.
+//!
+//! δ is added to `blocks.{l}.mlp.out` at the subject's looked-up token of every rewriting
+//! prompt (context template + prompt + target tokens but the last) and of the KL prompt
+//! ("{subject} is a"), and optimised with Adam on
+//!
+//!   NLL(target) + kl_factor · KL(p_δ ‖ p₀ at the KL prompt's subject) + wd · ‖δ‖ / ‖v₀‖²
+//!
+//! clamping ‖δ‖ ≤ clamp_norm_factor · ‖v₀‖ after each step and stopping early once the loss
+//! is small. v* = v₀ + δ, with v₀ the MLP output at the subject in the plain prompt.
+//!
+//! Doing less work, exactly: δ enters at layer l at the looked-up token, so the layers
+//! below l and every position before that token are the same at every step. They are run
+//! once; each step runs only layers ≥ l over the positions from the looked-up token on,
+//! attending to the cached keys/values of the earlier ones, with logits only where the loss
+//! reads them.
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::error::{Error, Result};
+use crate::methods::adam::Adam;
+use crate::methods::loss::mean_row_nll;
+use crate::methods::rome::key::Lookup;
+use crate::model::Model;
+use crate::runtime::kv_cache::{KvCache, LayerKv};
+use crate::runtime::ops::log_softmax_last;
+use crate::runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};
+
+#[derive(Clone, Debug)]
+pub struct ValueHparams {
+    pub steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub clamp_norm_factor: f64,
+    pub kl_factor: f64,
+    pub early_stop_loss: f64,
+}
+
+/// The outcome of the optimisation.
+#[derive(Clone, Debug)]
+pub struct ValueStar {
+    /// v₀: the MLP output at the subject in the plain prompt (the first rewriting prompt).
+    pub v0: Tensor,
+    pub delta: Tensor,
+    /// Forward passes run (the last one is not followed by a step).
+    pub iterations: usize,
+    pub loss: f64,
+    /// Mean probability of the target tokens at the last evaluation.
+    pub target_prob: f64,
+}
+
+impl ValueStar {
+    pub fn v_star(&self) -> Result<Tensor> {
+        Ok((&self.v0 + &self.delta)?)
+    }
+}
+
+/// Everything about the prompts that stays fixed while δ changes.
+struct Frozen {
+    chunk: TokenBatch,
+    resid: Tensor,
+    prefix: Option<KvCache>,
+    entries: Vec<(usize, usize)>,
+    targets: Vec<u32>,
+    entry_rows: Vec<usize>,
+    n_rewrite_rows: usize,
+    v0: Tensor,
+}
+
+fn freeze(model: &Model, layer: usize, rewriting: &[Lookup], target: &[u32], kl: &[Lookup]) -> Result<Frozen> {
+    let n_t = target.len();
+    let mut seqs = Vec::new();
+    let mut cuts = Vec::new();
+    let mut scored: Vec<(usize, usize, Option<u32>)> = Vec::new(); // (row, position, target)
+    for (b, p) in rewriting.iter().enumerate() {
+        let mut ids = p.ids.clone();
+        ids.extend_from_slice(&target[..n_t - 1]);
+        for (j, &t) in target.iter().enumerate() {
+            scored.push((b, p.ids.len() - 1 + j, Some(t)));
+        }
+        seqs.push(ids);
+        cuts.push(p.index);
+    }
+    for (i, p) in kl.iter().enumerate() {
+        scored.push((rewriting.len() + i, p.index, None));
+        // The KL distribution is read at the looked-up token: later tokens are never used.
+        seqs.push(p.ids[..=p.index].to_vec());
+        cuts.push(p.index);
+    }
+    let pad = model.tokenizer()?.pad_id();
+    let full = TokenBatch::new(&seqs, Padding::Right, pad)?;
+    let out = model
+        .forward(&full)
+        .capture([Site::ResidPre(layer), Site::MlpOut(layer)])
+        .logits(LogitsAt::None)
+        .keep_kv()
+        .run()?;
+    let (rows, len, d) = out.capture(Site::ResidPre(layer))?.dims3()?;
+    let v0 = out
+        .capture(Site::MlpOut(layer))?
+        .narrow(0, 0, 1)?
+        .narrow(1, full.index(0, rewriting[0].index), 1)?
+        .reshape(d)?;
+
+    // The chunk: each row from its looked-up token on.
+    let suffixes: Vec<Vec<u32>> = seqs.iter().zip(&cuts).map(|(s, &c)| s[c..].to_vec()).collect();
+    let starts: Vec<u32> = cuts.iter().map(|&c| c as u32).collect();
+    let chunk = TokenBatch::continuation(&suffixes, &starts, Padding::Right, pad)?;
+    let mut gather = Vec::with_capacity(rows * chunk.len);
+    for (b, &c) in cuts.iter().enumerate() {
+        for i in 0..chunk.len {
+            let src = if i < suffixes[b].len() { c + i } else { 0 };
+            gather.push((b * len + src) as u32);
+        }
+    }
+    let gather = Tensor::new(gather.as_slice(), model.device())?;
+    let resid = out
+        .capture(Site::ResidPre(layer))?
+        .reshape((rows * len, d))?
+        .index_select(&gather, 0)?
+        .reshape((rows, chunk.len, d))?;
+
+    // The prefix: each row's positions before its looked-up token, from the full cache.
+    let p = cuts.iter().copied().max().unwrap_or(0);
+    let prefix = if p == 0 {
+        None
+    } else {
+        let cache = out.kv.expect("asked for");
+        let mut positions = Vec::with_capacity(rows * p);
+        let mut valid = Vec::with_capacity(rows * p);
+        for (b, &c) in cuts.iter().enumerate() {
+            for j in 0..p {
+                positions.push(full.positions[b * len + j]);
+                valid.push(j < c && full.valid[b * len + j]);
+            }
+        }
+        let layers = cache
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(l, kv)| match kv {
+                Some(kv) if l >= layer => Ok(Some(LayerKv { k: kv.k.narrow(2, 0, p)?, v: kv.v.narrow(2, 0, p)? })),
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Some(KvCache { rows, len: p, positions, valid, layers })
+    };
+
+    let mut entries = Vec::new();
+    let mut targets = Vec::new();
+    let mut entry_rows = Vec::new();
+    // Rewriting entries first, then the KL entries: the loss splits the logits there.
+    for &(b, pos, t) in scored.iter().filter(|s| s.2.is_some()) {
+        entries.push((b, pos - cuts[b]));
+        targets.push(t.expect("filtered"));
+        entry_rows.push(b);
+    }
+    for &(b, pos, _) in scored.iter().filter(|s| s.2.is_none()) {
+        entries.push((b, pos - cuts[b]));
+    }
+    Ok(Frozen { chunk, resid, prefix, entries, targets, entry_rows, n_rewrite_rows: rewriting.len(), v0 })
+}
+
+/// Finds v* (see the module documentation).
+pub fn value_star(
+    model: &Model,
+    layer: usize,
+    rewriting: &[Lookup],
+    target: &[u32],
+    kl: &[Lookup],
+    hp: &ValueHparams,
+    verbose: bool,
+) -> Result<ValueStar> {
+    if target.is_empty() {
+        return Err(Error::invalid("the target has no tokens"));
+    }
+    if rewriting.is_empty() {
+        return Err(Error::invalid("v* needs at least one rewriting prompt"));
+    }
+    let f = freeze(model, layer, rewriting, target, kl)?;
+    let dtype = model.dtype();
+    let v0_norm = f.v0.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    if !(v0_norm > 0.0 && v0_norm.is_finite()) {
+        return Err(Error::EditRefused(format!("the MLP output at the subject has norm {v0_norm}")));
+    }
+    let delta = Var::zeros(model.config.d_model, dtype, model.device())?;
+    let mut opt = Adam::new(vec![delta.clone()], hp.lr, 0.0)?;
+    let at: Vec<(usize, usize)> = (0..f.chunk.rows).map(|b| (b, 0)).collect();
+    let n_rewrite = f.targets.len();
+    let n_kl = f.entries.len() - n_rewrite;
+    let mut kl_init: Option<Tensor> = None;
+    let max_norm = hp.clamp_norm_factor * v0_norm;
+    let (mut loss_value, mut target_prob, mut iterations) = (f64::NAN, 0.0, 0);
+    for it in 0..hp.steps {
+        iterations = it + 1;
+        let mut forward = model
+            .forward(&f.chunk)
+            .start_at(layer, f.resid.clone())
+            .intervene(Intervention::add(Site::MlpOut(layer), at.clone(), delta.as_tensor().clone()))
+            .logits(LogitsAt::Entries(f.entries.clone()));
+        if let Some(prefix) = &f.prefix {
+            forward = forward.prefix(prefix);
+        }
+        let started = std::time::Instant::now();
+        let logits = forward.run()?.logits.expect("asked for logits");
+        let nll = mean_row_nll(&logits.narrow(0, 0, n_rewrite)?, &f.targets, &f.entry_rows, f.n_rewrite_rows)?;
+        let mut loss = nll.clone();
+        if n_kl > 0 && hp.kl_factor != 0.0 {
+            let kl_lp = log_softmax_last(&logits.narrow(0, n_rewrite, n_kl)?)?;
+            let init = kl_init.get_or_insert_with(|| kl_lp.detach()).clone();
+            let kl = ((kl_lp.exp()? * (&kl_lp - init)?)?.sum_all()? / n_kl as f64)?;
+            loss = (loss + (kl * hp.kl_factor)?)?;
+        }
+        // ‖δ‖ with a tiny floor: its gradient at δ = 0 is then 0, as PyTorch's norm gives,
+        // instead of NaN.
+        let norm = (delta.as_tensor().sqr()?.sum_all()? + 1e-20)?.sqrt()?;
+        loss = (loss + (norm * (hp.weight_decay / (v0_norm * v0_norm)))?)?;
+        loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let nll_value = nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        target_prob = (-nll_value).exp();
+        if !loss_value.is_finite() {
+            return Err(Error::EditRefused(format!("the v* loss became {loss_value}")));
+        }
+        let done = loss_value < hp.early_stop_loss || it + 1 == hp.steps;
+        if !done {
+            opt.step(&loss.backward()?)?;
+        }
+        if verbose {
+            eprintln!(
+                "v* step {it}: loss {loss_value:.4} (nll {nll_value:.4}), p(target) ≈ {target_prob:.3}, \
+                 {:.2} s for {}x{} tokens",
+                started.elapsed().as_secs_f64(),
+                f.chunk.rows,
+                f.chunk.len
+            );
+        }
+        if done {
+            break;
+        }
+        let n = delta.as_tensor().to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+        if n > max_norm {
+            delta.set(&(delta.as_tensor() * (max_norm / n))?)?;
+        }
+    }
+    Ok(ValueStar {
+        v0: f.v0,
+        delta: delta.as_tensor().detach(),
+        iterations,
+        loss: loss_value,
+        target_prob,
+    })
+}
