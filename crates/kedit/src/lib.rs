@@ -4,6 +4,46 @@
 //!   canonical names, save edited models.
 //! - [`runtime`]: the forward pass with named intervention sites, gradients, KV caches.
 //! - [`tokenizer`]: tokenizers and chat templates.
+//! - [`editor`]: the Editor — applies weight edits, refuses degenerate ones, reverts
+//!   bit-identically.
+//! - [`methods`]: editing methods behind one trait (FT-L, FT-M, ROME, R-ROME).
+//! - [`evaluate`]: edit requests, datasets, metrics.
+//!
+//! ```no_run
+//! use kedit::editor::Editor;
+//! use kedit::evaluate::EditRequest;
+//! use kedit::methods::{self, EditContext};
+//! use kedit::{Intervention, Model, Site, TokenBatch};
+//!
+//! # fn main() -> kedit::Result<()> {
+//! let model = Model::load("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//!
+//! // Read and steer the model at named sites.
+//! let ids = model.tokenizer()?.encode("The Eiffel Tower is located in the city of")?;
+//! let batch = TokenBatch::single(&ids);
+//! let out = model
+//!     .forward(&batch)
+//!     .capture([Site::MlpKey(5), Site::ResidPost(5)])
+//!     .intervene(Intervention::noise(Site::Embed, vec![(0, 1), (0, 2), (0, 3)], 0.1, 7))
+//!     .run()?;
+//! let keys = out.capture(Site::MlpKey(5))?; // [1, 10, 1536]
+//! # let _ = keys;
+//!
+//! // Edit a fact, then undo it.
+//! let rome = methods::load("rome", None, &model)?;
+//! let mut editor = Editor::new(model);
+//! let request = EditRequest {
+//!     prompt: "The Eiffel Tower is located in the city of".into(),
+//!     subject: "The Eiffel Tower".into(),
+//!     target_new: "Rome".into(),
+//!     ..Default::default()
+//! };
+//! let edit = rome.method.compute(editor.model(), &[request], &mut EditContext::default())?;
+//! editor.apply(&edit)?;
+//! editor.revert_all();
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bench;
 pub mod editor;
