@@ -1,7 +1,11 @@
-//! `kedit demo`: what the model believes about a few facts.
+//! `kedit demo`: what the model believes, one fact rewritten with ROME, and the rewrite undone.
 
 use anyhow::Result;
+use kedit::editor::Editor;
+use kedit::evaluate::EditRequest;
 use kedit::generate::{generate, top_next_tokens, GenerateOptions};
+use kedit::methods::{self, EditContext};
+use kedit::Model;
 
 use crate::output::{table, visible};
 use crate::ModelArg;
@@ -13,34 +17,102 @@ pub struct Args {
 }
 
 const PROMPTS: [&str; 4] = [
-    "The capital of France is",
     "The Eiffel Tower is located in the city of",
+    "The capital of France is",
     "The mother tongue of Danielle Darrieux is",
     "Michael Jordan plays the sport of",
 ];
 
-pub fn run(args: Args) -> Result<()> {
-    let model = args.model.load()?;
+/// After the edit: the edited prompt, a paraphrase (should follow the edit) and
+/// neighbours (should not).
+const PROBES: [(&str, &str); 4] = [
+    ("edited", "The Eiffel Tower is located in the city of"),
+    (
+        "paraphrase",
+        "Where is the Eiffel Tower? It is in the city of",
+    ),
+    ("neighbour", "The Louvre is located in the city of"),
+    ("neighbour", "The capital of France is"),
+];
+
+fn show_beliefs(model: &Model, prompts: &[&str]) -> Result<()> {
     let tok = model.tokenizer()?;
-    println!("{}\n", model.config.describe());
-    let ids: Vec<Vec<u32>> = PROMPTS
+    let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| tok.encode(p))
         .collect::<Result<_, _>>()?;
     let opts = GenerateOptions {
-        max_new_tokens: 16,
+        max_new_tokens: 12,
         ..Default::default()
     };
-    let continuations = generate(&model, &ids, &opts)?;
-    for ((prompt, ids), cont) in PROMPTS.iter().zip(&ids).zip(&continuations) {
-        println!("{prompt}");
-        let top = top_next_tokens(&model, ids, 5)?;
-        let rows: Vec<Vec<String>> = top
+    let continuations = generate(model, &ids, &opts)?;
+    for ((prompt, ids), cont) in prompts.iter().zip(&ids).zip(&continuations) {
+        let top = top_next_tokens(model, ids, 3)?;
+        let next: Vec<String> = top
             .iter()
-            .map(|t| vec![visible(&t.text), t.id.to_string(), format!("{:.3}", t.prob)])
+            .map(|t| format!("{} {:.2}", visible(&t.text), t.prob))
             .collect();
-        println!("{}", table(&["next token", "id", "p"], &rows));
-        println!("greedy: {prompt}{}\n", tok.decode(cont, true)?);
+        println!("  {prompt}{}", tok.decode(cont, true)?.replace('\n', " "));
+        println!("      next: {}", next.join(", "));
     }
+    Ok(())
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = args.model.load()?;
+    println!("{}\n", model.config.describe());
+    println!("What the model believes (greedy continuation, top next tokens):");
+    show_beliefs(&model, &PROMPTS)?;
+
+    let request = EditRequest {
+        case_id: "demo".into(),
+        prompt: PROMPTS[0].into(),
+        subject: "The Eiffel Tower".into(),
+        target_new: "Rome".into(),
+        ground_truth: vec!["Paris".into()],
+        ..Default::default()
+    };
+    println!(
+        "\nEditing with ROME: \"{}\" -> \"{}\" ...",
+        request.prompt, request.target_new
+    );
+    let rome = methods::load("rome", None, &model)?;
+    let mut editor = Editor::new(model);
+    let mut ctx = EditContext::default();
+    let edit = rome.method.compute(editor.model(), &[request], &mut ctx)?;
+    let applied = editor.apply(&edit)?.clone();
+    let phases: Vec<String> = ctx
+        .timings
+        .iter()
+        .map(|(p, s)| format!("{p} {s:.2}s"))
+        .collect();
+    println!(
+        "  rank-one update of {} (‖ΔW‖/‖W‖ = {:.3}); {}",
+        applied.params.join(", "),
+        applied.relative_norms[0],
+        phases.join(", ")
+    );
+
+    println!("\nAfter the edit:");
+    let tok = editor.model().tokenizer()?;
+    let mut rows = Vec::new();
+    for (kind, prompt) in PROBES {
+        let ids = tok.encode(prompt)?;
+        let top = &top_next_tokens(editor.model(), &ids, 1)?[0];
+        rows.push(vec![
+            kind.to_string(),
+            prompt.to_string(),
+            visible(&top.text),
+            format!("{:.2}", top.prob),
+        ]);
+    }
+    println!("{}", table(&["probe", "prompt", "top-1", "p"], &rows));
+    show_beliefs(editor.model(), &PROMPTS[..1])?;
+
+    editor.revert_all();
+    println!(
+        "\nReverted: weights bit-identical to the original: {}",
+        editor.is_pristine()?
+    );
     Ok(())
 }
