@@ -3,88 +3,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-
 use candle_core::{Tensor, Var};
 use common::*;
-use kedit::runtime::{ForwardOutput, LogitsAt, Padding, Site, TokenBatch, WeightOverrides};
+use kedit::runtime::{ForwardOutput, LogitsAt, Site, WeightOverrides};
 use kedit::{Model, ParamId};
 
 /// Every comparison must hold within this absolute tolerance (fixtures README, section B).
 const ATOL: f64 = 1e-5;
-
-/// The fixture inputs: the right-padded `[2, 12]` batch and the loss targets.
-struct Inputs {
-    batch: TokenBatch,
-    /// `(row, index)` of every real token.
-    real: Vec<(usize, usize)>,
-    /// `(row, index, target)`: logits at `index` predict `target` (labels shifted by one).
-    targets: Vec<(usize, usize, u32)>,
-}
-
-fn inputs(refs: &HashMap<String, Tensor>) -> Inputs {
-    let ids = refs["input_ids"].to_vec2::<i64>().unwrap();
-    let mask = refs["attention_mask"].to_vec2::<i64>().unwrap();
-    let labels = refs["labels"].to_vec2::<i64>().unwrap();
-    let seqs: Vec<Vec<u32>> = ids
-        .iter()
-        .zip(&mask)
-        .map(|(row, m)| {
-            row.iter()
-                .zip(m)
-                .filter(|(_, &v)| v == 1)
-                .map(|(&t, _)| t as u32)
-                .collect()
-        })
-        .collect();
-    let batch = TokenBatch::new(&seqs, Padding::Right, 0).unwrap();
-    // Right padding with pad id 0 must reproduce the fixture's ids exactly.
-    assert_eq!(
-        batch.ids,
-        ids.concat().iter().map(|&x| x as u32).collect::<Vec<_>>()
-    );
-    let mut real = Vec::new();
-    let mut targets = Vec::new();
-    for (b, row) in mask.iter().enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            if v == 1 {
-                real.push((b, t));
-            }
-            if t + 1 < row.len() && labels[b][t + 1] != -100 {
-                targets.push((b, t, labels[b][t + 1] as u32));
-            }
-        }
-    }
-    Inputs {
-        batch,
-        real,
-        targets,
-    }
-}
-
-/// The `[n, width]` rows of a `[rows, len, width]` tensor at the given entries.
-fn at_entries(t: &Tensor, entries: &[(usize, usize)]) -> Tensor {
-    let (rows, len, width) = t.dims3().unwrap();
-    let idx: Vec<u32> = entries.iter().map(|&(b, i)| (b * len + i) as u32).collect();
-    let idx = Tensor::new(idx.as_slice(), t.device()).unwrap();
-    t.reshape((rows * len, width))
-        .unwrap()
-        .index_select(&idx, 0)
-        .unwrap()
-}
-
-/// Mean negative log-likelihood of `targets` under `logits: [rows, len, vocab]`.
-fn mean_nll(logits: &Tensor, targets: &[(usize, usize, u32)]) -> Tensor {
-    let entries: Vec<(usize, usize)> = targets.iter().map(|&(b, t, _)| (b, t)).collect();
-    let picked_logits = at_entries(logits, &entries);
-    let lp = kedit::runtime::ops::log_softmax_last(&picked_logits).unwrap();
-    let ids: Vec<u32> = targets.iter().map(|&(_, _, y)| y).collect();
-    let idx = Tensor::new(ids.as_slice(), logits.device())
-        .unwrap()
-        .unsqueeze(1)
-        .unwrap();
-    (lp.gather(&idx, 1).unwrap().mean_all().unwrap() * -1.0).unwrap()
-}
 
 /// The worst |Δ| of each compared quantity, for the report.
 struct Report {
@@ -129,13 +54,13 @@ impl Report {
 }
 
 fn check_architecture(arch: &'static str) {
-    let dir = fixture(&format!("tiny/{arch}"));
+    let dir = tiny_dir(arch);
     let refs = load_tensors(dir.join("reference.safetensors"));
     let model = Model::load(&dir).unwrap_or_else(|e| panic!("{arch}: {e}"));
     assert!(model.tokenizer.is_none(), "{arch}: no tokenizer.json here");
     let n = model.config.n_layers;
     assert_eq!(n, 2);
-    let inp = inputs(&refs);
+    let inp = tiny_inputs(&refs);
 
     let w = Var::from_tensor(model.params.require(ParamId::mlp_out(1)).unwrap()).unwrap();
     let mut overrides = WeightOverrides::new();
@@ -197,7 +122,8 @@ fn check_architecture(arch: &'static str) {
     }
 
     assert_eq!(inp.targets.len(), 18, "{arch}: 11 + 7 shifted targets");
-    let loss = mean_nll(out.logits().unwrap(), &inp.targets);
+    let logits = at_entries(out.logits().unwrap(), &inp.target_at);
+    let loss = mean_nll(&logits, &inp.targets);
     let want_loss = refs["loss"].to_vec1::<f32>().unwrap()[0] as f64;
     let got_loss = loss.to_scalar::<f32>().unwrap() as f64;
     report.check("loss", (got_loss - want_loss).abs());
@@ -251,11 +177,11 @@ fn gpt_neox_matches_transformers() {
 /// Mistral's weights are Llama's: only the sliding window differs, and it must matter.
 #[test]
 fn mistral_sliding_window_changes_late_positions_only() {
-    let llama = Model::load(fixture("tiny/llama")).unwrap();
-    let mistral = Model::load(fixture("tiny/mistral")).unwrap();
+    let llama = Model::load(tiny_dir("llama")).unwrap();
+    let mistral = Model::load(tiny_dir("mistral")).unwrap();
     assert_eq!(mistral.config.sliding_window, Some(4));
     let refs = load_tensors(fixture("tiny/mistral/reference.safetensors"));
-    let inp = inputs(&refs);
+    let inp = tiny_inputs(&refs);
     let run = |m: &Model| {
         m.forward(&inp.batch)
             .logits(LogitsAt::All)
