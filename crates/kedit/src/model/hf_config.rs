@@ -100,6 +100,21 @@ impl Fields<'_> {
     }
 }
 
+/// Heads must split the model width evenly when the head size is not given explicitly;
+/// otherwise the fused and per-head tensors cannot be cut apart.
+fn even_head_dim(f: &Fields, d: usize, heads: usize, heads_key: &str) -> Result<usize> {
+    if heads == 0 {
+        return Err(f.err(heads_key, "must be positive"));
+    }
+    if d % heads != 0 {
+        return Err(f.err(
+            heads_key,
+            &format!("({heads}) does not divide the hidden size ({d})"),
+        ));
+    }
+    Ok(d / heads)
+}
+
 fn activation(f: &Fields, key: &str, default: &str) -> Result<Activation> {
     let name = f.str_or(key, default)?;
     Ok(match name {
@@ -141,7 +156,11 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
             if heads == 0 {
                 return Err(f.err("num_attention_heads", "must be positive"));
             }
-            let head_dim = f.usize_or("head_dim", d / heads)?;
+            // An explicit head_dim need not equal hidden_size / heads.
+            let head_dim = match f.opt("head_dim") {
+                Some(_) => f.usize("head_dim")?,
+                None => even_head_dim(&f, d, heads, "num_attention_heads")?,
+            };
             let attention_bias = f.bool_or("attention_bias", false)?;
             let window = match family {
                 Family::Mistral => f.opt("sliding_window").and_then(Value::as_u64),
@@ -189,9 +208,7 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
         Family::Gpt2 | Family::GptJ => {
             let d = f.usize("n_embd")?;
             let heads = f.usize("n_head")?;
-            if heads == 0 {
-                return Err(f.err("n_head", "must be positive"));
-            }
+            let head_dim = even_head_dim(&f, d, heads, "n_head")?;
             if f.bool_or("scale_attn_by_inverse_layer_idx", false)? {
                 return Err(f.err("scale_attn_by_inverse_layer_idx", "is true: not supported"));
             }
@@ -203,7 +220,7 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
                 n_layers: f.usize("n_layer")?,
                 n_heads: heads,
                 n_kv_heads: heads,
-                head_dim: d / heads,
+                head_dim,
                 d_ff: f.usize_or("n_inner", 4 * d)?,
                 norm: NormKind::Layer,
                 norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)?,
@@ -218,7 +235,7 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
                 } else {
                     Some(Rope {
                         theta: 10_000.0,
-                        rotary_dim: f.usize_or("rotary_dim", d / heads)?,
+                        rotary_dim: f.usize_or("rotary_dim", head_dim)?,
                         interleaved: true,
                     })
                 },
@@ -240,10 +257,7 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
         Family::GptNeoX => {
             let d = f.usize("hidden_size")?;
             let heads = f.usize("num_attention_heads")?;
-            if heads == 0 {
-                return Err(f.err("num_attention_heads", "must be positive"));
-            }
-            let head_dim = d / heads;
+            let head_dim = even_head_dim(&f, d, heads, "num_attention_heads")?;
             let pct = f
                 .opt("rope_parameters")
                 .and_then(|p| p.get("partial_rotary_factor"))
