@@ -41,7 +41,7 @@ impl Report {
         let failed: Vec<&String> = self
             .figures
             .iter()
-            .filter(|(_, d)| !(*d <= ATOL))
+            .filter(|(_, d)| d.is_nan() || *d > ATOL)
             .map(|(n, _)| n)
             .collect();
         assert!(

@@ -232,3 +232,33 @@ pub fn tiny_inputs(refs: &HashMap<String, Tensor>) -> TinyInputs {
     }
     inputs
 }
+
+/// A fresh directory in cargo's scratch space for integration tests, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// `name` must be unique within the test binary; the process id keeps binaries apart.
+    pub fn new(name: &str) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
