@@ -200,3 +200,39 @@ fn mistral_sliding_window_changes_late_positions_only() {
     );
     assert!(max_abs_diff(&at_entries(&a, &late), &at_entries(&b, &late)) > 1e-3);
 }
+
+/// A LLaMA-family MLP is gated whatever its activation: key = act(gate(x)) · up(x).
+#[test]
+fn llama_family_mlp_stays_gated_with_a_gelu_activation() {
+    use kedit::model::BlockParam;
+    let scratch = Scratch::new("gelu-llama");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny_dir("llama").join(file), scratch.join(file)).unwrap();
+    }
+    let mut cfg = json(scratch.join("config.json"));
+    cfg["hidden_act"] = "gelu_pytorch_tanh".into();
+    std::fs::write(scratch.join("config.json"), cfg.to_string()).unwrap();
+    let model = Model::load(scratch.path()).unwrap();
+    assert!(model.config.gated_mlp());
+    let p = |b| ParamId::Block(0, b);
+    let gate = model.params.require(p(BlockParam::GateWeight)).unwrap();
+    let up = model.params.require(p(BlockParam::InWeight)).unwrap();
+    let norm = model.params.require(p(BlockParam::MlpNormWeight)).unwrap();
+
+    let refs = load_tensors(tiny_dir("llama").join("reference.safetensors"));
+    let inp = tiny_inputs(&refs);
+    let out = model
+        .forward(&inp.batch)
+        .capture([Site::ResidPre(0), Site::AttnOut(0), Site::MlpKey(0)])
+        .logits(LogitsAt::None)
+        .run()
+        .unwrap();
+    let mid =
+        (out.capture(Site::ResidPre(0)).unwrap() + out.capture(Site::AttnOut(0)).unwrap()).unwrap();
+    let x = kedit::runtime::ops::rms_norm(&mid, norm, model.config.norm_eps).unwrap();
+    let lin = |w: &Tensor| x.broadcast_matmul(&w.t().unwrap()).unwrap();
+    let want = (lin(gate).gelu().unwrap() * lin(up)).unwrap();
+    let got = out.capture(Site::MlpKey(0)).unwrap();
+    let d = max_abs_diff(got, &want);
+    assert!(d <= ATOL, "gated GELU key: max |Δ| {d}");
+}

@@ -194,6 +194,8 @@ fn copy_tiny(arch: &str, scratch: &Scratch, name: &str) -> PathBuf {
     dir
 }
 
+type ConfigEdit = fn(&mut serde_json::Map<String, Value>);
+
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {
     let path = dir.join("config.json");
     let mut v = json(path.clone());
@@ -236,6 +238,30 @@ fn bad_config_json_names_the_file_and_the_field() {
         });
         let msg = load_error(&dir);
         assert_mentions(&msg, &["config.json", field, "missing"]);
+    }
+    // Features kedit does not implement are refused by name, never silently ignored.
+    let unsupported: [(&str, &str, ConfigEdit); 5] = [
+        ("llama", "mlp_bias", |c| {
+            c.insert("mlp_bias".into(), true.into());
+        }),
+        ("gpt2", "scale_attn_weights", |c| {
+            c.insert("scale_attn_weights".into(), false.into());
+        }),
+        ("gptj", "rotary_dim", |c| {
+            c.remove("rotary_dim");
+        }),
+        ("gpt2", "n_head", |c| {
+            c.insert("n_head".into(), 5.into());
+        }),
+        ("gpt_neox", "rope_scaling", |c| {
+            let linear = serde_json::json!({"rope_type": "linear", "factor": 2.0});
+            c.insert("rope_scaling".into(), linear);
+        }),
+    ];
+    for (i, (arch, field, edit)) in unsupported.into_iter().enumerate() {
+        let dir = copy_tiny(arch, &scratch, &format!("case-unsupported-{i}"));
+        edit_config(&dir, edit);
+        assert_mentions(&load_error(&dir), &["config.json", field]);
     }
     let dir = copy_tiny("mistral", &scratch, "case-type");
     edit_config(&dir, |c| {

@@ -115,6 +115,18 @@ fn even_head_dim(f: &Fields, d: usize, heads: usize, heads_key: &str) -> Result<
     Ok(d / heads)
 }
 
+/// GPT-J without `rotary_dim` rotates whole heads with frequencies computed over the
+/// full model width, which the arch-neutral RoPE cannot express.
+fn gptj_rotary_dim(f: &Fields) -> Result<usize> {
+    match f.opt("rotary_dim") {
+        Some(_) => f.usize("rotary_dim"),
+        None => Err(f.err(
+            "rotary_dim",
+            "is missing: GPT-J without a rotary dimension is not supported",
+        )),
+    }
+}
+
 fn activation(f: &Fields, key: &str, default: &str) -> Result<Activation> {
     let name = f.str_or(key, default)?;
     Ok(match name {
@@ -162,8 +174,18 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
                 None => even_head_dim(&f, d, heads, "num_attention_heads")?,
             };
             let attention_bias = f.bool_or("attention_bias", false)?;
+            // HF then biases gate_proj too, a parameter kedit does not have: refuse rather
+            // than silently drop it.
+            if f.bool_or("mlp_bias", false)? {
+                return Err(f.err(
+                    "mlp_bias",
+                    "is true: MLP biases are not supported for this family",
+                ));
+            }
             let window = match family {
-                Family::Mistral => f.opt("sliding_window").and_then(Value::as_u64),
+                Family::Mistral if f.opt("sliding_window").is_some() => {
+                    Some(f.usize("sliding_window")?)
+                }
                 Family::Qwen2 if f.bool_or("use_sliding_window", false)? => {
                     return Err(f.err(
                         "use_sliding_window",
@@ -192,12 +214,12 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
                 }),
                 learned_positions: false,
                 max_positions: f.usize_or("max_position_embeddings", 2048)?,
-                sliding_window: window.map(|w| w as usize),
+                sliding_window: window,
                 tie_embeddings: f.bool_or("tie_word_embeddings", false)?,
                 biases: Biases {
                     qkv: family == Family::Qwen2 || attention_bias,
                     attn_out: attention_bias,
-                    mlp: f.bool_or("mlp_bias", false)?,
+                    mlp: false,
                     lm_head: false,
                 },
                 bos_token_id: f.token_id("bos_token_id"),
@@ -211,6 +233,12 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
             let head_dim = even_head_dim(&f, d, heads, "n_head")?;
             if f.bool_or("scale_attn_by_inverse_layer_idx", false)? {
                 return Err(f.err("scale_attn_by_inverse_layer_idx", "is true: not supported"));
+            }
+            if !f.bool_or("scale_attn_weights", true)? {
+                return Err(f.err(
+                    "scale_attn_weights",
+                    "is false: unscaled attention is not supported",
+                ));
             }
             let gpt2 = family == Family::Gpt2;
             ModelConfig {
@@ -235,7 +263,7 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
                 } else {
                     Some(Rope {
                         theta: 10_000.0,
-                        rotary_dim: f.usize_or("rotary_dim", head_dim)?,
+                        rotary_dim: gptj_rotary_dim(&f)?,
                         interleaved: true,
                     })
                 },
@@ -255,6 +283,7 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
             }
         }
         Family::GptNeoX => {
+            f.reject_rope_scaling()?;
             let d = f.usize("hidden_size")?;
             let heads = f.usize("num_attention_heads")?;
             let head_dim = even_head_dim(&f, d, heads, "num_attention_heads")?;
