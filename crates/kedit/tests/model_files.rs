@@ -122,6 +122,25 @@ fn tiny_models_save_and_reload_exactly_in_their_original_hf_layouts() {
     );
 }
 
+/// A model built in memory has no config.json of its own: the one written for it must
+/// be in its family's format and read back as the same configuration.
+#[test]
+fn models_built_in_memory_save_a_config_of_their_own_family() {
+    let scratch = Scratch::new("from-parts");
+    for arch in TINY_ARCHS {
+        let loaded = Model::load(tiny_dir(arch)).unwrap();
+        let built = Model::from_parts(loaded.config.clone(), loaded.params.clone(), None).unwrap();
+        let out = scratch.join(arch);
+        built.save_hf(&out).unwrap();
+        let reloaded = Model::load(&out).unwrap();
+        assert_same_weights(&loaded, &reloaded, arch);
+        assert_same_tensor_bytes(
+            &out.join("model.safetensors"),
+            &tiny_dir(arch).join("model.safetensors"),
+        );
+    }
+}
+
 #[test]
 fn smollm2_saves_as_hf_directory_with_tokenizer_and_reloads_exactly() {
     let original = smollm2();

@@ -336,30 +336,89 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-/// A `config.json` for a model that did not come with one (GGUF), in the Llama format.
+/// The `hidden_act` / `activation_function` name of an activation.
+fn activation_name(act: Activation) -> &'static str {
+    match act {
+        Activation::Silu => "silu",
+        Activation::GeluTanh => "gelu_new",
+        Activation::GeluErf => "gelu",
+        Activation::Relu => "relu",
+    }
+}
+
+/// A `config.json` for a model that did not come with one (GGUF, or built in memory), in
+/// its family's own format, so that [`parse`] reads back the same configuration.
 pub fn synthesize(cfg: &ModelConfig) -> Value {
-    let rope = cfg.rope.map(|r| r.theta).unwrap_or(10_000.0);
-    json!({
+    let rope = cfg.rope.unwrap_or(Rope {
+        theta: 10_000.0,
+        rotary_dim: cfg.head_dim,
+        interleaved: false,
+    });
+    let mut v = match cfg.family {
+        Family::Llama | Family::Mistral | Family::Qwen2 => json!({
+            "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.d_ff,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads,
+            "head_dim": cfg.head_dim,
+            "hidden_act": activation_name(cfg.activation),
+            "max_position_embeddings": cfg.max_positions,
+            "rms_norm_eps": cfg.norm_eps,
+            "rope_theta": rope.theta,
+            "rope_parameters": {"rope_theta": rope.theta, "rope_type": "default"},
+            "attention_bias": cfg.family != Family::Qwen2 && cfg.biases.qkv,
+            "mlp_bias": false,
+            "sliding_window": cfg.sliding_window,
+            "use_sliding_window": false,
+        }),
+        Family::Gpt2 | Family::GptJ => json!({
+            "n_embd": cfg.d_model,
+            "n_inner": cfg.d_ff,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_positions": cfg.max_positions,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "activation_function": activation_name(cfg.activation),
+        }),
+        Family::GptNeoX => {
+            let pct = rope.rotary_dim as f64 / cfg.head_dim as f64;
+            json!({
+                "hidden_size": cfg.d_model,
+                "intermediate_size": cfg.d_ff,
+                "num_hidden_layers": cfg.n_layers,
+                "num_attention_heads": cfg.n_heads,
+                "hidden_act": activation_name(cfg.activation),
+                "max_position_embeddings": cfg.max_positions,
+                "layer_norm_eps": cfg.norm_eps,
+                "rotary_pct": pct,
+                "rotary_emb_base": rope.theta,
+                "rope_parameters": {
+                    "rope_theta": rope.theta,
+                    "partial_rotary_factor": pct,
+                    "rope_type": "default",
+                },
+                "use_parallel_residual": cfg.block == BlockLayout::Parallel,
+                "attention_bias": cfg.biases.qkv,
+            })
+        }
+    };
+    let common = json!({
         "architectures": [cfg.family.hf_class()],
         "model_type": cfg.family.model_type(),
         "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_positions,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": rope,
-        "rope_parameters": {"rope_theta": rope, "rope_type": "default"},
-        "attention_bias": cfg.biases.qkv,
-        "mlp_bias": cfg.biases.mlp,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
         "pad_token_id": cfg.pad_token_id,
         "torch_dtype": "float32",
-    })
+    });
+    let obj = v.as_object_mut().expect("built as an object above");
+    if let Value::Object(common) = common {
+        obj.extend(common);
+    }
+    if cfg.family == Family::GptJ {
+        obj.insert("rotary_dim".into(), rope.rotary_dim.into());
+    }
+    v
 }
