@@ -196,7 +196,16 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     let head_dim =
         meta_u32(path, md, &key("attention.key_length"))?.map_or(d / heads, |x| x as usize);
     let vocab = match content.tensor_infos.get("token_embd.weight") {
-        Some(info) => info.shape.dims()[0],
+        Some(info) => match info.shape.dims() {
+            [vocab, _] => *vocab,
+            other => {
+                return Err(Error::tensor(
+                    path,
+                    "token_embd.weight",
+                    format!("has shape {other:?}; expected [vocab, embedding_length]"),
+                ))
+            }
+        },
         None => return Err(Error::tensor(path, "token_embd.weight", "is missing")),
     };
     let tokenizer_id = |k: &str| meta_u32(path, md, k);
