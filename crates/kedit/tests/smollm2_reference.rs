@@ -185,7 +185,7 @@ fn left_padded_batch_matches_transformers_and_single_runs() {
         );
         let d_right = max_abs_diff(
             &out_r.logits().unwrap().narrow(0, b, 1).unwrap(),
-            &alone.logits().unwrap(),
+            alone.logits().unwrap(),
         );
         assert!(
             d_left <= 1e-4 && d_right <= 1e-4,

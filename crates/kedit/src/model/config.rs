@@ -63,8 +63,8 @@ pub enum NormKind {
     Layer,
 }
 
-/// The non-linearity of the MLP. `Silu` models (LLaMA family) are gated:
-/// key = silu(gate(x)) · up(x); the others are not: key = act(in(x)).
+/// The non-linearity of the MLP (gated or not is a property of the family, see
+/// [`ModelConfig::gated_mlp`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Activation {
     Silu,
@@ -132,8 +132,10 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// LLaMA-family MLPs are always gated, key = act(gate(x)) · up(x), whatever their
+    /// activation; GPT-2, GPT-J and GPT-NeoX never are: key = act(in(x)).
     pub fn gated_mlp(&self) -> bool {
-        self.activation == Activation::Silu
+        matches!(self.family, Family::Llama | Family::Mistral | Family::Qwen2)
     }
 
     /// Query heads per key/value head (grouped-query attention).

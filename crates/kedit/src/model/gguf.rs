@@ -90,11 +90,78 @@ fn unpermute(t: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape(t.shape())?)
 }
 
+/// candle's error without the backtrace it appends when RUST_BACKTRACE is set.
+fn plain(e: &candle_core::Error) -> &candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => plain(inner),
+        other => other,
+    }
+}
+
+/// An unreadable header. A file that simply ends too early (an interrupted download or
+/// copy) is the common case, so say so.
+fn header_error(path: &Path, file_len: u64, e: &candle_core::Error) -> Error {
+    let e = plain(e);
+    let ended = match e {
+        candle_core::Error::Io(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,
+        // candle's own bounds checks: "... exceeds remaining file bytes", "only N remaining".
+        other => other.to_string().contains("remaining"),
+    };
+    if ended {
+        Error::model(
+            path,
+            format!(
+                "the file is truncated: it ends at byte {file_len}, inside the GGUF header \
+                 (metadata and tensor list): {e}"
+            ),
+        )
+    } else {
+        Error::model(path, format!("not a readable GGUF file: bad header: {e}"))
+    }
+}
+
+/// Every tensor the model needs must lie inside the file. Checked before anything is
+/// dequantised, so that a truncated file fails at once and names the first tensor cut off.
+fn check_extents<'a>(
+    path: &Path,
+    content: &Content,
+    names: impl Iterator<Item = &'a str>,
+    file_len: u64,
+) -> Result<()> {
+    let mut cut = Vec::new();
+    for name in names {
+        // A missing tensor is reported when it is read.
+        let Some(info) = content.tensor_infos.get(name) else {
+            continue;
+        };
+        let dtype = info.ggml_dtype;
+        let size = (info.shape.elem_count() / dtype.block_size() * dtype.type_size()) as u64;
+        let start = content.tensor_data_offset.saturating_add(info.offset);
+        let end = start.saturating_add(size);
+        if end > file_len {
+            cut.push((start, end, name));
+        }
+    }
+    cut.sort();
+    match cut.first() {
+        None => Ok(()),
+        Some(&(start, end, name)) => Err(Error::tensor(
+            path,
+            name,
+            format!(
+                "the file is truncated: this tensor's data spans bytes {start}..{end}, but the \
+                 file ends at byte {file_len} ({} tensor(s) cut off)",
+                cut.len()
+            ),
+        )),
+    }
+}
+
 pub fn load(path: &Path) -> Result<GgufModel> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader)
-        .map_err(|e| Error::model(path, format!("not a readable GGUF file: {e}")))?;
+    let content = Content::read(&mut reader).map_err(|e| header_error(path, file_len, &e))?;
     let md = &content.metadata;
     let arch = md
         .get("general.architecture")
@@ -129,7 +196,16 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     let head_dim =
         meta_u32(path, md, &key("attention.key_length"))?.map_or(d / heads, |x| x as usize);
     let vocab = match content.tensor_infos.get("token_embd.weight") {
-        Some(info) => info.shape.dims()[0],
+        Some(info) => match info.shape.dims() {
+            [vocab, _] => *vocab,
+            other => {
+                return Err(Error::tensor(
+                    path,
+                    "token_embd.weight",
+                    format!("has shape {other:?}; expected [vocab, embedding_length]"),
+                ))
+            }
+        },
         None => return Err(Error::tensor(path, "token_embd.weight", "is missing")),
     };
     let tokenizer_id = |k: &str| meta_u32(path, md, k);
@@ -173,21 +249,27 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         pad_token_id: tokenizer_id("tokenizer.ggml.padding_token_id")?,
     };
     config.validate().map_err(|m| Error::model(path, m))?;
+    let names: Vec<(ParamId, Vec<usize>, String)> = config
+        .param_shapes()
+        .into_iter()
+        .map(|(id, shape)| {
+            let name = gguf_name(id).expect("every llama parameter has a GGUF name");
+            (id, shape, name)
+        })
+        .collect();
+    check_extents(path, &content, names.iter().map(|n| n.2.as_str()), file_len)?;
     let device = Device::Cpu;
     let mut params = Params::new();
-    for (id, shape) in config.param_shapes() {
-        let name = gguf_name(id).expect("every llama parameter has a GGUF name");
-        let q = content.tensor(&mut reader, &name, &device).map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains("cannot find tensor info") {
-                Error::tensor(path, &name, "is missing")
-            } else {
-                Error::tensor(path, &name, msg)
-            }
-        })?;
+    for (id, shape, name) in names {
+        if !content.tensor_infos.contains_key(&name) {
+            return Err(Error::tensor(path, &name, "is missing"));
+        }
+        let q = content
+            .tensor(&mut reader, &name, &device)
+            .map_err(|e| Error::tensor(path, &name, plain(&e).to_string()))?;
         let mut t = q
             .dequantize(&device)
-            .map_err(|e| Error::tensor(path, &name, format!("cannot dequantise: {e}")))?;
+            .map_err(|e| Error::tensor(path, &name, format!("cannot dequantise: {}", plain(&e))))?;
         if t.dims() != shape.as_slice() {
             return Err(Error::tensor(
                 path,

@@ -42,19 +42,19 @@ pub fn load(dir: &Path) -> Result<HfModel> {
             slot.name.clone()
         };
         let raw = files.get(&name)?;
-        let t = from_hf_layout(&raw, slot.layout, &config)
-            .map_err(|e| Error::tensor(files.describe(), &name, e.to_string()))?;
-        if t.dims() != shape.as_slice() {
+        let expected = slot.layout.hf_shape(&shape);
+        if raw.dims() != expected.as_slice() {
             return Err(Error::tensor(
                 files.describe(),
                 &name,
                 format!(
-                    "has shape {:?}; the configuration implies {:?} for `{id}`",
-                    raw.dims(),
-                    shape
+                    "has shape {:?}; config.json implies {expected:?} (holding `{id}`)",
+                    raw.dims()
                 ),
             ));
         }
+        let t = from_hf_layout(&raw, slot.layout, &config)
+            .map_err(|e| Error::tensor(files.describe(), &name, e.to_string()))?;
         params.insert(id, t);
     }
     Ok(HfModel {
@@ -70,11 +70,12 @@ fn from_hf_layout(raw: &Tensor, layout: HfLayout, cfg: &ModelConfig) -> Result<T
         HfLayout::Plain => raw.clone(),
         HfLayout::Conv1D => raw.t()?.contiguous()?,
         HfLayout::Gpt2Qkv(part) => {
-            let d = cfg.d_model;
+            // q, k and v are equally wide: GPT-2 has no grouped-query attention.
+            let n = cfg.n_heads * cfg.head_dim;
             if raw.rank() == 2 {
-                raw.t()?.narrow(0, part * d, d)?.contiguous()?
+                raw.t()?.narrow(0, part * n, n)?.contiguous()?
             } else {
-                raw.narrow(0, part * d, d)?
+                raw.narrow(0, part * n, n)?
             }
         }
         HfLayout::NeoxQkv(part) => {

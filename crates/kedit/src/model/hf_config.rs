@@ -100,6 +100,33 @@ impl Fields<'_> {
     }
 }
 
+/// Heads must split the model width evenly when the head size is not given explicitly;
+/// otherwise the fused and per-head tensors cannot be cut apart.
+fn even_head_dim(f: &Fields, d: usize, heads: usize, heads_key: &str) -> Result<usize> {
+    if heads == 0 {
+        return Err(f.err(heads_key, "must be positive"));
+    }
+    if d % heads != 0 {
+        return Err(f.err(
+            heads_key,
+            &format!("({heads}) does not divide the hidden size ({d})"),
+        ));
+    }
+    Ok(d / heads)
+}
+
+/// GPT-J without `rotary_dim` rotates whole heads with frequencies computed over the
+/// full model width, which the arch-neutral RoPE cannot express.
+fn gptj_rotary_dim(f: &Fields) -> Result<usize> {
+    match f.opt("rotary_dim") {
+        Some(_) => f.usize("rotary_dim"),
+        None => Err(f.err(
+            "rotary_dim",
+            "is missing: GPT-J without a rotary dimension is not supported",
+        )),
+    }
+}
+
 fn activation(f: &Fields, key: &str, default: &str) -> Result<Activation> {
     let name = f.str_or(key, default)?;
     Ok(match name {
@@ -141,10 +168,24 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
             if heads == 0 {
                 return Err(f.err("num_attention_heads", "must be positive"));
             }
-            let head_dim = f.usize_or("head_dim", d / heads)?;
+            // An explicit head_dim need not equal hidden_size / heads.
+            let head_dim = match f.opt("head_dim") {
+                Some(_) => f.usize("head_dim")?,
+                None => even_head_dim(&f, d, heads, "num_attention_heads")?,
+            };
             let attention_bias = f.bool_or("attention_bias", false)?;
+            // HF then biases gate_proj too, a parameter kedit does not have: refuse rather
+            // than silently drop it.
+            if f.bool_or("mlp_bias", false)? {
+                return Err(f.err(
+                    "mlp_bias",
+                    "is true: MLP biases are not supported for this family",
+                ));
+            }
             let window = match family {
-                Family::Mistral => f.opt("sliding_window").and_then(Value::as_u64),
+                Family::Mistral if f.opt("sliding_window").is_some() => {
+                    Some(f.usize("sliding_window")?)
+                }
                 Family::Qwen2 if f.bool_or("use_sliding_window", false)? => {
                     return Err(f.err(
                         "use_sliding_window",
@@ -173,12 +214,12 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
                 }),
                 learned_positions: false,
                 max_positions: f.usize_or("max_position_embeddings", 2048)?,
-                sliding_window: window.map(|w| w as usize),
+                sliding_window: window,
                 tie_embeddings: f.bool_or("tie_word_embeddings", false)?,
                 biases: Biases {
                     qkv: family == Family::Qwen2 || attention_bias,
                     attn_out: attention_bias,
-                    mlp: f.bool_or("mlp_bias", false)?,
+                    mlp: false,
                     lm_head: false,
                 },
                 bos_token_id: f.token_id("bos_token_id"),
@@ -189,11 +230,15 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
         Family::Gpt2 | Family::GptJ => {
             let d = f.usize("n_embd")?;
             let heads = f.usize("n_head")?;
-            if heads == 0 {
-                return Err(f.err("n_head", "must be positive"));
-            }
+            let head_dim = even_head_dim(&f, d, heads, "n_head")?;
             if f.bool_or("scale_attn_by_inverse_layer_idx", false)? {
                 return Err(f.err("scale_attn_by_inverse_layer_idx", "is true: not supported"));
+            }
+            if !f.bool_or("scale_attn_weights", true)? {
+                return Err(f.err(
+                    "scale_attn_weights",
+                    "is false: unscaled attention is not supported",
+                ));
             }
             let gpt2 = family == Family::Gpt2;
             ModelConfig {
@@ -203,7 +248,7 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
                 n_layers: f.usize("n_layer")?,
                 n_heads: heads,
                 n_kv_heads: heads,
-                head_dim: d / heads,
+                head_dim,
                 d_ff: f.usize_or("n_inner", 4 * d)?,
                 norm: NormKind::Layer,
                 norm_eps: f.f64_or("layer_norm_epsilon", 1e-5)?,
@@ -218,7 +263,7 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
                 } else {
                     Some(Rope {
                         theta: 10_000.0,
-                        rotary_dim: f.usize_or("rotary_dim", d / heads)?,
+                        rotary_dim: gptj_rotary_dim(&f)?,
                         interleaved: true,
                     })
                 },
@@ -238,12 +283,10 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
             }
         }
         Family::GptNeoX => {
+            f.reject_rope_scaling()?;
             let d = f.usize("hidden_size")?;
             let heads = f.usize("num_attention_heads")?;
-            if heads == 0 {
-                return Err(f.err("num_attention_heads", "must be positive"));
-            }
-            let head_dim = d / heads;
+            let head_dim = even_head_dim(&f, d, heads, "num_attention_heads")?;
             let pct = f
                 .opt("rope_parameters")
                 .and_then(|p| p.get("partial_rotary_factor"))
@@ -293,30 +336,89 @@ pub fn parse(path: &Path, v: &Value) -> Result<ModelConfig> {
     Ok(cfg)
 }
 
-/// A `config.json` for a model that did not come with one (GGUF), in the Llama format.
+/// The `hidden_act` / `activation_function` name of an activation.
+fn activation_name(act: Activation) -> &'static str {
+    match act {
+        Activation::Silu => "silu",
+        Activation::GeluTanh => "gelu_new",
+        Activation::GeluErf => "gelu",
+        Activation::Relu => "relu",
+    }
+}
+
+/// A `config.json` for a model that did not come with one (GGUF, or built in memory), in
+/// its family's own format, so that [`parse`] reads back the same configuration.
 pub fn synthesize(cfg: &ModelConfig) -> Value {
-    let rope = cfg.rope.map(|r| r.theta).unwrap_or(10_000.0);
-    json!({
+    let rope = cfg.rope.unwrap_or(Rope {
+        theta: 10_000.0,
+        rotary_dim: cfg.head_dim,
+        interleaved: false,
+    });
+    let mut v = match cfg.family {
+        Family::Llama | Family::Mistral | Family::Qwen2 => json!({
+            "hidden_size": cfg.d_model,
+            "intermediate_size": cfg.d_ff,
+            "num_hidden_layers": cfg.n_layers,
+            "num_attention_heads": cfg.n_heads,
+            "num_key_value_heads": cfg.n_kv_heads,
+            "head_dim": cfg.head_dim,
+            "hidden_act": activation_name(cfg.activation),
+            "max_position_embeddings": cfg.max_positions,
+            "rms_norm_eps": cfg.norm_eps,
+            "rope_theta": rope.theta,
+            "rope_parameters": {"rope_theta": rope.theta, "rope_type": "default"},
+            "attention_bias": cfg.family != Family::Qwen2 && cfg.biases.qkv,
+            "mlp_bias": false,
+            "sliding_window": cfg.sliding_window,
+            "use_sliding_window": false,
+        }),
+        Family::Gpt2 | Family::GptJ => json!({
+            "n_embd": cfg.d_model,
+            "n_inner": cfg.d_ff,
+            "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads,
+            "n_positions": cfg.max_positions,
+            "layer_norm_epsilon": cfg.norm_eps,
+            "activation_function": activation_name(cfg.activation),
+        }),
+        Family::GptNeoX => {
+            let pct = rope.rotary_dim as f64 / cfg.head_dim as f64;
+            json!({
+                "hidden_size": cfg.d_model,
+                "intermediate_size": cfg.d_ff,
+                "num_hidden_layers": cfg.n_layers,
+                "num_attention_heads": cfg.n_heads,
+                "hidden_act": activation_name(cfg.activation),
+                "max_position_embeddings": cfg.max_positions,
+                "layer_norm_eps": cfg.norm_eps,
+                "rotary_pct": pct,
+                "rotary_emb_base": rope.theta,
+                "rope_parameters": {
+                    "rope_theta": rope.theta,
+                    "partial_rotary_factor": pct,
+                    "rope_type": "default",
+                },
+                "use_parallel_residual": cfg.block == BlockLayout::Parallel,
+                "attention_bias": cfg.biases.qkv,
+            })
+        }
+    };
+    let common = json!({
         "architectures": [cfg.family.hf_class()],
         "model_type": cfg.family.model_type(),
         "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.d_ff,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_positions,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": rope,
-        "rope_parameters": {"rope_theta": rope, "rope_type": "default"},
-        "attention_bias": cfg.biases.qkv,
-        "mlp_bias": cfg.biases.mlp,
         "tie_word_embeddings": cfg.tie_embeddings,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": cfg.eos_token_id,
         "pad_token_id": cfg.pad_token_id,
         "torch_dtype": "float32",
-    })
+    });
+    let obj = v.as_object_mut().expect("built as an object above");
+    if let Value::Object(common) = common {
+        obj.extend(common);
+    }
+    if cfg.family == Family::GptJ {
+        obj.insert("rotary_dim".into(), rope.rotary_dim.into());
+    }
+    v
 }

@@ -17,6 +17,24 @@ pub enum HfLayout {
     NeoxQkv(usize),
 }
 
+impl HfLayout {
+    /// The shape the checkpoint tensor must have for a canonical parameter of shape
+    /// `canonical`. Checking it before converting matters for the fused layouts: a fused
+    /// tensor that is too large still yields parts of the right shape.
+    pub fn hf_shape(self, canonical: &[usize]) -> Vec<usize> {
+        match (self, canonical) {
+            (HfLayout::Conv1D, [out, inp]) => vec![*inp, *out],
+            (HfLayout::Gpt2Qkv(_), [out, inp]) => vec![*inp, 3 * out],
+            (HfLayout::NeoxQkv(_), [out, rest @ ..]) | (HfLayout::Gpt2Qkv(_), [out, rest @ ..]) => {
+                let mut shape = vec![3 * out];
+                shape.extend(rest);
+                shape
+            }
+            _ => canonical.to_vec(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HfSlot {
     pub name: String,
@@ -198,6 +216,16 @@ pub fn canonical_of(family: Family, n_layers: usize, hf_name: &str) -> Option<Pa
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hf_shapes_of_transposed_and_fused_layouts() {
+        assert_eq!(HfLayout::Plain.hf_shape(&[64, 128]), vec![64, 128]);
+        assert_eq!(HfLayout::Conv1D.hf_shape(&[64, 128]), vec![128, 64]);
+        assert_eq!(HfLayout::Gpt2Qkv(1).hf_shape(&[64, 64]), vec![64, 192]);
+        assert_eq!(HfLayout::Gpt2Qkv(2).hf_shape(&[64]), vec![192]);
+        assert_eq!(HfLayout::NeoxQkv(0).hf_shape(&[64, 64]), vec![192, 64]);
+        assert_eq!(HfLayout::NeoxQkv(0).hf_shape(&[64]), vec![192]);
+    }
 
     #[test]
     fn easyedit_module_names_map_to_canonical_ids() {

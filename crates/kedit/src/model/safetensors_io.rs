@@ -64,8 +64,11 @@ impl SafetensorFiles {
             // SAFETY: the mapping is read-only and lives as long as `self`; a file changed
             // underneath us while loading is a user error we cannot guard against anyway.
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| Error::model(&path, format!("not a valid safetensors file: {e}")))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+                truncation(&path, &mmap).unwrap_or_else(|| {
+                    Error::model(&path, format!("not a valid safetensors file: {e}"))
+                })
+            })?;
             for name in st.names() {
                 index.insert(name.to_string(), files.len());
             }
@@ -120,6 +123,60 @@ impl SafetensorFiles {
             .map_err(|e| Error::tensor(path, name, e.to_string()))?;
         Ok(t.to_dtype(DType::F32)?)
     }
+}
+
+/// Explains a safetensors file that is shorter than its header says, naming the first
+/// tensor cut off; `None` when the file is broken in some other way. (The safetensors
+/// crate only reports "incomplete metadata", which does not help anyone find the cause.)
+fn truncation(path: &Path, bytes: &[u8]) -> Option<Error> {
+    const PREFIX: usize = 8;
+    let Some(size) = bytes.get(..PREFIX) else {
+        return Some(Error::model(
+            path,
+            format!(
+                "the file is truncated: {} bytes, less than the 8-byte header length",
+                bytes.len()
+            ),
+        ));
+    };
+    let header_len = u64::from_le_bytes(size.try_into().expect("8 bytes"));
+    let available = (bytes.len() - PREFIX) as u64;
+    // A length beyond any real header (the crate caps it at 100 MB) means "not safetensors".
+    if header_len > 100_000_000 {
+        return None;
+    }
+    if header_len > available {
+        return Some(Error::model(
+            path,
+            format!(
+                "the file is truncated inside its JSON header: the header is {header_len} bytes, \
+                 only {available} follow the length prefix"
+            ),
+        ));
+    }
+    let header_end = PREFIX + header_len as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[PREFIX..header_end]).ok()?;
+    let data_len = (bytes.len() - header_end) as u64;
+    let mut cut: Vec<(u64, u64, &str)> = header
+        .as_object()?
+        .iter()
+        .filter_map(|(name, info)| {
+            let offsets = info.get("data_offsets")?.as_array()?;
+            let (start, end) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+            (end > data_len).then_some((start, end, name.as_str()))
+        })
+        .collect();
+    cut.sort();
+    let &(start, end, name) = cut.first()?;
+    Some(Error::tensor(
+        path,
+        name,
+        format!(
+            "the file is truncated: this tensor needs bytes {start}..{end} of the data section, \
+             which has only {data_len} bytes ({} tensor(s) cut off)",
+            cut.len()
+        ),
+    ))
 }
 
 /// Writes `tensors` to `path` atomically (a temporary file renamed into place).

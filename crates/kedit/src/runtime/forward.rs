@@ -307,6 +307,10 @@ impl<'m> Pass<'m> {
         self.site(Site::Embed, h)
     }
 
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "`l` is the layer number the blocks and sites are named by, not only an index"
+    )]
     fn run(mut self) -> Result<ForwardOutput> {
         let n_layers = self.cfg.n_layers;
         let (first, mut h) = match self.req.start.take() {

@@ -153,3 +153,112 @@ pub fn ids_of(t: &Tensor) -> Vec<u32> {
         .map(|x| x as u32)
         .collect()
 }
+
+/// The six tiny Hugging Face models under `fixtures/tiny/`.
+pub const TINY_ARCHS: [&str; 6] = ["llama", "qwen2", "mistral", "gpt2", "gptj", "gpt_neox"];
+
+pub fn tiny_dir(arch: &str) -> PathBuf {
+    fixture(&format!("tiny/{arch}"))
+}
+
+/// The `[n, width]` rows of a `[rows, len, width]` tensor at the given `(row, index)` entries.
+pub fn at_entries(t: &Tensor, entries: &[(usize, usize)]) -> Tensor {
+    let (rows, len, width) = t.dims3().unwrap();
+    let idx: Vec<u32> = entries.iter().map(|&(b, i)| (b * len + i) as u32).collect();
+    let idx = Tensor::new(idx.as_slice(), t.device()).unwrap();
+    t.reshape((rows * len, width))
+        .unwrap()
+        .index_select(&idx, 0)
+        .unwrap()
+}
+
+/// Mean negative log-likelihood of `targets[i]` under row `i` of `logits: [n, vocab]`.
+pub fn mean_nll(logits: &Tensor, targets: &[u32]) -> Tensor {
+    let lp = kedit::runtime::ops::log_softmax_last(logits).unwrap();
+    let idx = Tensor::new(targets, logits.device())
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
+    (lp.gather(&idx, 1).unwrap().mean_all().unwrap() * -1.0).unwrap()
+}
+
+/// The inputs of a tiny-model fixture (`reference.safetensors`): a right-padded batch.
+pub struct TinyInputs {
+    pub batch: kedit::TokenBatch,
+    /// `(row, index)` of every real token (attention_mask == 1).
+    pub real: Vec<(usize, usize)>,
+    /// `(row, index)` whose logits predict the next label, and that label (−100 skipped).
+    pub target_at: Vec<(usize, usize)>,
+    pub targets: Vec<u32>,
+}
+
+pub fn tiny_inputs(refs: &HashMap<String, Tensor>) -> TinyInputs {
+    let ids = refs["input_ids"].to_vec2::<i64>().unwrap();
+    let mask = refs["attention_mask"].to_vec2::<i64>().unwrap();
+    let labels = refs["labels"].to_vec2::<i64>().unwrap();
+    let seqs: Vec<Vec<u32>> = ids
+        .iter()
+        .zip(&mask)
+        .map(|(row, m)| {
+            row.iter()
+                .zip(m)
+                .filter(|(_, &v)| v == 1)
+                .map(|(&t, _)| t as u32)
+                .collect()
+        })
+        .collect();
+    let batch = kedit::TokenBatch::new(&seqs, kedit::Padding::Right, 0).unwrap();
+    // Right padding with pad id 0 must reproduce the fixture's ids exactly.
+    assert_eq!(
+        batch.ids,
+        ids.concat().iter().map(|&x| x as u32).collect::<Vec<_>>()
+    );
+    let mut inputs = TinyInputs {
+        batch,
+        real: Vec::new(),
+        target_at: Vec::new(),
+        targets: Vec::new(),
+    };
+    for (b, row) in mask.iter().enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            if v == 1 {
+                inputs.real.push((b, t));
+            }
+            if t + 1 < row.len() && labels[b][t + 1] != -100 {
+                inputs.target_at.push((b, t));
+                inputs.targets.push(labels[b][t + 1] as u32);
+            }
+        }
+    }
+    inputs
+}
+
+/// A fresh directory in cargo's scratch space for integration tests, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// `name` must be unique within the test binary; the process id keeps binaries apart.
+    pub fn new(name: &str) -> Self {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("{name}-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
