@@ -130,6 +130,24 @@ fn zsre_train_names_the_records_without_a_target() {
 }
 
 #[test]
+fn a_file_in_no_edit_format_is_refused_by_auto_with_its_fields() {
+    // ROME's known facts (for causal tracing) are not edit requests.
+    let e = load(
+        &data("known_1000/known_1000.json"),
+        Format::Auto,
+        &opts(true),
+    )
+    .unwrap_err();
+    let message = e.to_string();
+    assert!(matches!(e, Error::Data { .. }), "{e:?}");
+    assert!(
+        message.contains("cannot tell the dataset format"),
+        "{message}"
+    );
+    assert!(message.contains("\"template\""), "{message}");
+}
+
+#[test]
 fn limit_takes_the_first_requests() {
     let path = data("counterfact/counterfact-val.json");
     let all = load(&path, Format::Auto, &opts(false)).unwrap();
