@@ -30,6 +30,10 @@ pub enum Error {
         field: String,
         message: String,
     },
+    /// A data file as a whole cannot be read as records (not JSON, truncated, not an array,
+    /// format not recognised).
+    #[error("{}: {message}", path.display())]
+    Data { path: PathBuf, message: String },
     /// A configuration (hyper-parameters, CLI options) is invalid.
     #[error("{0}")]
     Config(String),
@@ -84,6 +88,13 @@ impl Error {
             path: path.into(),
             index,
             field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
             message: message.into(),
         }
     }
