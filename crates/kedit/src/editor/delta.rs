@@ -38,7 +38,7 @@ impl Delta {
 
     /// Frobenius norm ‖ΔW‖.
     pub fn norm(&self) -> Result<f64> {
-        Ok(frobenius(&self.dense(DType::F64)?)?)
+        frobenius(&self.dense(DType::F64)?)
     }
 
     fn tensors(&self) -> Vec<&Tensor> {

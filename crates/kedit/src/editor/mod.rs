@@ -117,7 +117,7 @@ impl Editor {
             }
             let dense = delta.dense(w.dtype())?;
             let ratio = delta::frobenius(&dense)? / delta::frobenius(&w)?.max(f64::MIN_POSITIVE);
-            if !(ratio <= self.guard.max_relative_norm) {
+            if ratio.is_nan() || ratio > self.guard.max_relative_norm {
                 return Err(Error::EditRefused(format!(
                     "the update of `{id}` has norm {ratio:.3e} × the weight's, above the limit {} \
                      (an exploding update)",

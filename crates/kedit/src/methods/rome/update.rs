@@ -50,7 +50,7 @@ pub fn rank_one_update(
     }
     let denominator = (&u * &k)?.sum_all()?.to_scalar::<f64>()?;
     let k_norm = k.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
-    if !(denominator.abs() > 1e-8 * k_norm.max(1e-30)) {
+    if denominator.is_nan() || denominator.abs() <= 1e-8 * k_norm.max(1e-30) {
         return Err(Error::EditRefused(format!(
             "the key is (nearly) orthogonal to the update direction: uᵀk = {denominator:.3e}"
         )));
