@@ -1,6 +1,7 @@
 //! `kedit`: the command line. A thin layer over the kedit library: parse, call, print.
 
 mod bench;
+mod bench_edit;
 mod demo;
 mod generate;
 mod inspect;
@@ -33,6 +34,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Measure throughput: matmul GFLOP/s, prefill, forward+backward.
     Bench(bench::Args),
+    /// Measure seconds per edit of a method, phase by phase, and peak memory.
+    BenchEdit(bench_edit::Args),
 }
 
 /// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
@@ -65,6 +68,7 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchEdit(a) => bench_edit::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

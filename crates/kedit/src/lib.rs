@@ -46,10 +46,12 @@
 //! ```
 
 pub mod bench;
+pub mod bench_edit;
 pub mod editor;
 pub mod error;
 pub mod evaluate;
 pub mod generate;
+pub mod memory;
 pub mod methods;
 pub mod model;
 pub mod prompts;

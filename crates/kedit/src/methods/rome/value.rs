@@ -9,11 +9,12 @@
 //! clamping ‖δ‖ ≤ clamp_norm_factor · ‖v₀‖ after each step and stopping early once the loss
 //! is small. v* = v₀ + δ, with v₀ the MLP output at the subject in the plain prompt.
 //!
-//! Doing less work, exactly: δ enters at layer l at the looked-up token, so the layers
-//! below l and every position before that token are the same at every step. They are run
-//! once; each step runs only layers ≥ l over the positions from the looked-up token on,
-//! attending to the cached keys/values of the earlier ones, with logits only where the loss
-//! reads them.
+//! Doing less work, exactly: δ enters after layer l's MLP at the looked-up token, so layers
+//! up to l (the other positions of layer l never see δ: attention reads the layer's input,
+//! the MLP is per position) and every position before that token are the same at every
+//! step. They are run once; each step adds δ to the residual entering layer l+1 and runs
+//! only the layers above, over the positions from the looked-up token on, attending to the
+//! cached keys/values of the earlier ones, with logits only where the loss reads them.
 
 use candle_core::{DType, Tensor, Var};
 
@@ -57,6 +58,9 @@ impl ValueStar {
 
 /// Everything about the prompts that stays fixed while δ changes.
 struct Frozen {
+    /// The layer each step starts at, and the site δ is added to there.
+    start: usize,
+    site: Site,
     chunk: TokenBatch,
     resid: Tensor,
     prefix: Option<KvCache>,
@@ -95,13 +99,19 @@ fn freeze(
     }
     let pad = model.tokenizer()?.pad_id();
     let full = TokenBatch::new(&seqs, Padding::Right, pad)?;
+    // Above the last layer nothing is left to start from: then start at l itself.
+    let (start, site, resid_site) = if layer + 1 < model.config.n_layers {
+        (layer + 1, Site::ResidPre(layer + 1), Site::ResidPost(layer))
+    } else {
+        (layer, Site::MlpOut(layer), Site::ResidPre(layer))
+    };
     let out = model
         .forward(&full)
-        .capture([Site::ResidPre(layer), Site::MlpOut(layer)])
+        .capture([resid_site, Site::MlpOut(layer)])
         .logits(LogitsAt::None)
         .keep_kv()
         .run()?;
-    let (rows, len, d) = out.capture(Site::ResidPre(layer))?.dims3()?;
+    let (rows, len, d) = out.capture(resid_site)?.dims3()?;
     let v0 = out
         .capture(Site::MlpOut(layer))?
         .narrow(0, 0, 1)?
@@ -125,7 +135,7 @@ fn freeze(
     }
     let gather = Tensor::new(gather.as_slice(), model.device())?;
     let resid = out
-        .capture(Site::ResidPre(layer))?
+        .capture(resid_site)?
         .reshape((rows * len, d))?
         .index_select(&gather, 0)?
         .reshape((rows, chunk.len, d))?;
@@ -149,7 +159,7 @@ fn freeze(
             .into_iter()
             .enumerate()
             .map(|(l, kv)| match kv {
-                Some(kv) if l >= layer => Ok(Some(LayerKv {
+                Some(kv) if l >= start => Ok(Some(LayerKv {
                     k: kv.k.narrow(2, 0, p)?,
                     v: kv.v.narrow(2, 0, p)?,
                 })),
@@ -178,6 +188,8 @@ fn freeze(
         entries.push((b, pos - cuts[b]));
     }
     Ok(Frozen {
+        start,
+        site,
         chunk,
         resid,
         prefix,
@@ -230,9 +242,9 @@ pub fn value_star(
         iterations = it + 1;
         let mut forward = model
             .forward(&f.chunk)
-            .start_at(layer, f.resid.clone())
+            .start_at(f.start, f.resid.clone())
             .intervene(Intervention::add(
-                Site::MlpOut(layer),
+                f.site,
                 at.clone(),
                 delta.as_tensor().clone(),
             ))

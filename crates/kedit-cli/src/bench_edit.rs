@@ -1,0 +1,110 @@
+//! `kedit bench-edit`: seconds per edit, split by phase, and peak memory.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use kedit::bench_edit::edit_speed;
+use kedit::evaluate::data::{load, Format, LoadOptions};
+use kedit::methods::{self, EditContext};
+
+use crate::output::{print_json, table};
+use crate::ModelArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Method name (rome, r-rome, ft-l, ft-m, …).
+    #[arg(long, default_value = "rome")]
+    method: String,
+    /// EasyEdit-style hyper-parameter YAML [default: the shipped one for the model].
+    #[arg(long)]
+    hparams: Option<PathBuf>,
+    /// Edit requests (ZsRE, KnowEdit, CounterFact).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "auto")]
+    format: Format,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    /// Corpus for key statistics (methods that need them).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Print each optimisation step.
+    #[arg(long)]
+    verbose: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = args.model.load()?;
+    let loaded = methods::load(&args.method, args.hparams.as_deref(), &model)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let opts = LoadOptions {
+        skip_invalid: true,
+        limit: Some(args.limit),
+    };
+    let data = load(&args.data, args.format, &opts)
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    let mut ctx = EditContext {
+        corpus: args.corpus.clone(),
+        verbose: args.verbose,
+        ..Default::default()
+    };
+    let bench = edit_speed(
+        &model,
+        loaded.method.as_ref(),
+        &data.requests,
+        &mut ctx,
+        |t| {
+            let phases: Vec<String> = t
+                .phases
+                .iter()
+                .map(|(p, s)| format!("{p} {s:.2}"))
+                .collect();
+            eprintln!(
+                "{}: {:.2} s ({}){}",
+                t.case_id,
+                t.seconds,
+                phases.join(", "),
+                t.error
+                    .as_deref()
+                    .map(|e| format!(" — {e}"))
+                    .unwrap_or_default()
+            );
+        },
+    )?;
+    if args.json {
+        return print_json(&bench);
+    }
+    let mut rows: Vec<Vec<String>> = bench
+        .median_phases
+        .iter()
+        .map(|(p, s)| vec![p.clone(), format!("{s:.3}")])
+        .collect();
+    rows.push(vec![
+        "total (median)".into(),
+        format!("{:.3}", bench.median_seconds),
+    ]);
+    rows.push(vec![
+        "first edit (fills caches)".into(),
+        format!("{:.3}", bench.first_seconds),
+    ]);
+    println!(
+        "{} on {} requests of {}",
+        bench.method,
+        bench.n,
+        args.data.display()
+    );
+    println!("{}", table(&["phase", "seconds"], &rows));
+    if let Some(b) = bench.max_peak_rss_bytes {
+        println!(
+            "peak RSS during an edit: {:.2} GiB",
+            b as f64 / (1u64 << 30) as f64
+        );
+    }
+    Ok(())
+}

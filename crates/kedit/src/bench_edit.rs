@@ -1,0 +1,106 @@
+//! How long a method takes per edit, phase by phase, and how much memory it peaks at.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::evaluate::EditRequest;
+use crate::memory::{peak_rss_bytes, reset_peak_rss};
+use crate::methods::{EditContext, EditMethod};
+use crate::model::Model;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EditTiming {
+    pub case_id: String,
+    pub seconds: f64,
+    pub phases: Vec<(String, f64)>,
+    pub notes: Vec<(String, String)>,
+    pub peak_rss_bytes: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EditBench {
+    pub method: String,
+    pub n: usize,
+    /// Median over the edits after the first (the first also fills the caches).
+    pub median_seconds: f64,
+    pub first_seconds: f64,
+    /// Median seconds per phase, over the edits after the first.
+    pub median_phases: Vec<(String, f64)>,
+    pub max_peak_rss_bytes: Option<u64>,
+    pub edits: Vec<EditTiming>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Computes one edit per request (the model is not changed) and times each.
+pub fn edit_speed(
+    model: &Model,
+    method: &dyn EditMethod,
+    requests: &[EditRequest],
+    ctx: &mut EditContext,
+    mut progress: impl FnMut(&EditTiming),
+) -> Result<EditBench> {
+    let mut edits = Vec::new();
+    for r in requests {
+        reset_peak_rss();
+        let t = Instant::now();
+        let outcome = method.compute(model, std::slice::from_ref(r), ctx);
+        let timing = EditTiming {
+            case_id: r.case_id.clone(),
+            seconds: t.elapsed().as_secs_f64(),
+            phases: ctx.timings.clone(),
+            notes: ctx.notes.clone(),
+            peak_rss_bytes: peak_rss_bytes(),
+            error: outcome.err().map(|e| e.to_string()),
+        };
+        progress(&timing);
+        edits.push(timing);
+    }
+    let rest: Vec<&EditTiming> = edits.iter().skip(1).collect();
+    let mut names: Vec<String> = Vec::new();
+    for e in &rest {
+        for (p, _) in &e.phases {
+            if !names.contains(p) {
+                names.push(p.clone());
+            }
+        }
+    }
+    let median_phases = names
+        .into_iter()
+        .map(|p| {
+            let v = rest
+                .iter()
+                .map(|e| {
+                    e.phases
+                        .iter()
+                        .find(|(n, _)| *n == p)
+                        .map_or(0.0, |(_, s)| *s)
+                })
+                .collect();
+            (p, median(v))
+        })
+        .collect();
+    Ok(EditBench {
+        method: method.name().to_string(),
+        n: edits.len(),
+        median_seconds: median(rest.iter().map(|e| e.seconds).collect()),
+        first_seconds: edits.first().map_or(f64::NAN, |e| e.seconds),
+        median_phases,
+        max_peak_rss_bytes: edits.iter().filter_map(|e| e.peak_rss_bytes).max(),
+        edits,
+    })
+}
