@@ -32,17 +32,25 @@ pub fn subject_template(prompt: &str, subject: &str) -> Result<String> {
     }
     if prompt.contains("{}") {
         if prompt.matches("{}").count() != 1 {
-            return Err(Error::invalid(format!("the prompt `{prompt}` has more than one `{{}}`")));
+            return Err(Error::invalid(format!(
+                "the prompt `{prompt}` has more than one `{{}}`"
+            )));
         }
         return Ok(prompt.to_string());
     }
     let at = prompt.find(subject).or_else(|| {
         let lower = prompt.to_lowercase();
         // Lower-casing can change byte lengths outside ASCII; only trust equal lengths.
-        (lower.len() == prompt.len()).then(|| lower.find(&subject.to_lowercase())).flatten()
+        (lower.len() == prompt.len())
+            .then(|| lower.find(&subject.to_lowercase()))
+            .flatten()
     });
     match at {
-        Some(i) => Ok(format!("{}{{}}{}", &prompt[..i], &prompt[i + subject.len()..])),
+        Some(i) => Ok(format!(
+            "{}{{}}{}",
+            &prompt[..i],
+            &prompt[i + subject.len()..]
+        )),
         None => Err(Error::invalid(format!(
             "the subject `{subject}` does not occur in the prompt `{prompt}`"
         ))),
@@ -87,7 +95,12 @@ impl std::str::FromStr for FactToken {
 /// Subject positions come from the lengths of the tokenised prefix and prefix+subject, as
 /// ROME computes them (a BPE merge across the boundary can shift them by one; ROME lives
 /// with that and so do we, for comparable numbers).
-pub fn lookup(tok: &Tokenizer, template: &str, subject: &str, strategy: FactToken) -> Result<(Vec<u32>, usize)> {
+pub fn lookup(
+    tok: &Tokenizer,
+    template: &str,
+    subject: &str,
+    strategy: FactToken,
+) -> Result<(Vec<u32>, usize)> {
     let (prefix, suffix) = template
         .split_once("{}")
         .ok_or_else(|| Error::invalid(format!("the template `{template}` has no `{{}}`")))?;
@@ -121,8 +134,14 @@ mod tests {
     fn templates_and_spacing() {
         assert_eq!(spaced_target("Paris"), " Paris");
         assert_eq!(spaced_target(" Paris"), " Paris");
-        assert_eq!(subject_template("Where is the Eiffel Tower?", "Eiffel Tower").unwrap(), "Where is the {}?");
-        assert_eq!(subject_template("danielle darrieux speaks", "Danielle Darrieux").unwrap(), "{} speaks");
+        assert_eq!(
+            subject_template("Where is the Eiffel Tower?", "Eiffel Tower").unwrap(),
+            "Where is the {}?"
+        );
+        assert_eq!(
+            subject_template("danielle darrieux speaks", "Danielle Darrieux").unwrap(),
+            "{} speaks"
+        );
         assert!(subject_template("The capital of France", "Germany").is_err());
         assert_eq!(fill("{} is in", "Paris"), "Paris is in");
     }

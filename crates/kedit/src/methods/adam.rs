@@ -23,7 +23,15 @@ impl Adam {
                 Ok((v, z.clone(), z))
             })
             .collect::<Result<_>>()?;
-        Ok(Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, step: 0, state })
+        Ok(Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            step: 0,
+            state,
+        })
     }
 
     /// One update from the gradients of `grads` (variables without a gradient are skipped).
@@ -32,7 +40,9 @@ impl Adam {
         let bc1 = 1.0 - self.beta1.powi(self.step);
         let bc2 = 1.0 - self.beta2.powi(self.step);
         for (var, m, v) in &mut self.state {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
             let g = if self.weight_decay != 0.0 {
                 (g + (var.as_tensor() * self.weight_decay)?)?
             } else {

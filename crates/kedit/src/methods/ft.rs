@@ -16,7 +16,9 @@ use crate::editor::{Delta, WeightEdit};
 use crate::error::{Error, Result};
 use crate::evaluate::EditRequest;
 use crate::methods::adam::Adam;
-use crate::methods::hparams::{builtin, lenient_f64, lenient_optional_f64, resolve_module, HparamsSource};
+use crate::methods::hparams::{
+    builtin, lenient_f64, lenient_optional_f64, resolve_module, HparamsSource,
+};
 use crate::methods::loss::mean_row_nll;
 use crate::methods::{filter_warnings, EditContext, EditMethod, LoadedMethod};
 use crate::model::{Model, ParamId};
@@ -100,7 +102,11 @@ impl Ft {
         Ok(LoadedMethod {
             warnings: filter_warnings(&source.origin, unknown),
             hparams_origin: source.origin.clone(),
-            method: Box::new(Ft { name: display.into(), hp, params }),
+            method: Box::new(Ft {
+                name: display.into(),
+                hp,
+                params,
+            }),
         })
     }
 }
@@ -116,13 +122,21 @@ struct Batch {
 }
 
 impl Ft {
-    fn prepare(&self, model: &Model, requests: &[EditRequest], first_layer: usize) -> Result<Batch> {
+    fn prepare(
+        &self,
+        model: &Model,
+        requests: &[EditRequest],
+        first_layer: usize,
+    ) -> Result<Batch> {
         let tok = model.tokenizer()?;
         let mut seqs = Vec::new();
         let mut spans = Vec::new(); // (scored positions in the unpadded row, targets)
         for r in requests {
             if r.prompt.trim().is_empty() {
-                return Err(Error::invalid(format!("case {}: the prompt is empty", r.case_id)));
+                return Err(Error::invalid(format!(
+                    "case {}: the prompt is empty",
+                    r.case_id
+                )));
             }
             let target = target_ids(tok, &r.target_new)?;
             match self.hp.objective_optimization {
@@ -135,9 +149,13 @@ impl Ft {
                     // As EasyEdit: tokenise prompt + target as one text; the prompt's own
                     // token count marks where the target starts.
                     let n_prompt = tok.encode(&r.prompt)?.len();
-                    let ids = tok.encode(&format!("{}{}", r.prompt, spaced_target(&r.target_new)))?;
+                    let ids =
+                        tok.encode(&format!("{}{}", r.prompt, spaced_target(&r.target_new)))?;
                     if ids.len() <= n_prompt {
-                        return Err(Error::invalid(format!("case {}: the target adds no tokens", r.case_id)));
+                        return Err(Error::invalid(format!(
+                            "case {}: the target adds no tokens",
+                            r.case_id
+                        )));
                     }
                     let positions = (n_prompt - 1..ids.len() - 1).collect();
                     spans.push((positions, ids[n_prompt..].to_vec()));
@@ -165,7 +183,13 @@ impl Ft {
             .captures
             .remove(&Site::ResidPre(first_layer))
             .expect("captured");
-        Ok(Batch { tokens, entries, targets, entry_rows, resid })
+        Ok(Batch {
+            tokens,
+            entries,
+            targets,
+            entry_rows,
+            resid,
+        })
     }
 }
 
@@ -182,9 +206,20 @@ impl EditMethod for Ft {
         serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
     }
 
-    fn compute(&self, model: &Model, requests: &[EditRequest], ctx: &mut EditContext) -> Result<WeightEdit> {
+    fn compute(
+        &self,
+        model: &Model,
+        requests: &[EditRequest],
+        ctx: &mut EditContext,
+    ) -> Result<WeightEdit> {
         ctx.start_call();
-        let first_layer = self.hp.layers.iter().copied().min().expect("checked at load");
+        let first_layer = self
+            .hp
+            .layers
+            .iter()
+            .copied()
+            .min()
+            .expect("checked at load");
         let batches = ctx.timed("prepare", |_| {
             requests
                 .chunks(self.hp.batch_size)
@@ -196,7 +231,10 @@ impl EditMethod for Ft {
             .iter()
             .map(|id| model.params.require(*id).cloned())
             .collect::<Result<_>>()?;
-        let vars: Vec<Var> = originals.iter().map(Var::from_tensor).collect::<candle_core::Result<_>>()?;
+        let vars: Vec<Var> = originals
+            .iter()
+            .map(Var::from_tensor)
+            .collect::<candle_core::Result<_>>()?;
         let mut opt = Adam::new(vars.clone(), self.hp.lr, self.hp.weight_decay)?;
         let bounds = match self.hp.norm_constraint {
             Some(eps) => Some(
@@ -230,7 +268,9 @@ impl EditMethod for Ft {
                     let loss = mean_row_nll(&logits, &b.targets, &b.entry_rows, b.tokens.rows)?;
                     let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                     if !value.is_finite() {
-                        return Err(Error::EditRefused(format!("the fine-tuning loss became {value}")));
+                        return Err(Error::EditRefused(format!(
+                            "the fine-tuning loss became {value}"
+                        )));
                     }
                     total += value * b.tokens.rows as f64;
                     if value >= self.hp.early_stop_loss {

@@ -29,14 +29,22 @@ impl HparamsSource {
 
     pub fn parse(origin: &Path, text: &str) -> Result<Self> {
         let value: Value = if origin.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(text).map_err(|e| Error::config(format!("{}: invalid JSON: {e}", origin.display())))?
+            serde_json::from_str(text)
+                .map_err(|e| Error::config(format!("{}: invalid JSON: {e}", origin.display())))?
         } else {
-            serde_yaml_ng::from_str(text).map_err(|e| Error::config(format!("{}: invalid YAML: {e}", origin.display())))?
+            serde_yaml_ng::from_str(text)
+                .map_err(|e| Error::config(format!("{}: invalid YAML: {e}", origin.display())))?
         };
         if !value.is_object() {
-            return Err(Error::config(format!("{}: hyper-parameters must be a mapping of keys to values", origin.display())));
+            return Err(Error::config(format!(
+                "{}: hyper-parameters must be a mapping of keys to values",
+                origin.display()
+            )));
         }
-        Ok(HparamsSource { origin: origin.to_path_buf(), value })
+        Ok(HparamsSource {
+            origin: origin.to_path_buf(),
+            value,
+        })
     }
 
     pub fn alg_name(&self) -> Option<&str> {
@@ -46,8 +54,9 @@ impl HparamsSource {
     /// Deserialises into `T`; returns the keys `T` does not know (to warn about).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<(T, Vec<String>)> {
         let mut unknown = Vec::new();
-        let t = serde_ignored::deserialize(self.value.clone(), |path| unknown.push(path.to_string()))
-            .map_err(|e| Error::config(format!("{}: {e}", self.origin.display())))?;
+        let t =
+            serde_ignored::deserialize(self.value.clone(), |path| unknown.push(path.to_string()))
+                .map_err(|e| Error::config(format!("{}: {e}", self.origin.display())))?;
         Ok((t, unknown))
     }
 
@@ -78,7 +87,9 @@ pub fn lenient_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, 
 }
 
 /// Like [`lenient_f64`], where EasyEdit also allows `false` to mean "off".
-pub fn lenient_optional_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+pub fn lenient_optional_f64<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<f64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Opt {
@@ -89,7 +100,9 @@ pub fn lenient_optional_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Res
     }
     match Option::<Opt>::deserialize(d)? {
         None | Some(Opt::N(())) | Some(Opt::B(false)) => Ok(None),
-        Some(Opt::B(true)) => Err(serde::de::Error::custom("expected a number or false, got true")),
+        Some(Opt::B(true)) => Err(serde::de::Error::custom(
+            "expected a number or false, got true",
+        )),
         Some(Opt::F(x)) => Ok(Some(x)),
         Some(Opt::S(s)) => s
             .trim()
@@ -122,7 +135,8 @@ pub fn resolve_module(model: &Model, key: &str, template: &str, layer: usize) ->
 
 /// Parses one of the EasyEdit YAML files shipped with kedit.
 pub fn builtin(name: &str, text: &str) -> HparamsSource {
-    HparamsSource::parse(Path::new(&format!("built-in:{name}")), text).expect("shipped hyper-parameters parse")
+    HparamsSource::parse(Path::new(&format!("built-in:{name}")), text)
+        .expect("shipped hyper-parameters parse")
 }
 
 #[cfg(test)]
@@ -140,7 +154,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_reported_missing_keys_are_errors_numbers_are_lenient() {
-        let src = HparamsSource::parse(Path::new("x.yaml"), "layers: [5]\nlr: \"5e-1\"\nnorm_constraint: false\nfoo: 1\n").unwrap();
+        let src = HparamsSource::parse(
+            Path::new("x.yaml"),
+            "layers: [5]\nlr: \"5e-1\"\nnorm_constraint: false\nfoo: 1\n",
+        )
+        .unwrap();
         let (t, unknown): (T, _) = src.deserialize().unwrap();
         assert_eq!(t.layers, vec![5]);
         assert_eq!(t.lr, 0.5);

@@ -9,12 +9,20 @@ use crate::runtime::ops::log_softmax_last;
 ///
 /// `logits: [n, vocab]` holds one entry per scored token; `targets[i]` is the token entry
 /// `i` should predict and `rows[i]` the row it belongs to (0..n_rows).
-pub fn mean_row_nll(logits: &Tensor, targets: &[u32], rows: &[usize], n_rows: usize) -> Result<Tensor> {
+pub fn mean_row_nll(
+    logits: &Tensor,
+    targets: &[u32],
+    rows: &[usize],
+    n_rows: usize,
+) -> Result<Tensor> {
     let mut per_row = vec![0usize; n_rows];
     for &r in rows {
         per_row[r] += 1;
     }
-    let weights: Vec<f32> = rows.iter().map(|&r| 1.0 / (per_row[r] * n_rows) as f32).collect();
+    let weights: Vec<f32> = rows
+        .iter()
+        .map(|&r| 1.0 / (per_row[r] * n_rows) as f32)
+        .collect();
     let device = logits.device();
     let lp = log_softmax_last(logits)?;
     let idx = Tensor::new(targets, device)?.unsqueeze(1)?;

@@ -98,7 +98,12 @@ pub trait EditMethod: Send + Sync {
     fn max_batch(&self) -> Option<usize>;
 
     /// Computes the edit for `requests`. The model is not changed.
-    fn compute(&self, model: &Model, requests: &[EditRequest], ctx: &mut EditContext) -> Result<WeightEdit>;
+    fn compute(
+        &self,
+        model: &Model,
+        requests: &[EditRequest],
+        ctx: &mut EditContext,
+    ) -> Result<WeightEdit>;
 
     /// The hyper-parameters in effect, for reports.
     fn hparams_json(&self) -> serde_json::Value;

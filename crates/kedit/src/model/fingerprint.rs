@@ -44,7 +44,9 @@ impl Hasher64 {
                     let hi = p.get(1).map_or(0, |x| x.to_bits() as u64);
                     self.word((p[0].to_bits() as u64) | hi << 32)
                 }),
-                candle_core::CpuStorage::F64(v) => v[start..end].iter().for_each(|x| self.word(x.to_bits())),
+                candle_core::CpuStorage::F64(v) => {
+                    v[start..end].iter().for_each(|x| self.word(x.to_bits()))
+                }
                 _ => self.other(t),
             },
             _ => self.other(t),

@@ -37,5 +37,7 @@ pub fn keys_at(model: &Model, layer: usize, prompts: &[Lookup]) -> Result<Tensor
 
 /// k* = the mean over context templates of the key at the subject's looked-up token.
 pub fn key_star(model: &Model, layer: usize, prompts: &[Lookup]) -> Result<Tensor> {
-    Ok(keys_at(model, layer, prompts)?.to_dtype(DType::F64)?.mean(0)?)
+    Ok(keys_at(model, layer, prompts)?
+        .to_dtype(DType::F64)?
+        .mean(0)?)
 }

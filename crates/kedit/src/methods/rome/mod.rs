@@ -118,7 +118,11 @@ impl Rome {
             params.push((l, id));
         }
         params.sort_by_key(|(l, _)| *l);
-        let display = if hp.enable_random_prefix_keys { "R-ROME" } else { "ROME" };
+        let display = if hp.enable_random_prefix_keys {
+            "R-ROME"
+        } else {
+            "ROME"
+        };
         Ok(LoadedMethod {
             warnings: filter_warnings(&source.origin, unknown),
             hparams_origin: source.origin.clone(),
@@ -150,7 +154,12 @@ impl Rome {
         Ok(t)
     }
 
-    fn inverse_moment(&self, _model: &Model, layer: usize, _ctx: &mut EditContext) -> Result<Option<Tensor>> {
+    fn inverse_moment(
+        &self,
+        _model: &Model,
+        layer: usize,
+        _ctx: &mut EditContext,
+    ) -> Result<Option<Tensor>> {
         if !self.hp.mom2_adjustment {
             return Ok(None);
         }
@@ -164,7 +173,14 @@ impl Rome {
     }
 
     /// Edits one request at one layer of `model`.
-    fn edit_layer(&self, model: &Model, r: &EditRequest, layer: usize, param: ParamId, ctx: &mut EditContext) -> Result<crate::editor::Delta> {
+    fn edit_layer(
+        &self,
+        model: &Model,
+        r: &EditRequest,
+        layer: usize,
+        param: ParamId,
+        ctx: &mut EditContext,
+    ) -> Result<crate::editor::Delta> {
         let tok = model.tokenizer()?;
         let prompt = subject_template(&r.prompt, &r.subject)?;
         let target = target_ids(tok, &r.target_new)?;
@@ -174,7 +190,9 @@ impl Rome {
         let lookups = |texts: &[String]| -> Result<Vec<Lookup>> {
             texts
                 .iter()
-                .map(|t| lookup(tok, t, &r.subject, strategy).map(|(ids, index)| Lookup { ids, index }))
+                .map(|t| {
+                    lookup(tok, t, &r.subject, strategy).map(|(ids, index)| Lookup { ids, index })
+                })
                 .collect()
         };
         let rewriting = lookups(&contexts)?;
@@ -195,7 +213,9 @@ impl Rome {
             kl_factor: self.hp.kl_factor,
             early_stop_loss: self.hp.v_early_stop_loss,
         };
-        let v = ctx.timed("value", |ctx| value_star(model, layer, &rewriting, &target, &kl, &vh, ctx.verbose))?;
+        let v = ctx.timed("value", |ctx| {
+            value_star(model, layer, &rewriting, &target, &kl, &vh, ctx.verbose)
+        })?;
         ctx.note("v_iterations", v.iterations);
         ctx.note("v_loss", format!("{:.4}", v.loss));
         ctx.note("v_target_prob", format!("{:.4}", v.target_prob));
@@ -225,10 +245,19 @@ impl EditMethod for Rome {
         serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
     }
 
-    fn compute(&self, model: &Model, requests: &[EditRequest], ctx: &mut EditContext) -> Result<WeightEdit> {
+    fn compute(
+        &self,
+        model: &Model,
+        requests: &[EditRequest],
+        ctx: &mut EditContext,
+    ) -> Result<WeightEdit> {
         ctx.start_call();
         let [r] = requests else {
-            return Err(Error::invalid(format!("{} edits one request at a time; got {}", self.name, requests.len())));
+            return Err(Error::invalid(format!(
+                "{} edits one request at a time; got {}",
+                self.name,
+                requests.len()
+            )));
         };
         let mut edit = WeightEdit::new();
         // Several layers are edited in order, each on the model the previous ones changed.

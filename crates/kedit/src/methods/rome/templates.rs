@@ -29,11 +29,17 @@ fn cache_path(cache_dir: &Path, model: &Model, spec: &TemplateSpec) -> PathBuf {
         key.push_str(&format!("-{len}x{n}"));
     }
     key.push_str(&format!("-s{}", spec.seed));
-    cache_dir.join("context_templates").join(format!("{key}.json"))
+    cache_dir
+        .join("context_templates")
+        .join(format!("{key}.json"))
 }
 
 /// The templates for `model`, from the cache or generated (and then cached).
-pub fn context_templates(model: &Model, spec: &TemplateSpec, cache_dir: &Path) -> Result<Vec<String>> {
+pub fn context_templates(
+    model: &Model,
+    spec: &TemplateSpec,
+    cache_dir: &Path,
+) -> Result<Vec<String>> {
     let path = cache_path(cache_dir, model, spec);
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(t) = serde_json::from_str::<Vec<String>>(&text) {
@@ -66,13 +72,20 @@ fn generate_templates(model: &Model, spec: &TemplateSpec) -> Result<Vec<String>>
         let new_tokens = length.saturating_sub(prompts[0].len()).max(1);
         let opts = GenerateOptions {
             max_new_tokens: new_tokens,
-            sampling: Sampling::TopK { k: 5, temperature: 1.0, seed: spec.seed.wrapping_add(group as u64) },
+            sampling: Sampling::TopK {
+                k: 5,
+                temperature: 1.0,
+                seed: spec.seed.wrapping_add(group as u64),
+            },
             stop_at_eos: false,
         };
         let outs = generate(model, &prompts, &opts)?;
         for (p, o) in prompts.iter().zip(outs) {
             let ids: Vec<u32> = p.iter().copied().chain(o).collect();
-            let text = tok.decode(&ids, true)?.replace("\n\n", " ").replace(['{', '}'], "");
+            let text = tok
+                .decode(&ids, true)?
+                .replace("\n\n", " ")
+                .replace(['{', '}'], "");
             templates.push(format!("{text}. {{}}"));
         }
     }

@@ -16,19 +16,30 @@ use crate::error::{Error, Result};
 pub fn left_vector(k_star: &Tensor, inverse_moment: Option<&Tensor>) -> Result<Tensor> {
     let k = k_star.to_dtype(DType::F64)?;
     let u = match inverse_moment {
-        Some(c_inv) => c_inv.to_dtype(DType::F64)?.matmul(&k.unsqueeze(1)?)?.squeeze(1)?,
+        Some(c_inv) => c_inv
+            .to_dtype(DType::F64)?
+            .matmul(&k.unsqueeze(1)?)?
+            .squeeze(1)?,
         None => k,
     };
     let norm = u.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
     if !(norm > 0.0 && norm.is_finite()) {
-        return Err(Error::EditRefused(format!("the key direction has norm {norm}")));
+        return Err(Error::EditRefused(format!(
+            "the key direction has norm {norm}"
+        )));
     }
     Ok((u / norm)?)
 }
 
 /// ΔW as a rank-one delta, from the weight `w` (`[d, d_ff]`), its bias, the key `k` the
 /// update must map exactly, the target `v_star` and the left vector `u`.
-pub fn rank_one_update(w: &Tensor, bias: Option<&Tensor>, k: &Tensor, v_star: &Tensor, u: &Tensor) -> Result<Delta> {
+pub fn rank_one_update(
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    k: &Tensor,
+    v_star: &Tensor,
+    u: &Tensor,
+) -> Result<Delta> {
     let dtype = w.dtype();
     let w = w.to_dtype(DType::F64)?;
     let k = k.to_dtype(DType::F64)?;

@@ -67,7 +67,13 @@ struct Frozen {
     v0: Tensor,
 }
 
-fn freeze(model: &Model, layer: usize, rewriting: &[Lookup], target: &[u32], kl: &[Lookup]) -> Result<Frozen> {
+fn freeze(
+    model: &Model,
+    layer: usize,
+    rewriting: &[Lookup],
+    target: &[u32],
+    kl: &[Lookup],
+) -> Result<Frozen> {
     let n_t = target.len();
     let mut seqs = Vec::new();
     let mut cuts = Vec::new();
@@ -103,7 +109,11 @@ fn freeze(model: &Model, layer: usize, rewriting: &[Lookup], target: &[u32], kl:
         .reshape(d)?;
 
     // The chunk: each row from its looked-up token on.
-    let suffixes: Vec<Vec<u32>> = seqs.iter().zip(&cuts).map(|(s, &c)| s[c..].to_vec()).collect();
+    let suffixes: Vec<Vec<u32>> = seqs
+        .iter()
+        .zip(&cuts)
+        .map(|(s, &c)| s[c..].to_vec())
+        .collect();
     let starts: Vec<u32> = cuts.iter().map(|&c| c as u32).collect();
     let chunk = TokenBatch::continuation(&suffixes, &starts, Padding::Right, pad)?;
     let mut gather = Vec::with_capacity(rows * chunk.len);
@@ -139,11 +149,20 @@ fn freeze(model: &Model, layer: usize, rewriting: &[Lookup], target: &[u32], kl:
             .into_iter()
             .enumerate()
             .map(|(l, kv)| match kv {
-                Some(kv) if l >= layer => Ok(Some(LayerKv { k: kv.k.narrow(2, 0, p)?, v: kv.v.narrow(2, 0, p)? })),
+                Some(kv) if l >= layer => Ok(Some(LayerKv {
+                    k: kv.k.narrow(2, 0, p)?,
+                    v: kv.v.narrow(2, 0, p)?,
+                })),
                 _ => Ok(None),
             })
             .collect::<Result<Vec<_>>>()?;
-        Some(KvCache { rows, len: p, positions, valid, layers })
+        Some(KvCache {
+            rows,
+            len: p,
+            positions,
+            valid,
+            layers,
+        })
     };
 
     let mut entries = Vec::new();
@@ -158,7 +177,16 @@ fn freeze(model: &Model, layer: usize, rewriting: &[Lookup], target: &[u32], kl:
     for &(b, pos, _) in scored.iter().filter(|s| s.2.is_none()) {
         entries.push((b, pos - cuts[b]));
     }
-    Ok(Frozen { chunk, resid, prefix, entries, targets, entry_rows, n_rewrite_rows: rewriting.len(), v0 })
+    Ok(Frozen {
+        chunk,
+        resid,
+        prefix,
+        entries,
+        targets,
+        entry_rows,
+        n_rewrite_rows: rewriting.len(),
+        v0,
+    })
 }
 
 /// Finds v* (see the module documentation).
@@ -179,9 +207,16 @@ pub fn value_star(
     }
     let f = freeze(model, layer, rewriting, target, kl)?;
     let dtype = model.dtype();
-    let v0_norm = f.v0.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+    let v0_norm =
+        f.v0.to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f64>()?;
     if !(v0_norm > 0.0 && v0_norm.is_finite()) {
-        return Err(Error::EditRefused(format!("the MLP output at the subject has norm {v0_norm}")));
+        return Err(Error::EditRefused(format!(
+            "the MLP output at the subject has norm {v0_norm}"
+        )));
     }
     let delta = Var::zeros(model.config.d_model, dtype, model.device())?;
     let mut opt = Adam::new(vec![delta.clone()], hp.lr, 0.0)?;
@@ -196,14 +231,23 @@ pub fn value_star(
         let mut forward = model
             .forward(&f.chunk)
             .start_at(layer, f.resid.clone())
-            .intervene(Intervention::add(Site::MlpOut(layer), at.clone(), delta.as_tensor().clone()))
+            .intervene(Intervention::add(
+                Site::MlpOut(layer),
+                at.clone(),
+                delta.as_tensor().clone(),
+            ))
             .logits(LogitsAt::Entries(f.entries.clone()));
         if let Some(prefix) = &f.prefix {
             forward = forward.prefix(prefix);
         }
         let started = std::time::Instant::now();
         let logits = forward.run()?.logits.expect("asked for logits");
-        let nll = mean_row_nll(&logits.narrow(0, 0, n_rewrite)?, &f.targets, &f.entry_rows, f.n_rewrite_rows)?;
+        let nll = mean_row_nll(
+            &logits.narrow(0, 0, n_rewrite)?,
+            &f.targets,
+            &f.entry_rows,
+            f.n_rewrite_rows,
+        )?;
         let mut loss = nll.clone();
         if n_kl > 0 && hp.kl_factor != 0.0 {
             let kl_lp = log_softmax_last(&logits.narrow(0, n_rewrite, n_kl)?)?;
@@ -219,7 +263,9 @@ pub fn value_star(
         let nll_value = nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         target_prob = (-nll_value).exp();
         if !loss_value.is_finite() {
-            return Err(Error::EditRefused(format!("the v* loss became {loss_value}")));
+            return Err(Error::EditRefused(format!(
+                "the v* loss became {loss_value}"
+            )));
         }
         let done = loss_value < hp.early_stop_loss || it + 1 == hp.steps;
         if !done {
@@ -237,7 +283,13 @@ pub fn value_star(
         if done {
             break;
         }
-        let n = delta.as_tensor().to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
+        let n = delta
+            .as_tensor()
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .sqrt()?
+            .to_scalar::<f64>()?;
         if n > max_norm {
             delta.set(&(delta.as_tensor() * (max_norm / n))?)?;
         }
