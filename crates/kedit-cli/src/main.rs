@@ -1,7 +1,10 @@
 //! `kedit`: the command line. A thin layer over the kedit library: parse, call, print.
 
 mod bench;
+mod bench_eval;
 mod demo;
+mod edit;
+mod eval;
 mod generate;
 mod inspect;
 mod output;
@@ -33,6 +36,12 @@ enum Command {
     Inspect(inspect::Args),
     /// Measure throughput: matmul GFLOP/s, prefill, forward+backward.
     Bench(bench::Args),
+    /// Edit and evaluate a dataset (single, sequential or batch mode); resumable.
+    Eval(eval::Args),
+    /// Make one edit and show generations and metrics before and after.
+    Edit(edit::Args),
+    /// Time the teacher-forced metrics: batched forwards vs one forward per prompt.
+    BenchEval(bench_eval::Args),
 }
 
 /// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
@@ -65,6 +74,9 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Eval(a) => eval::run_cmd(a),
+        Command::Edit(a) => edit::run(a),
+        Command::BenchEval(a) => bench_eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -100,7 +100,8 @@ fn ensure_pristine(editor: &Editor, when: &str) -> Result<()> {
     }
 }
 
-fn pre_edit(
+/// Computes the pre-edit metrics of every case not yet in `store` (no edit is made).
+pub fn pre_edit(
     editor: &Editor,
     requests: &[EditRequest],
     opts: &RunOptions,

@@ -1,5 +1,6 @@
 //! Evaluate: edit requests, dataset loaders, metrics, editing modes, reports.
 
+pub mod bench;
 pub mod data;
 pub mod efficiency;
 pub mod harness;

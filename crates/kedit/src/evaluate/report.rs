@@ -32,7 +32,7 @@ pub struct RunSummary {
     pub model: String,
     pub data: String,
     pub mode: Mode,
-    /// Cases with a record.
+    /// Cases edited (with a record in `cases.jsonl`).
     pub n: usize,
     /// Cases whose edit was refused (left out of the post-edit scores).
     pub refused: usize,
@@ -61,7 +61,7 @@ pub struct RunSummary {
 
 pub fn build_summary(store: &RunStore, config: &RunConfig) -> RunSummary {
     let records: Vec<_> = store.cases.values().collect();
-    let pre: Vec<&Metrics> = records.iter().map(|r| &r.pre).collect();
+    let pre: Vec<&Metrics> = store.pre.values().collect();
     let post: Vec<&Metrics> = records.iter().filter_map(|r| r.post.as_ref()).collect();
     let after: Vec<&Metrics> = store.after_all.values().collect();
     let post_scores = summarize(&post);

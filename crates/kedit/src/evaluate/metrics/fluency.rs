@@ -13,7 +13,7 @@
 //! Ours draws from a generator seeded by the run seed and the case id: the same case gets
 //! the same text on every run and in every batch.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use tokenizers::NormalizedString;
 
@@ -41,7 +41,8 @@ fn entropy_of_ngrams(words: &[String], n: usize) -> f64 {
     if words.len() < n {
         return f64::NAN;
     }
-    let mut counts: HashMap<&[String], usize> = HashMap::new();
+    // Ordered, so the sum (and its last bit) does not depend on hashing.
+    let mut counts: BTreeMap<&[String], usize> = BTreeMap::new();
     for gram in words.windows(n) {
         *counts.entry(gram).or_default() += 1;
     }

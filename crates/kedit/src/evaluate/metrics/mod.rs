@@ -97,6 +97,11 @@ enum Slot {
     Cf(CfKind, usize, bool),
 }
 
+/// A CounterFact comparison: `(case, kind, prompt index)`.
+type CfKey = (usize, CfKind, usize);
+/// Mean NLLs of `(target_new, the other answer)`.
+type CfNlls = (Option<f64>, Option<f64>);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum CfKind {
     Efficacy,
@@ -204,8 +209,7 @@ fn teacher_forced_values(
         }
     }
     let scored = teacher_forced::score(model, &pairs, true)?;
-    // CounterFact NLLs per (case, kind, index): (target_new, other answer).
-    let mut cf: BTreeMap<(usize, CfKind, usize), (Option<f64>, Option<f64>)> = BTreeMap::new();
+    let mut cf: BTreeMap<CfKey, CfNlls> = BTreeMap::new();
     for ((c, slot), s) in slots.into_iter().zip(&scored) {
         let m = &mut out[c];
         let acc = Scored::accuracy(s);
