@@ -147,11 +147,17 @@ pub fn run_cmd(args: Args) -> Result<()> {
         None => pre_edit(&editor, &data.requests, &opts, &mut store, &mut bar)?,
     }
     bar.finish();
-    let summary = build_summary(&store, &config);
+    let after = format!("{:016x}", editor.model().fingerprint());
+    let identical = after == config.model_fingerprint;
+    let summary = build_summary(&store, &config, identical);
     let path = args.out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("writing {}", path.display()))?;
     print_summary(&summary);
+    if !identical {
+        bail!("the weights after the run differ from the original ones (fingerprint {after})");
+    }
+    println!("weights after the run: bit-identical to the original (fingerprint {after})");
     println!(
         "\nwrote {} and {}",
         args.out.join("cases.jsonl").display(),

@@ -55,11 +55,18 @@ pub struct RunSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after_all_edits: Option<Scores>,
     pub config: RunConfig,
+    /// The full-weight fingerprint after the run equals `config.model_fingerprint`
+    /// (the harness also checks bit-identity after every revert).
+    pub weights_identical_after_run: bool,
     /// `(case index, message)` of each refused edit.
     pub errors: Vec<(usize, String)>,
 }
 
-pub fn build_summary(store: &RunStore, config: &RunConfig) -> RunSummary {
+pub fn build_summary(
+    store: &RunStore,
+    config: &RunConfig,
+    weights_identical_after_run: bool,
+) -> RunSummary {
     let records: Vec<_> = store.cases.values().collect();
     let pre: Vec<&Metrics> = store.pre.values().collect();
     let post: Vec<&Metrics> = records.iter().filter_map(|r| r.post.as_ref()).collect();
@@ -96,6 +103,7 @@ pub fn build_summary(store: &RunStore, config: &RunConfig) -> RunSummary {
         after_all_edits: (config.mode == Mode::Sequential && !after.is_empty())
             .then(|| summarize(&after)),
         config: config.clone(),
+        weights_identical_after_run,
         errors: records
             .iter()
             .filter_map(|r| r.edit.error.as_ref().map(|e| (r.index, e.clone())))
