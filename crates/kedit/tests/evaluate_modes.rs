@@ -271,3 +271,49 @@ impl EditMethod for Refusing {
         serde_json::Value::Null
     }
 }
+
+/// An interrupted sequential run resumes by re-applying the saved edits of the cases it
+/// finished, and ends where an uninterrupted run ends.
+#[test]
+fn an_interrupted_sequential_run_resumes_from_saved_edits() {
+    let requests = zsre(2);
+    let dir = std::env::temp_dir().join(format!("kedit-seq-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let header = serde_json::json!({"method": "ft-m", "mode": "sequential"});
+    let method = ft_m();
+    let opts = options(Mode::Sequential, 1);
+    let mut editor = Editor::new(smollm2().clone());
+    let mut store = RunStore::open(&dir, &header).unwrap();
+    let mut ctx = EditContext::default();
+    run(
+        &mut editor,
+        method.as_ref(),
+        &mut ctx,
+        &requests,
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    let complete = store.after_all.clone();
+    // Interrupt it after the first case: drop the second case's line and the final pass.
+    let cases = std::fs::read_to_string(dir.join("cases.jsonl")).unwrap();
+    let first_line = cases.lines().next().unwrap();
+    std::fs::write(dir.join("cases.jsonl"), format!("{first_line}\n")).unwrap();
+    std::fs::remove_file(dir.join("after_all.jsonl")).unwrap();
+    let mut store = RunStore::open(&dir, &header).unwrap();
+    assert_eq!(store.cases.len(), 1);
+    run(
+        &mut editor,
+        method.as_ref(),
+        &mut ctx,
+        &requests,
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    assert!(editor.is_pristine().unwrap());
+    assert_eq!(store.after_all, complete);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

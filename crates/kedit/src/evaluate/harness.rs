@@ -293,6 +293,11 @@ fn sequential(
     let todo: Vec<usize> = (0..requests.len())
         .filter(|i| !store.cases.contains_key(i))
         .collect();
+    if !todo.is_empty() {
+        // New edits change the final model: every after-all value is stale. (Re-written
+        // lines are appended; the last line of a case wins when a run is reopened.)
+        store.after_all.clear();
+    }
     obs.phase("edits (sequential)", todo.len());
     for i in todo {
         let (edit, records) = edit_and_evaluate(editor, method, ctx, requests, &[i], opts, store)?;
