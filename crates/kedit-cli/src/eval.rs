@@ -158,9 +158,14 @@ pub fn run_cmd(args: Args) -> Result<()> {
         bail!("the weights after the run differ from the original ones (fingerprint {after})");
     }
     println!("weights after the run: bit-identical to the original (fingerprint {after})");
+    let records = if loaded.is_some() {
+        "cases.jsonl"
+    } else {
+        "pre.jsonl"
+    };
     println!(
         "\nwrote {} and {}",
-        args.out.join("cases.jsonl").display(),
+        args.out.join(records).display(),
         path.display()
     );
     Ok(())
@@ -248,13 +253,13 @@ fn scores_row(name: &str, s: &Scores) -> Vec<String> {
 /// The summary as papers print it: ×100 (fluency: entropy ×100).
 pub fn print_summary(s: &RunSummary) {
     println!(
-        "\n{} on {} — {:?} mode, {} cases, {} refused",
+        "\n{} on {} — {:?} mode, {} cases edited, {} refused",
         s.method, s.data, s.mode, s.n, s.refused
     );
-    let mut rows = vec![
-        scores_row("pre-edit", &s.pre),
-        scores_row("post-edit", &s.post),
-    ];
+    let mut rows = vec![scores_row("pre-edit", &s.pre)];
+    if s.n > 0 {
+        rows.push(scores_row("post-edit", &s.post));
+    }
     if let Some(after) = &s.after_all_edits {
         rows.push(scores_row("after all edits", after));
     }
@@ -277,6 +282,9 @@ pub fn print_summary(s: &RunSummary) {
     }
     if !groups.is_empty() {
         println!("\n{}", table(&["post-edit group", "score"], &groups));
+    }
+    if s.n == 0 {
+        return;
     }
     println!(
         "\nseconds per edit: {}   evaluation seconds per case: {}   peak RSS of an edit: {}",
