@@ -2,7 +2,10 @@
 
 mod bench;
 mod bench_edit;
+mod bench_eval;
 mod demo;
+mod edit;
+mod eval;
 mod generate;
 mod inspect;
 mod output;
@@ -36,6 +39,12 @@ enum Command {
     Bench(bench::Args),
     /// Measure seconds per edit of a method, phase by phase, and peak memory.
     BenchEdit(bench_edit::Args),
+    /// Edit and evaluate a dataset (single, sequential or batch mode); resumable.
+    Eval(eval::Args),
+    /// Make one edit and show generations and metrics before and after.
+    Edit(edit::Args),
+    /// Time the teacher-forced metrics: batched forwards vs one forward per prompt.
+    BenchEval(bench_eval::Args),
 }
 
 /// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
@@ -69,6 +78,9 @@ fn main() {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchEdit(a) => bench_edit::run(a),
+        Command::Eval(a) => eval::run_cmd(a),
+        Command::Edit(a) => edit::run(a),
+        Command::BenchEval(a) => bench_eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -5,8 +5,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::evaluate::efficiency::{peak_rss_bytes, reset_peak_rss};
 use crate::evaluate::EditRequest;
-use crate::memory::{peak_rss_bytes, reset_peak_rss};
 use crate::methods::{EditContext, EditMethod};
 use crate::model::Model;
 

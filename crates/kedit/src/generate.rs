@@ -44,8 +44,30 @@ pub fn generate(
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
+    let seed = match opts.sampling {
+        Sampling::TopK { seed, .. } => seed,
+        Sampling::Greedy => 0,
+    };
+    let seeds: Vec<u64> = (0..prompts.len())
+        .map(|i| seed.wrapping_mul(0x100_0000_01B3).wrapping_add(i as u64))
+        .collect();
+    generate_seeded(model, prompts, &seeds, opts)
+}
+
+/// As [`generate`], but prompt `i` samples from a generator seeded with `seeds[i]` (the
+/// seed in `opts.sampling` is not used): a prompt gets the same text whatever batch it is
+/// in and wherever it sits in it.
+pub fn generate_seeded(
+    model: &Model,
+    prompts: &[Vec<u32>],
+    seeds: &[u64],
+    opts: &GenerateOptions,
+) -> Result<Vec<Vec<u32>>> {
     if prompts.iter().any(Vec::is_empty) {
         return Err(Error::invalid("cannot generate from an empty prompt"));
+    }
+    if seeds.len() != prompts.len() {
+        return Err(Error::invalid("one seed per prompt is required"));
     }
     let eos = model
         .config
@@ -53,9 +75,7 @@ pub fn generate(
         .or_else(|| model.tokenizer.as_ref().and_then(|t| t.eos_id()));
     let pad = eos.unwrap_or(0);
     let mut rngs: Vec<Rng> = match opts.sampling {
-        Sampling::TopK { seed, .. } => (0..prompts.len())
-            .map(|i| Rng::new(seed.wrapping_mul(0x100_0000_01B3).wrapping_add(i as u64)))
-            .collect(),
+        Sampling::TopK { .. } => seeds.iter().map(|&s| Rng::new(s)).collect(),
         Sampling::Greedy => Vec::new(),
     };
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];

@@ -51,7 +51,6 @@ pub mod editor;
 pub mod error;
 pub mod evaluate;
 pub mod generate;
-pub mod memory;
 pub mod methods;
 pub mod model;
 pub mod prompts;

@@ -1,0 +1,148 @@
+//! `kedit edit`: one edit, its before/after generations and metrics.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use kedit::editor::Editor;
+use kedit::evaluate::summary::summarize;
+use kedit::evaluate::{evaluate, EditRequest, MetricOptions};
+use kedit::generate::{generate, GenerateOptions};
+use kedit::methods::{self, EditContext};
+use kedit::Model;
+
+use crate::output::table;
+use crate::ModelArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    #[arg(long)]
+    method: String,
+    #[arg(long)]
+    hparams: Option<PathBuf>,
+    /// The prompt to edit ("The Eiffel Tower is located in").
+    #[arg(long)]
+    prompt: String,
+    /// The subject, a substring of the prompt ("The Eiffel Tower").
+    #[arg(long)]
+    subject: String,
+    /// The new answer ("Rome").
+    #[arg(long)]
+    target: String,
+    /// The answer being replaced (enables the CounterFact comparisons).
+    #[arg(long)]
+    ground_truth: Option<String>,
+    /// A paraphrase of the prompt (repeatable).
+    #[arg(long)]
+    rephrase: Vec<String>,
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Save the weight edit (safetensors).
+    #[arg(long)]
+    save_edit: Option<PathBuf>,
+    /// Save the edited model as a Hugging Face directory.
+    #[arg(long)]
+    save_model: Option<PathBuf>,
+}
+
+fn greedy(model: &Model, prompts: &[String]) -> Result<Vec<String>> {
+    let tok = model.tokenizer()?;
+    let ids = prompts
+        .iter()
+        .map(|p| tok.encode(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = GenerateOptions {
+        max_new_tokens: 20,
+        ..Default::default()
+    };
+    generate(model, &ids, &opts)?
+        .iter()
+        .map(|g| Ok(tok.decode(g, true)?))
+        .collect()
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = args.model.load()?;
+    let loaded = methods::load(&args.method, args.hparams.as_deref(), &model)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let request = EditRequest {
+        case_id: "cli".into(),
+        prompt: args.prompt.clone(),
+        subject: args.subject.clone(),
+        target_new: args.target.clone(),
+        ground_truth: args.ground_truth.iter().cloned().collect(),
+        rephrase: args.rephrase.clone(),
+        ..Default::default()
+    };
+    let prompts: Vec<String> = std::iter::once(args.prompt.clone())
+        .chain(args.rephrase.iter().cloned())
+        .collect();
+    let opts = MetricOptions {
+        seed: args.seed,
+        ..Default::default()
+    };
+    let before = greedy(&model, &prompts)?;
+    let pre = evaluate(&model, &[&request], None, &opts)?.remove(0);
+    let mut editor = Editor::new(model);
+    let mut ctx = EditContext {
+        corpus: args.corpus.clone(),
+        seed: args.seed,
+        ..Default::default()
+    };
+    let start = std::time::Instant::now();
+    let edit = loaded
+        .method
+        .compute(editor.model(), std::slice::from_ref(&request), &mut ctx)?;
+    let applied = editor.apply(&edit)?.clone();
+    let seconds = start.elapsed().as_secs_f64();
+    let after = greedy(editor.model(), &prompts)?;
+    let post = evaluate(editor.model(), &[&request], Some(&[&pre]), &opts)?.remove(0);
+
+    println!(
+        "{} edit in {seconds:.2} s: {:?}",
+        loaded.method.name(),
+        applied.params
+    );
+    for (name, secs) in &ctx.timings {
+        println!("  {name}: {secs:.2} s");
+    }
+    for (prompt, (b, a)) in prompts.iter().zip(before.iter().zip(&after)) {
+        println!("\n{prompt}\n  before: {b:?}\n  after:  {a:?}");
+    }
+    let (s0, s1) = (summarize(&[&pre]), summarize(&[&post]));
+    let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
+    let row = |name: &str, s: &kedit::evaluate::summary::Scores| {
+        let cf = s.counterfact.as_ref();
+        vec![
+            name.to_string(),
+            pct(s.reliability),
+            pct(s.generalization),
+            pct(s.locality),
+            pct(s.fluency),
+            pct(s.free_generation.reliability),
+            pct(s.free_generation.generalization),
+            pct(cf.and_then(|c| c.efficacy)),
+        ]
+    };
+    println!(
+        "\n{}",
+        table(
+            &["", "Rel", "Gen", "Loc", "Flu", "EM-Rel", "EM-Gen", "CF-Eff"],
+            &[row("before", &s0), row("after", &s1)]
+        )
+    );
+    if let Some(path) = &args.save_edit {
+        edit.save(path)?;
+        println!("saved the edit to {}", path.display());
+    }
+    if let Some(dir) = &args.save_model {
+        editor.save_model(dir)?;
+        println!("saved the edited model to {}", dir.display());
+    }
+    Ok(())
+}

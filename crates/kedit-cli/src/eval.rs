@@ -1,0 +1,302 @@
+//! `kedit eval`: edit and evaluate a dataset, write `cases.jsonl` and `summary.json`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use kedit::editor::Editor;
+use kedit::evaluate::data::{load, Format, LoadOptions};
+use kedit::evaluate::harness::pre_edit;
+use kedit::evaluate::report::{build_summary, RunConfig, RunSummary};
+use kedit::evaluate::summary::Scores;
+use kedit::evaluate::{run, CaseRecord, MetricOptions, Mode, Observer, RunOptions, RunStore};
+use kedit::methods::{self, EditContext};
+
+use crate::output::table;
+use crate::ModelArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    /// Editing method: ft, ft-l, ft-m, rome, r-rome.
+    #[arg(long, required_unless_present = "pre_only")]
+    method: Option<String>,
+    /// Only compute the pre-edit metrics (no method, no edit).
+    #[arg(long)]
+    pre_only: bool,
+    /// EasyEdit-style hyper-parameter YAML [default: the shipped one for the model].
+    #[arg(long)]
+    hparams: Option<PathBuf>,
+    /// Dataset file (JSON).
+    #[arg(long)]
+    data: PathBuf,
+    /// auto, zsre, knowedit, counterfact, counterfact-rome.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Use only the first N records.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// single, sequential or batch.
+    #[arg(long, default_value = "single")]
+    mode: String,
+    /// Requests per method call in batch mode.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Text corpus for key statistics (ROME), when none are cached.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Skip malformed records instead of stopping.
+    #[arg(long)]
+    skip_invalid: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Run directory; rerunning the same command there resumes the run.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run_cmd(args: Args) -> Result<()> {
+    let model = args.model.load()?;
+    let mode: Mode = args.mode.parse()?;
+    let format: Format = args.format.parse()?;
+    let data = load(
+        &args.data,
+        format,
+        &LoadOptions {
+            skip_invalid: args.skip_invalid,
+            limit: args.limit,
+        },
+    )
+    .with_context(|| format!("loading {}", args.data.display()))?;
+    for (i, why) in &data.skipped {
+        eprintln!("skipped record {i}: {why}");
+    }
+    if data.requests.is_empty() {
+        bail!("{}: no usable record", args.data.display());
+    }
+    let batch_size = if mode == Mode::Batch {
+        args.batch_size
+    } else {
+        1
+    };
+    let loaded = match (&args.method, args.pre_only) {
+        (Some(name), false) => Some(methods::load(name, args.hparams.as_deref(), &model)?),
+        _ => None,
+    };
+    for w in loaded.iter().flat_map(|l| &l.warnings) {
+        eprintln!("warning: {w}");
+    }
+    let config = RunConfig {
+        kedit_version: env!("CARGO_PKG_VERSION").to_string(),
+        method: match (&loaded, &args.method) {
+            (Some(_), Some(name)) => name.to_ascii_lowercase(),
+            _ => "none (pre-edit metrics only)".into(),
+        },
+        hparams_origin: loaded
+            .as_ref()
+            .map(|l| l.hparams_origin.display().to_string())
+            .unwrap_or_default(),
+        hparams: loaded
+            .as_ref()
+            .map_or(serde_json::Value::Null, |l| l.method.hparams_json()),
+        model: model.source.path.display().to_string(),
+        model_fingerprint: format!("{:016x}", model.fingerprint()),
+        data: args.data.display().to_string(),
+        format: format!("{:?}", data.format).to_ascii_lowercase(),
+        limit: args.limit,
+        skip_invalid: args.skip_invalid,
+        mode,
+        batch_size,
+        seed: args.seed,
+    };
+    let mut store = RunStore::open(&args.out, &serde_json::to_value(&config)?)?;
+    if !store.cases.is_empty() {
+        eprintln!(
+            "resuming: {} of {} cases already in {}",
+            store.cases.len(),
+            data.requests.len(),
+            args.out.join("cases.jsonl").display()
+        );
+    }
+    let mut editor = Editor::new(model);
+    let mut ctx = EditContext {
+        corpus: args.corpus.clone(),
+        seed: args.seed,
+        ..Default::default()
+    };
+    let opts = RunOptions {
+        mode,
+        batch_size,
+        metrics: MetricOptions {
+            seed: args.seed,
+            ..Default::default()
+        },
+    };
+    let mut bar = Bar::default();
+    match &loaded {
+        Some(l) => run(
+            &mut editor,
+            l.method.as_ref(),
+            &mut ctx,
+            &data.requests,
+            &opts,
+            &mut store,
+            &mut bar,
+        )?,
+        None => pre_edit(&editor, &data.requests, &opts, &mut store, &mut bar)?,
+    }
+    bar.finish();
+    let after = format!("{:016x}", editor.model().fingerprint());
+    let identical = after == config.model_fingerprint;
+    let summary = build_summary(&store, &config, identical);
+    let path = args.out.join("summary.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    print_summary(&summary);
+    if !identical {
+        bail!("the weights after the run differ from the original ones (fingerprint {after})");
+    }
+    println!("weights after the run: bit-identical to the original (fingerprint {after})");
+    let records = if loaded.is_some() {
+        "cases.jsonl"
+    } else {
+        "pre.jsonl"
+    };
+    println!(
+        "\nwrote {} and {}",
+        args.out.join(records).display(),
+        path.display()
+    );
+    Ok(())
+}
+
+/// A progress bar per phase, showing running means of the finished cases.
+#[derive(Default)]
+struct Bar {
+    bar: Option<ProgressBar>,
+    done: usize,
+    rel: f64,
+    loc: (f64, usize),
+}
+
+impl Observer for Bar {
+    fn phase(&mut self, name: &str, total: usize) {
+        self.finish();
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, steps: usize, record: Option<&CaseRecord>) {
+        if let Some(post) = record.and_then(|r| r.post.as_ref()) {
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            self.done += 1;
+            self.rel += mean(&post.rewrite_acc);
+            for v in post.locality_acc.values() {
+                self.loc.0 += mean(v);
+                self.loc.1 += 1;
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.inc(steps as u64);
+            if self.done > 0 {
+                bar.set_message(format!(
+                    "rel {:.1} loc {:.1}",
+                    100.0 * self.rel / self.done as f64,
+                    100.0 * self.loc.0 / self.loc.1.max(1) as f64
+                ));
+            }
+        }
+    }
+}
+
+impl Bar {
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+}
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{:.2}", 100.0 * v))
+}
+
+fn scores_row(name: &str, s: &Scores) -> Vec<String> {
+    let cf = s.counterfact.as_ref();
+    vec![
+        name.to_string(),
+        s.n.to_string(),
+        pct(s.reliability),
+        pct(s.generalization),
+        pct(s.locality),
+        pct(s.portability),
+        pct(s.fluency),
+        pct(s.free_generation.reliability),
+        pct(s.free_generation.generalization),
+        pct(s.free_generation.portability),
+        pct(cf.and_then(|c| c.efficacy)),
+        pct(cf.and_then(|c| c.paraphrase)),
+        pct(cf.and_then(|c| c.neighborhood)),
+        pct(cf.and_then(|c| c.score)),
+    ]
+}
+
+/// The summary as papers print it: ×100 (fluency: entropy ×100).
+pub fn print_summary(s: &RunSummary) {
+    println!(
+        "\n{} on {} — {:?} mode, {} cases edited, {} refused",
+        s.method, s.data, s.mode, s.n, s.refused
+    );
+    let mut rows = vec![scores_row("pre-edit", &s.pre)];
+    if s.n > 0 {
+        rows.push(scores_row("post-edit", &s.post));
+    }
+    if let Some(after) = &s.after_all_edits {
+        rows.push(scores_row("after all edits", after));
+    }
+    println!(
+        "{}",
+        table(
+            &[
+                "", "n", "Rel", "Gen", "Loc", "Port", "Flu", "EM-Rel", "EM-Gen", "EM-Port",
+                "CF-Eff", "CF-Para", "CF-Nbhd", "CF-Score",
+            ],
+            &rows
+        )
+    );
+    let mut groups = Vec::new();
+    for (g, v) in &s.post.locality_groups {
+        groups.push(vec![format!("locality/{g}"), pct(Some(*v))]);
+    }
+    for (g, v) in &s.post.portability_groups {
+        groups.push(vec![format!("portability/{g}"), pct(Some(*v))]);
+    }
+    if !groups.is_empty() {
+        println!("\n{}", table(&["post-edit group", "score"], &groups));
+    }
+    if s.n == 0 {
+        return;
+    }
+    println!(
+        "\nseconds per edit: {}   evaluation seconds per case: {}   peak RSS of an edit: {}",
+        s.seconds_per_edit.map_or("-".into(), |v| format!("{v:.3}")),
+        s.eval_seconds_per_case
+            .map_or("-".into(), |v| format!("{v:.3}")),
+        s.peak_rss_bytes.map_or("-".into(), |b| format!(
+            "{:.0} MiB",
+            b as f64 / (1024.0 * 1024.0)
+        ))
+    );
+    for (i, e) in s.errors.iter().take(5) {
+        println!("case {i} refused: {e}");
+    }
+}

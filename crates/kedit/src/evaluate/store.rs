@@ -1,0 +1,282 @@
+//! A run's records, in memory and (for the command line) in a run directory:
+//!
+//! - `run.json`: the run's configuration; a rerun must match it (resume) or is refused;
+//! - `pre.jsonl`: one line per case, the pre-edit metrics (computed once, cached);
+//! - `cases.jsonl`: one line per case once it is edited and evaluated ([`CaseRecord`]);
+//! - `after_all.jsonl`: sequential mode, each case evaluated after all edits;
+//! - `edits/<index>.safetensors`: sequential mode, each applied edit, so a resumed run can
+//!   rebuild the accumulated model without recomputing them.
+//!
+//! Lines are appended and flushed one at a time; a torn last line (an interrupted write)
+//! is ignored on reading.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::editor::WeightEdit;
+use crate::error::{Error, Result};
+use crate::evaluate::metrics::Metrics;
+
+/// What one method call cost, and whether its edit was refused.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EditOutcome {
+    /// Wall time of `compute` + `apply` for the whole call.
+    pub seconds: f64,
+    /// Requests edited by this call (1 except in batch mode).
+    pub batch_size: usize,
+    /// Peak resident memory during the call (Linux only).
+    pub peak_rss_bytes: Option<u64>,
+    /// Wall time of the post-edit evaluation of this call's cases.
+    pub eval_seconds: f64,
+    /// The method's own phase timings.
+    #[serde(default)]
+    pub phases: Vec<(String, f64)>,
+    #[serde(default)]
+    pub notes: Vec<(String, String)>,
+    /// Why the edit was refused (the model was left unedited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One line of `cases.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseRecord {
+    pub index: usize,
+    pub case_id: String,
+    pub prompt: String,
+    pub target_new: String,
+    pub pre: Metrics,
+    /// After this case's edit (single: alone; sequential: with the earlier ones; batch:
+    /// with its batch). `None` when the edit was refused.
+    pub post: Option<Metrics>,
+    pub edit: EditOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct IndexedMetrics {
+    index: usize,
+    case_id: String,
+    metrics: Metrics,
+}
+
+pub struct RunStore {
+    dir: Option<PathBuf>,
+    pub pre: BTreeMap<usize, Metrics>,
+    pub cases: BTreeMap<usize, CaseRecord>,
+    pub after_all: BTreeMap<usize, Metrics>,
+}
+
+const HEADER: &str = "run.json";
+const PRE: &str = "pre.jsonl";
+const CASES: &str = "cases.jsonl";
+const AFTER_ALL: &str = "after_all.jsonl";
+
+impl RunStore {
+    /// A store that keeps everything in memory (library use, tests).
+    pub fn in_memory() -> Self {
+        RunStore {
+            dir: None,
+            pre: BTreeMap::new(),
+            cases: BTreeMap::new(),
+            after_all: BTreeMap::new(),
+        }
+    }
+
+    /// Opens (or creates) a run directory for the configuration `header`. An existing
+    /// directory of a different configuration is refused, naming the keys that differ.
+    pub fn open(dir: &Path, header: &Value) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(HEADER);
+        if path.exists() {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let old: Value = serde_json::from_str(&text)
+                .map_err(|e| Error::model(&path, format!("not valid JSON: {e}")))?;
+            let differ = differing_keys(&old, header);
+            if !differ.is_empty() {
+                return Err(Error::config(format!(
+                    "{} holds a run with another configuration (differs in: {}); \
+                     use another --out directory",
+                    dir.display(),
+                    differ.join(", ")
+                )));
+            }
+        } else {
+            let text = serde_json::to_string_pretty(header).expect("JSON values serialise");
+            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        }
+        let mut store = RunStore {
+            dir: Some(dir.to_path_buf()),
+            ..RunStore::in_memory()
+        };
+        for m in read_lines::<IndexedMetrics>(&dir.join(PRE))? {
+            store.pre.insert(m.index, m.metrics);
+        }
+        for rec in read_lines::<CaseRecord>(&dir.join(CASES))? {
+            store
+                .pre
+                .entry(rec.index)
+                .or_insert_with(|| rec.pre.clone());
+            store.cases.insert(rec.index, rec);
+        }
+        for m in read_lines::<IndexedMetrics>(&dir.join(AFTER_ALL))? {
+            store.after_all.insert(m.index, m.metrics);
+        }
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    pub fn put_pre(&mut self, index: usize, case_id: &str, metrics: Metrics) -> Result<()> {
+        self.append(
+            PRE,
+            &IndexedMetrics {
+                index,
+                case_id: case_id.to_string(),
+                metrics: metrics.clone(),
+            },
+        )?;
+        self.pre.insert(index, metrics);
+        Ok(())
+    }
+
+    pub fn put_case(&mut self, rec: CaseRecord) -> Result<()> {
+        self.append(CASES, &rec)?;
+        self.cases.insert(rec.index, rec);
+        Ok(())
+    }
+
+    pub fn put_after_all(&mut self, index: usize, case_id: &str, metrics: Metrics) -> Result<()> {
+        self.append(
+            AFTER_ALL,
+            &IndexedMetrics {
+                index,
+                case_id: case_id.to_string(),
+                metrics: metrics.clone(),
+            },
+        )?;
+        self.after_all.insert(index, metrics);
+        Ok(())
+    }
+
+    /// Keeps an applied edit for a later resume (run directories only).
+    pub fn save_edit(&self, index: usize, edit: &WeightEdit) -> Result<()> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let edits = dir.join("edits");
+        std::fs::create_dir_all(&edits).map_err(|e| Error::io(&edits, e))?;
+        edit.save(&edits.join(format!("{index}.safetensors")))
+    }
+
+    pub fn load_edit(&self, index: usize) -> Result<Option<WeightEdit>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let path = dir.join("edits").join(format!("{index}.safetensors"));
+        if path.exists() {
+            WeightEdit::load(&path).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn append(&self, file: &str, value: &impl Serialize) -> Result<()> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let path = dir.join(file);
+        let mut line = serde_json::to_string(value).expect("records serialise");
+        line.push('\n');
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        f.write_all(line.as_bytes())
+            .map_err(|e| Error::io(&path, e))?;
+        f.flush().map_err(|e| Error::io(&path, e))
+    }
+}
+
+/// Records of a JSONL file. A torn last line (no newline: an interrupted write) is cut
+/// from the file, so that later appends start on a line of their own; a bad complete line
+/// is an error.
+fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
+        std::fs::write(path, &text).map_err(|e| Error::io(path, e))?;
+    }
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| Error::record(path, i, "(line)", e.to_string()))
+        })
+        .collect()
+}
+
+fn differing_keys(old: &Value, new: &Value) -> Vec<String> {
+    let (Some(a), Some(b)) = (old.as_object(), new.as_object()) else {
+        return vec!["(whole header)".into()];
+    };
+    let mut keys: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_reads_records_and_refuses_another_config() {
+        let dir = std::env::temp_dir().join(format!("kedit-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let header = serde_json::json!({"method": "ft-m", "limit": 3});
+        let mut store = RunStore::open(&dir, &header).unwrap();
+        let pre = Metrics {
+            rewrite_acc: vec![0.5],
+            ..Default::default()
+        };
+        store.put_pre(0, "a", pre.clone()).unwrap();
+        store
+            .put_case(CaseRecord {
+                index: 0,
+                case_id: "a".into(),
+                prompt: "p".into(),
+                target_new: "t".into(),
+                pre: pre.clone(),
+                post: None,
+                edit: EditOutcome::default(),
+            })
+            .unwrap();
+        // A torn line at the end (an interrupted write) is ignored.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join(CASES))
+            .unwrap();
+        f.write_all(b"{\"index\": 1, \"case_").unwrap();
+        let again = RunStore::open(&dir, &header).unwrap();
+        assert_eq!(again.pre[&0], pre);
+        assert_eq!(again.cases.len(), 1);
+        let err = RunStore::open(&dir, &serde_json::json!({"method": "ft-l", "limit": 3}))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("method"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

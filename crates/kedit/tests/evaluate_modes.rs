@@ -1,0 +1,319 @@
+//! Editing modes on the real SmolLM2 and real ZsRE records: FT-M edits, reverts that give
+//! back bit-identical weights, refused edits recorded per case, resumed runs.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use candle_core::Tensor;
+use common::{data, smollm2};
+use kedit::editor::{Delta, Editor, WeightEdit};
+use kedit::evaluate::data::{load, Format, LoadOptions};
+use kedit::evaluate::summary::summarize;
+use kedit::evaluate::{run, EditRequest, MetricOptions, Mode, RunOptions, RunStore};
+use kedit::methods::{self, EditContext, EditMethod};
+use kedit::{Error, Model, ParamId};
+
+fn zsre(n: usize) -> Vec<EditRequest> {
+    load(
+        &data("zsre/zsre_mend_eval_portability_gpt4.dev.json"),
+        Format::Zsre,
+        &LoadOptions {
+            limit: Some(n),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .requests
+}
+
+/// Fluency sampling is covered by the metric tests; here it would only add minutes.
+fn options(mode: Mode, batch_size: usize) -> RunOptions {
+    RunOptions {
+        mode,
+        batch_size,
+        metrics: MetricOptions {
+            fluency: false,
+            free_generation: true,
+            seed: 0,
+        },
+    }
+}
+
+fn run_mode(
+    method: &dyn EditMethod,
+    requests: &[EditRequest],
+    opts: RunOptions,
+) -> (RunStore, Editor) {
+    let model = smollm2().clone();
+    let before = model.fingerprint();
+    let mut editor = Editor::new(model);
+    let mut store = RunStore::in_memory();
+    let mut ctx = EditContext::default();
+    run(
+        &mut editor,
+        method,
+        &mut ctx,
+        requests,
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    assert!(editor.is_pristine().unwrap());
+    assert_eq!(
+        editor.model().fingerprint(),
+        before,
+        "weights bit-identical after the run"
+    );
+    (store, editor)
+}
+
+fn ft_m() -> Box<dyn EditMethod> {
+    methods::load("ft-m", None, smollm2()).unwrap().method
+}
+
+#[test]
+fn single_mode_ft_m_edits_reliably_and_reverts_exactly() {
+    let requests = zsre(3);
+    let (store, _) = run_mode(ft_m().as_ref(), &requests, options(Mode::Single, 1));
+    assert_eq!(store.cases.len(), 3);
+    let post: Vec<_> = store
+        .cases
+        .values()
+        .map(|r| r.post.as_ref().unwrap())
+        .collect();
+    let pre: Vec<_> = store.cases.values().map(|r| &r.pre).collect();
+    let (s0, s1) = (summarize(&pre), summarize(&post));
+    let reliability = s1.reliability.unwrap();
+    assert!(reliability >= 0.8, "FT-M reliability {reliability}");
+    assert!(reliability > s0.reliability.unwrap());
+    let locality = s1.locality.unwrap();
+    assert!((0.0..=1.0).contains(&locality));
+    for r in store.cases.values() {
+        assert!(r.edit.error.is_none());
+        assert!(r.edit.seconds > 0.0);
+        assert_eq!(r.edit.batch_size, 1);
+    }
+}
+
+#[test]
+fn sequential_mode_reports_after_own_edit_and_after_all_edits() {
+    let requests = zsre(3);
+    let (store, _) = run_mode(ft_m().as_ref(), &requests, options(Mode::Sequential, 1));
+    assert_eq!(store.cases.len(), 3);
+    assert_eq!(store.after_all.len(), 3);
+    // The last case's two evaluations see the same model.
+    let last = &store.cases[&2];
+    assert_eq!(
+        last.post.as_ref().unwrap().rewrite_acc,
+        store.after_all[&2].rewrite_acc
+    );
+    // The first case's post-all evaluation sees two more edits than its own.
+    assert!(store.after_all[&0]
+        .locality_acc
+        .contains_key("neighborhood"));
+}
+
+#[test]
+fn batch_mode_edits_all_requests_in_one_call() {
+    let requests = zsre(3);
+    let counting = Counting::new(ft_m());
+    let (store, _) = run_mode(&counting, &requests, options(Mode::Batch, 3));
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
+    assert!(store
+        .cases
+        .values()
+        .all(|r| r.edit.batch_size == 3 && r.post.is_some()));
+    let too_big = methods::load("rome", None, smollm2()).unwrap().method;
+    let mut editor = Editor::new(smollm2().clone());
+    let err = run(
+        &mut editor,
+        too_big.as_ref(),
+        &mut EditContext::default(),
+        &requests,
+        &options(Mode::Batch, 3),
+        &mut RunStore::in_memory(),
+        &mut (),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("at most 1"), "{err}");
+}
+
+#[test]
+fn refused_edits_are_recorded_and_leave_the_model_pristine() {
+    let requests = zsre(2);
+    for (method, why) in [
+        (Refusing::Compute, "compute failed"),
+        (Refusing::NanDelta, "NaN"),
+    ] {
+        let (store, _) = run_mode(&method, &requests, options(Mode::Single, 1));
+        for r in store.cases.values() {
+            assert!(r.post.is_none());
+            let err = r.edit.error.as_deref().unwrap();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+}
+
+#[test]
+fn a_rerun_resumes_and_a_different_config_is_refused() {
+    let requests = zsre(2);
+    let dir = std::env::temp_dir().join(format!("kedit-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let header = serde_json::json!({"method": "ft-m", "data": "zsre", "mode": "single"});
+    let counting = Counting::new(ft_m());
+    let opts = options(Mode::Single, 1);
+    let mut editor = Editor::new(smollm2().clone());
+    let mut store = RunStore::open(&dir, &header).unwrap();
+    run(
+        &mut editor,
+        &counting,
+        &mut EditContext::default(),
+        &requests[..1],
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    let mut store = RunStore::open(&dir, &header).unwrap();
+    assert_eq!(store.cases.len(), 1);
+    run(
+        &mut editor,
+        &counting,
+        &mut EditContext::default(),
+        &requests,
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    assert_eq!(
+        counting.calls.load(Ordering::SeqCst),
+        2,
+        "the first case is not edited again"
+    );
+    let lines = std::fs::read_to_string(dir.join("cases.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 2);
+    let other = serde_json::json!({"method": "ft-l", "data": "zsre", "mode": "single"});
+    assert!(RunStore::open(&dir, &other).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Counts the calls a method gets.
+struct Counting {
+    inner: Box<dyn EditMethod>,
+    calls: AtomicUsize,
+}
+
+impl Counting {
+    fn new(inner: Box<dyn EditMethod>) -> Self {
+        Counting {
+            inner,
+            calls: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl EditMethod for Counting {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn max_batch(&self) -> Option<usize> {
+        self.inner.max_batch()
+    }
+    fn compute(
+        &self,
+        model: &Model,
+        requests: &[EditRequest],
+        ctx: &mut EditContext,
+    ) -> kedit::Result<WeightEdit> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.compute(model, requests, ctx)
+    }
+    fn hparams_json(&self) -> serde_json::Value {
+        self.inner.hparams_json()
+    }
+}
+
+/// A method that fails: in `compute`, or with an edit the editor must refuse.
+enum Refusing {
+    Compute,
+    NanDelta,
+}
+
+impl EditMethod for Refusing {
+    fn name(&self) -> &str {
+        "refusing"
+    }
+    fn max_batch(&self) -> Option<usize> {
+        None
+    }
+    fn compute(
+        &self,
+        model: &Model,
+        _: &[EditRequest],
+        _: &mut EditContext,
+    ) -> kedit::Result<WeightEdit> {
+        match self {
+            Refusing::Compute => Err(Error::invalid("compute failed on purpose")),
+            Refusing::NanDelta => {
+                let id = ParamId::mlp_out(3);
+                let w = model.params.require(id)?;
+                let nan = Tensor::full(f32::NAN, w.dims(), w.device())?;
+                let mut edit = WeightEdit::new();
+                edit.push(id, Delta::Dense(nan));
+                Ok(edit)
+            }
+        }
+    }
+    fn hparams_json(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+}
+
+/// An interrupted sequential run resumes by re-applying the saved edits of the cases it
+/// finished, and ends where an uninterrupted run ends.
+#[test]
+fn an_interrupted_sequential_run_resumes_from_saved_edits() {
+    let requests = zsre(2);
+    let dir = std::env::temp_dir().join(format!("kedit-seq-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let header = serde_json::json!({"method": "ft-m", "mode": "sequential"});
+    let method = ft_m();
+    let opts = options(Mode::Sequential, 1);
+    let mut editor = Editor::new(smollm2().clone());
+    let mut store = RunStore::open(&dir, &header).unwrap();
+    let mut ctx = EditContext::default();
+    run(
+        &mut editor,
+        method.as_ref(),
+        &mut ctx,
+        &requests,
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    let complete = store.after_all.clone();
+    // Interrupt it after the first case: drop the second case's line and the final pass.
+    let cases = std::fs::read_to_string(dir.join("cases.jsonl")).unwrap();
+    let first_line = cases.lines().next().unwrap();
+    std::fs::write(dir.join("cases.jsonl"), format!("{first_line}\n")).unwrap();
+    std::fs::remove_file(dir.join("after_all.jsonl")).unwrap();
+    let mut store = RunStore::open(&dir, &header).unwrap();
+    assert_eq!(store.cases.len(), 1);
+    run(
+        &mut editor,
+        method.as_ref(),
+        &mut ctx,
+        &requests,
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    assert!(editor.is_pristine().unwrap());
+    assert_eq!(store.after_all, complete);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
