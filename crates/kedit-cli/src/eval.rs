@@ -51,6 +51,12 @@ pub struct Args {
     skip_invalid: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Skip the fluency metric (100 sampled tokens per case: most of the evaluation time).
+    #[arg(long)]
+    no_fluency: bool,
+    /// Skip the free-generation exact-match metrics.
+    #[arg(long)]
+    no_free_generation: bool,
     /// Run directory; rerunning the same command there resumes the run.
     #[arg(long)]
     out: PathBuf,
@@ -109,6 +115,8 @@ pub fn run_cmd(args: Args) -> Result<()> {
         mode,
         batch_size,
         seed: args.seed,
+        fluency: !args.no_fluency,
+        free_generation: !args.no_free_generation,
     };
     let mut store = RunStore::open(&args.out, &serde_json::to_value(&config)?)?;
     if !store.cases.is_empty() {
@@ -130,7 +138,8 @@ pub fn run_cmd(args: Args) -> Result<()> {
         batch_size,
         metrics: MetricOptions {
             seed: args.seed,
-            ..Default::default()
+            fluency: !args.no_fluency,
+            free_generation: !args.no_free_generation,
         },
     };
     let mut bar = Bar::default();

@@ -24,6 +24,15 @@ pub struct RunConfig {
     pub mode: Mode,
     pub batch_size: usize,
     pub seed: u64,
+    /// Which optional metrics the run computes.
+    #[serde(default = "yes")]
+    pub fluency: bool,
+    #[serde(default = "yes")]
+    pub free_generation: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
