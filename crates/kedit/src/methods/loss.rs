@@ -1,9 +1,9 @@
 //! Losses shared by methods.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::runtime::ops::log_softmax_last;
+use crate::runtime::nll::target_log_probs;
 
 /// Mean over rows of the mean negative log-likelihood of each row's target tokens.
 ///
@@ -24,16 +24,7 @@ pub fn mean_row_nll(
         .map(|&r| 1.0 / (per_row[r] * n_rows) as f32)
         .collect();
     let device = logits.device();
-    let lp = log_softmax_last(logits)?;
-    let idx = Tensor::new(targets, device)?.unsqueeze(1)?;
-    let picked = lp.gather(&idx, 1)?.squeeze(1)?;
+    let picked = target_log_probs(logits, targets)?;
     let w = Tensor::new(weights.as_slice(), device)?.to_dtype(logits.dtype())?;
     Ok((picked * w)?.sum_all()?.neg()?)
-}
-
-/// exp(−NLL) of each scored token, for reporting.
-pub fn token_probs(logits: &Tensor, targets: &[u32]) -> Result<Vec<f64>> {
-    let lp = log_softmax_last(&logits.to_dtype(DType::F64)?)?;
-    let idx = Tensor::new(targets, logits.device())?.unsqueeze(1)?;
-    Ok(lp.gather(&idx, 1)?.squeeze(1)?.exp()?.to_vec1::<f64>()?)
 }

@@ -4,6 +4,7 @@ pub mod batch;
 pub mod forward;
 pub mod intervention;
 pub mod kv_cache;
+pub mod nll;
 pub mod ops;
 pub mod sites;
 
