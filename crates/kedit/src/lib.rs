@@ -6,10 +6,12 @@
 //! - [`tokenizer`]: tokenizers and chat templates.
 
 pub mod bench;
+pub mod cache;
 pub mod editor;
 pub mod error;
 pub mod evaluate;
 pub mod generate;
+pub mod hash;
 pub mod model;
 pub mod rng;
 pub mod runtime;

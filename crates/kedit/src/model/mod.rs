@@ -1,6 +1,7 @@
 //! Models: loading (GGUF, Hugging Face directories), weights under canonical names, saving.
 
 pub mod config;
+pub mod fingerprint;
 pub mod gguf;
 pub mod hf;
 pub mod hf_config;
