@@ -5,6 +5,7 @@ mod demo;
 mod generate;
 mod inspect;
 mod output;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Measure throughput: matmul GFLOP/s, prefill, forward+backward.
     Bench(bench::Args),
+    /// Second-moment statistics E[k kᵀ] of MLP keys, several layers in one cached pass.
+    Stats(stats::Args),
 }
 
 /// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
@@ -60,6 +63,7 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Stats(a) => stats::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -4,6 +4,7 @@
 //!   canonical names, save edited models.
 //! - [`runtime`]: the forward pass with named intervention sites, gradients, KV caches.
 //! - [`tokenizer`]: tokenizers and chat templates.
+//! - [`stats`]: second-moment statistics of MLP keys (ROME's C), cached and resumable.
 
 pub mod bench;
 pub mod cache;
@@ -15,6 +16,7 @@ pub mod hash;
 pub mod model;
 pub mod rng;
 pub mod runtime;
+pub mod stats;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
