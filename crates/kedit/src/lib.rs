@@ -14,6 +14,7 @@ pub mod evaluate;
 pub mod generate;
 pub mod hash;
 pub mod model;
+pub mod plot;
 pub mod rng;
 pub mod runtime;
 pub mod stats;
