@@ -4,8 +4,10 @@ mod bench;
 mod demo;
 mod generate;
 mod inspect;
+mod locate;
 mod output;
 mod stats;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -36,6 +38,10 @@ enum Command {
     Bench(bench::Args),
     /// Second-moment statistics E[k kᵀ] of MLP keys, several layers in one cached pass.
     Stats(stats::Args),
+    /// Causal tracing of one prompt: where is the fact recalled?
+    Trace(trace::Args),
+    /// Causal tracing averaged over known facts: which layer to edit.
+    Locate(locate::Args),
 }
 
 /// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
@@ -64,6 +70,8 @@ fn main() {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Stats(a) => stats::run(a),
+        Command::Trace(a) => trace::run(a),
+        Command::Locate(a) => locate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -5,6 +5,7 @@
 //! - [`runtime`]: the forward pass with named intervention sites, gradients, KV caches.
 //! - [`tokenizer`]: tokenizers and chat templates.
 //! - [`stats`]: second-moment statistics of MLP keys (ROME's C), cached and resumable.
+//! - [`trace`]: causal tracing and locating the layer to edit.
 
 pub mod bench;
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod rng;
 pub mod runtime;
 pub mod stats;
 pub mod tokenizer;
+pub mod trace;
 
 pub use error::{Error, Result};
 pub use model::{Model, ParamId};
