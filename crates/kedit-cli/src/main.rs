@@ -1,6 +1,7 @@
 //! `kedit`: the command line. A thin layer over the kedit library: parse, call, print.
 
 mod bench;
+mod bench_locate;
 mod demo;
 mod generate;
 mod inspect;
@@ -42,6 +43,10 @@ enum Command {
     Trace(trace::Args),
     /// Causal tracing averaged over known facts: which layer to edit.
     Locate(locate::Args),
+    /// Measure key statistics: one layer vs several in one pass.
+    BenchStats(bench_locate::StatsArgs),
+    /// Measure causal tracing: seconds per fact.
+    BenchTrace(bench_locate::TraceBenchArgs),
 }
 
 /// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
@@ -72,6 +77,8 @@ fn main() {
         Command::Stats(a) => stats::run(a),
         Command::Trace(a) => trace::run(a),
         Command::Locate(a) => locate::run(a),
+        Command::BenchStats(a) => bench_locate::run_stats(a),
+        Command::BenchTrace(a) => bench_locate::run_trace(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
