@@ -146,6 +146,9 @@ fn cache_hits_return_identical_numbers_and_edits_change_the_fingerprint() {
         "the second call must read the cache"
     );
     assert_eq!(as_f64(&first.moment), as_f64(&again.moment));
+    let twice = key_stats(model, &small_request(vec![2, 2], 3), &cache, false).unwrap();
+    assert_eq!(twice.len(), 2);
+    assert_eq!(as_f64(&twice[1].moment), as_f64(&first.moment));
     let looked_up = cached_key_stats(model, 2, Some(&req), &cache)
         .unwrap()
         .unwrap();

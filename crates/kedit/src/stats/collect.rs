@@ -1,6 +1,7 @@
 //! The one pass: documents → tokens → batched forward (stopped after the highest layer
 //! needed) → Σ k kᵀ per layer, with checkpoints, a progress bar and the cache.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -20,7 +21,6 @@ const SUM: &str = "sum";
 
 /// A layer still to compute in this pass.
 struct Pending {
-    index: usize,
     key: StatsKey,
     sum: MomentSum,
     /// Documents already in `sum`.
@@ -143,75 +143,66 @@ pub(crate) fn run(
     check_request(model, req)?;
     let corpus = Corpus::open(&req.corpus)?;
     let n_docs = effective_docs(&corpus, req)?;
-    let keys = keys(model, req, corpus.fingerprint()?)?;
-    let mut results: Vec<Option<KeyStats>> = vec![None; keys.len()];
+    // A layer asked for twice is computed once.
+    let mut unique = req.clone();
+    unique.layers.sort_unstable();
+    unique.layers.dedup();
+    let mut done: BTreeMap<usize, KeyStats> = BTreeMap::new();
     let mut pending = Vec::new();
-    for (index, key) in keys.into_iter().enumerate() {
+    for key in keys(model, &unique, corpus.fingerprint()?)? {
         let path = key.final_path(cache, n_docs)?;
-        if let Some(stored) = store::load(&path, MOMENT)? {
-            results[index] = Some(from_store(key.layer, stored, &path));
-            continue;
+        match store::load(&path, MOMENT)? {
+            Some(stored) => {
+                done.insert(key.layer, from_store(key.layer, stored, &path));
+            }
+            None => pending.push(resume_or_start(model, key, n_docs, cache)?),
         }
-        // The same layer asked twice is computed once.
-        if pending.iter().any(|p: &Pending| p.key == key) {
-            continue;
-        }
-        pending.push(resume_or_start(model, index, key, n_docs, cache)?);
     }
     if !pending.is_empty() {
         let timing = accumulate(model, req, &corpus, n_docs, &mut pending, cache, progress)?;
         for p in pending {
             let path = p.key.final_path(cache, n_docs)?;
             let moment = p.sum.moment()?;
+            let n_tokens = p.sum.n_tokens;
             store::save(
                 &path,
                 &p.key,
                 MOMENT,
                 &moment,
                 n_docs,
-                p.sum.n_tokens,
+                n_tokens,
                 &corpus.path,
             )?;
             if p.write_partial {
                 checkpoint(&p, cache, &corpus.path)?;
             }
-            results[p.index] = Some(KeyStats {
-                layer: p.key.layer,
-                n_tokens: p.sum.n_tokens,
-                n_docs,
-                moment,
-                path,
-                computed: Some(timing),
-            });
+            let layer = p.key.layer;
+            done.insert(
+                layer,
+                KeyStats {
+                    layer,
+                    n_tokens,
+                    n_docs,
+                    moment,
+                    path,
+                    computed: Some(timing),
+                },
+            );
         }
     }
-    // Duplicated layers take the result of their first occurrence.
-    let mut out: Vec<KeyStats> = Vec::with_capacity(results.len());
-    for (i, r) in results.into_iter().enumerate() {
-        match r {
-            Some(s) => out.push(s),
-            None => {
-                let first = req.layers.iter().position(|&l| l == req.layers[i]);
-                let s = first
-                    .and_then(|f| out.get(f).cloned())
-                    .ok_or_else(|| Error::invalid("duplicate layer without a result"))?;
-                out.push(s);
-            }
-        }
-    }
-    Ok(out)
+    req.layers
+        .iter()
+        .map(|l| {
+            done.get(l)
+                .cloned()
+                .ok_or_else(|| Error::invalid(format!("no statistics were made for layer {l}")))
+        })
+        .collect()
 }
 
-fn resume_or_start(
-    model: &Model,
-    index: usize,
-    key: StatsKey,
-    n_docs: usize,
-    cache: &Cache,
-) -> Result<Pending> {
+fn resume_or_start(model: &Model, key: StatsKey, n_docs: usize, cache: &Cache) -> Result<Pending> {
     let width = model.config.d_ff;
     let fresh = |write_partial| Pending {
-        index,
         sum: MomentSum::zeros(width, key.precision),
         key: key.clone(),
         docs_done: 0,
@@ -228,7 +219,6 @@ fn resume_or_start(
         return Ok(fresh(true));
     }
     Ok(Pending {
-        index,
         key,
         sum,
         docs_done: partial.n_docs,
