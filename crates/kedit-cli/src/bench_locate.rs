@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use kedit::bench;
-use kedit::trace::load_known_facts;
+use kedit::trace::{load_known_facts, TraceOptions};
 
 use crate::output::{print_json, table};
 use crate::stats::parse_layers;
@@ -87,9 +87,13 @@ pub struct TraceBenchArgs {
 }
 
 pub fn run_trace(args: TraceBenchArgs) -> Result<()> {
+    let workers = args.trace.start_workers();
     let model = args.model.load()?;
     let facts = load_known_facts(&args.data)?;
-    let options = args.trace.options(&model, &args.data)?;
+    let options = TraceOptions {
+        workers,
+        ..args.trace.options(&model, &args.data)?
+    };
     let n = args.facts.min(facts.len());
     let fig = bench::trace_facts(&model, &facts[..n], &options)?;
     if args.json {
@@ -97,8 +101,13 @@ pub fn run_trace(args: TraceBenchArgs) -> Result<()> {
     }
     println!(
         "causal trace (hidden + MLP + attention grids), {} facts of {:.1} tokens on average, \
-         {} samples, {} token(s) per pass: {:.2} s per fact",
-        fig.facts, fig.mean_tokens, fig.samples, fig.tokens_per_pass, fig.seconds_per_fact
+         {} samples, {} token(s) per pass, {} worker(s): {:.2} s per fact",
+        fig.facts,
+        fig.mean_tokens,
+        fig.samples,
+        fig.tokens_per_pass,
+        fig.workers,
+        fig.seconds_per_fact
     );
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use kedit::trace::locate::{locate, LocateOptions, TokenClass};
 use kedit::trace::pictures::write_locate_pictures;
-use kedit::trace::{load_known_facts, Kind};
+use kedit::trace::{load_known_facts, Kind, TraceOptions};
 
 use crate::output::{print_json, table};
 use crate::trace::{TraceArgs, DEFAULT_FACTS};
@@ -34,14 +34,19 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let workers = args.trace.start_workers();
     let model = args.model.load()?;
     let facts = load_known_facts(&args.data)?;
     let options = LocateOptions {
         limit: args.limit,
-        trace: args.trace.options(&model, &args.data)?,
+        trace: TraceOptions {
+            workers,
+            ..args.trace.options(&model, &args.data)?
+        },
         only_known: !args.all,
     };
-    let result = locate(&model, &facts, &options, !args.json)?;
+    let cache = crate::stats::cache_of(&args.trace.cache);
+    let result = locate(&model, &facts, &options, Some(&cache), !args.json)?;
     let mut files = Vec::new();
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

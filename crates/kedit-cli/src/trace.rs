@@ -31,14 +31,35 @@ pub struct TraceArgs {
     /// Tokens whose restorations share one forward pass (more rows, fewer passes).
     #[arg(long, default_value_t = 3)]
     tokens_per_pass: usize,
+    /// Threads running forward passes [default: one per core, each with single-threaded
+    /// tensor ops].
+    #[arg(long)]
+    workers: Option<usize>,
     /// The cache directory [default: $KEDIT_CACHE, else .kedit-cache at the workspace root].
     #[arg(long)]
-    cache: Option<PathBuf>,
+    pub cache: Option<PathBuf>,
 }
 
 pub const DEFAULT_FACTS: &str = "../shared/data/known_1000/known_1000.json";
 
 impl TraceArgs {
+    /// Worker threads; with more than one, tensor ops run single-threaded unless
+    /// RAYON_NUM_THREADS says otherwise. Call before any tensor work: candle reads it then.
+    ///
+    /// Why: tracing runs thousands of small forward passes, where candle's per-op thread
+    /// barriers cost more than they save (1.7x slower than one thread on a busy 2-core
+    /// machine); independent passes on independent threads scale instead.
+    pub fn start_workers(&self) -> usize {
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1);
+        if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            std::env::set_var("RAYON_NUM_THREADS", "1");
+        }
+        workers
+    }
+
     /// The options, with σ from the known facts at `facts` unless given.
     pub fn options(&self, model: &Model, facts: &Path) -> Result<TraceOptions> {
         let sigma = match self.sigma {
@@ -63,6 +84,7 @@ impl TraceArgs {
             window: self.window,
             seed: self.seed,
             tokens_per_pass: self.tokens_per_pass,
+            workers: self.workers.unwrap_or(1),
         })
     }
 }
@@ -92,8 +114,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    let workers = args.trace.start_workers();
     let model = args.model.load()?;
-    let options = args.trace.options(&model, &args.facts)?;
+    let options = TraceOptions {
+        workers,
+        ..args.trace.options(&model, &args.facts)?
+    };
     let result = trace_prompt(
         &model,
         &args.prompt,

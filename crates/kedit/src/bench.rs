@@ -247,6 +247,7 @@ pub struct TraceFigure {
     pub facts: usize,
     pub samples: usize,
     pub tokens_per_pass: usize,
+    pub workers: usize,
     /// Mean prompt length in tokens.
     pub mean_tokens: f64,
     pub seconds_per_fact: f64,
@@ -269,6 +270,7 @@ pub fn trace_facts(
         facts: facts.len(),
         samples: options.samples,
         tokens_per_pass: options.tokens_per_pass,
+        workers: options.workers,
         mean_tokens: tokens as f64 / n as f64,
         seconds_per_fact: started.elapsed().as_secs_f64() / n as f64,
     })

@@ -109,8 +109,9 @@ fn restoring_states_behaves_as_causal_tracing_must() {
 #[test]
 fn a_full_trace_has_consistent_grids_json_and_pictures() {
     let model = common::smollm2();
+    // One noise sample keeps the test quick; the grids' cost is linear in samples.
     let options = TraceOptions {
-        samples: 2,
+        samples: 1,
         ..TraceOptions::with_sigma(sigma())
     };
     let r = trace_prompt(model, PROMPT, SUBJECT, Some(" Paris"), &options).unwrap();
@@ -188,7 +189,8 @@ fn locate_averages_known_facts_by_token_class() {
             ..TraceOptions::with_sigma(sigma())
         },
     };
-    let r = locate(model, &facts, &options, false).unwrap();
+    let cache = Cache::new(temp_dir("locate-cache"));
+    let r = locate(model, &facts, &options, Some(&cache), false).unwrap();
     assert_eq!(r.traced, 2);
     assert!(r.known >= 2 && r.scanned >= r.known);
     assert!(r.recommended_layer < model.config.n_layers);
@@ -197,6 +199,10 @@ fn locate_averages_known_facts_by_token_class() {
     assert_eq!(last_subject.facts, 2);
     assert_eq!(last_subject.aie[r.recommended_layer], r.recommended_aie);
     assert!(r.recommended_aie.is_finite());
+    // A second run reads the traces from the cache and agrees.
+    let again = locate(model, &facts, &options, Some(&cache), false).unwrap();
+    assert_eq!(again.recommended_layer, r.recommended_layer);
+    assert!((again.recommended_aie - r.recommended_aie).abs() < 1e-12);
     let dir = temp_dir("locate-out");
     let written = write_locate_pictures(&r, &dir).unwrap();
     for w in written {

@@ -82,6 +82,18 @@ impl Model {
         Ok(self.key_fingerprints(&[layer])?[0])
     }
 
+    /// The fingerprint of every weight and the configuration: what a whole forward pass
+    /// depends on.
+    pub fn fingerprint(&self) -> Result<u64> {
+        let mut h = Fast64::new();
+        h.str(&serde_json::to_string(&self.config).expect("configs always serialise"));
+        for (id, t) in self.params.iter() {
+            h.str(&id.to_string());
+            h.u64(tensor_hash(t)?);
+        }
+        Ok(h.finish())
+    }
+
     /// The fingerprint of the embeddings (token and learned position tables): what the
     /// `embed` site depends on.
     pub fn embedding_fingerprint(&self) -> Result<u64> {

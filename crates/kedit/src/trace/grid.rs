@@ -2,10 +2,11 @@
 //! one (token, layer) at a time, MLP and attention outputs over a window of layers.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::runtime::Site;
 use crate::trace::tracer::{Restoration, Tracer};
 
@@ -62,25 +63,29 @@ fn cell(kind: Kind, t: usize, l: usize, window: usize, n_layers: usize) -> (usiz
     }
 }
 
-/// The [tokens × layers] grids of p(answer) with the cell's states restored, one per kind.
-///
-/// Cells whose passes start at the same layer run together — all kinds, and
-/// `tokens_per_pass` tokens at a time — as more rows of one forward pass: small batches
-/// leave a CPU's matrix kernels mostly packing weights. Tokens before the subject see no
-/// noise (attention is causal), so restoring them changes nothing: their cells are the
-/// corrupted probability, exactly, without a forward pass.
-pub fn grids(
+/// A cell: kind index, token, layer, and what it restores.
+type Cell = (usize, usize, usize, Restoration);
+
+/// One forward pass: cells sharing a start layer and a first token.
+struct Pass {
+    start: usize,
+    first_token: usize,
+    cells: Vec<Cell>,
+    /// Rows × layers run, to schedule the longest passes first.
+    cost: usize,
+}
+
+/// The passes that compute every cell, longest first.
+fn plan(
     tracer: &Tracer,
     kinds: &[Kind],
     window: usize,
     n_layers: usize,
     tokens_per_pass: usize,
-) -> Result<Vec<Vec<Vec<f64>>>> {
+) -> Vec<Pass> {
     let len = tracer.len();
     let first = tracer.subject().0;
-    let mut out = vec![vec![vec![tracer.corrupted_prob; n_layers]; len]; kinds.len()];
-    // by_start[a] = cells (kind index, token, layer, restoration) whose pass starts at a
-    let mut by_start: Vec<Vec<(usize, usize, usize, Restoration)>> = vec![Vec::new(); n_layers];
+    let mut by_start: Vec<Vec<Cell>> = vec![Vec::new(); n_layers];
     for (k, &kind) in kinds.iter().enumerate() {
         for l in 0..n_layers {
             for t in first..len {
@@ -90,18 +95,79 @@ pub fn grids(
         }
     }
     let tokens: Vec<usize> = (first..len).collect();
-    for (start, cells) in by_start.iter().enumerate() {
+    let mut passes = Vec::new();
+    for (start, cells) in by_start.into_iter().enumerate() {
         for group in tokens.chunks(tokens_per_pass.max(1)) {
-            let members: Vec<&(usize, usize, usize, Restoration)> =
-                cells.iter().filter(|c| group.contains(&c.1)).collect();
-            if members.is_empty() {
-                continue;
+            let members: Vec<Cell> = cells
+                .iter()
+                .filter(|c| group.contains(&c.1))
+                .cloned()
+                .collect();
+            if !members.is_empty() {
+                passes.push(Pass {
+                    start,
+                    first_token: group[0],
+                    cost: members.len() * (len - group[0]) * (n_layers - start),
+                    cells: members,
+                });
             }
-            let restorations: Vec<Restoration> = members.iter().map(|c| c.3.clone()).collect();
-            let scores = tracer.score_many(start, group[0], &restorations)?;
-            for (&&(k, t, l, _), p) in members.iter().zip(scores) {
-                out[k][t][l] = p;
-            }
+        }
+    }
+    passes.sort_by(|a, b| b.cost.cmp(&a.cost));
+    passes
+}
+
+/// The [tokens × layers] grids of p(answer) with the cell's states restored, one per kind.
+///
+/// Cells whose passes start at the same layer run together — all kinds, and
+/// `tokens_per_pass` tokens at a time — as more rows of one forward pass: small batches
+/// leave a CPU's matrix kernels mostly packing weights. Tokens before the subject see no
+/// noise (attention is causal), so restoring them changes nothing: their cells are the
+/// corrupted probability, exactly, without a forward pass. The passes are independent:
+/// `workers` threads run them (best with single-threaded tensor ops, `RAYON_NUM_THREADS=1`,
+/// whose per-op thread barriers dominate such small passes).
+pub fn grids(
+    tracer: &Tracer,
+    kinds: &[Kind],
+    window: usize,
+    n_layers: usize,
+    tokens_per_pass: usize,
+    workers: usize,
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let passes = plan(tracer, kinds, window, n_layers, tokens_per_pass);
+    let next = AtomicUsize::new(0);
+    let run_passes = || -> Result<Vec<(usize, usize, usize, f64)>> {
+        let mut done = Vec::new();
+        while let Some(pass) = passes.get(next.fetch_add(1, Ordering::Relaxed)) {
+            let restorations: Vec<Restoration> = pass.cells.iter().map(|c| c.3.clone()).collect();
+            let scores = tracer.score_many(pass.start, pass.first_token, &restorations)?;
+            done.extend(
+                pass.cells
+                    .iter()
+                    .zip(scores)
+                    .map(|(c, p)| (c.0, c.1, c.2, p)),
+            );
+        }
+        Ok(done)
+    };
+    let results: Vec<Result<Vec<(usize, usize, usize, f64)>>> = if workers <= 1 {
+        vec![run_passes()]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers).map(|_| scope.spawn(run_passes)).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::invalid("a tracing worker panicked")))
+                })
+                .collect()
+        })
+    };
+    let mut out = vec![vec![vec![tracer.corrupted_prob; n_layers]; tracer.len()]; kinds.len()];
+    for done in results {
+        for (k, t, l, p) in done? {
+            out[k][t][l] = p;
         }
     }
     Ok(out)

@@ -14,12 +14,16 @@
 //! indirect effect p_restored − p_corrupted over its tokens; the average indirect effect
 //! (AIE) is the mean over the facts that have that class.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::Cache;
 use crate::error::Result;
+use crate::hash::Fast64;
+use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
 use crate::runtime::{Padding, TokenBatch};
 use crate::trace::known_facts::KnownFact;
@@ -193,15 +197,61 @@ fn class_curve(grid: &[Vec<f64>], tokens: &[usize], low: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Traces known facts and averages their indirect effects by token class.
+/// Where a fact's trace is cached: named by the model's weights, the fact and the options.
+fn trace_cache_path(
+    cache: &Cache,
+    model_fingerprint: u64,
+    fact: &KnownFact,
+    opts: &TraceOptions,
+) -> Result<PathBuf> {
+    let mut h = Fast64::new();
+    h.str(&fact.prompt);
+    h.str(&fact.subject);
+    h.str(&serde_json::to_string(opts).expect("options serialise"));
+    cache.file(
+        "trace",
+        &format!("m{model_fingerprint:016x}-{:016x}.json", h.finish()),
+    )
+}
+
+/// A fact's trace, from the cache when there (a long locate run resumes where it stopped).
+fn trace_fact(
+    model: &Model,
+    fact: &KnownFact,
+    opts: &TraceOptions,
+    cached: Option<(&Cache, u64)>,
+) -> Result<TraceResult> {
+    let Some((cache, fingerprint)) = cached else {
+        return trace_prompt(model, &fact.prompt, &fact.subject, None, opts);
+    };
+    let path = trace_cache_path(cache, fingerprint, fact, opts)?;
+    if let Some(r) = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+    {
+        return Ok(r);
+    }
+    let r = trace_prompt(model, &fact.prompt, &fact.subject, None, opts)?;
+    let text = serde_json::to_string(&r).expect("results serialise");
+    write_atomic(&path, text.as_bytes())?;
+    Ok(r)
+}
+
+/// Traces known facts and averages their indirect effects by token class. With a cache,
+/// each fact's trace is stored as it completes and reused by later runs.
 pub fn locate(
     model: &Model,
     facts: &[KnownFact],
     opts: &LocateOptions,
+    cache: Option<&Cache>,
     progress: bool,
 ) -> Result<LocateResult> {
     let n_layers = model.config.n_layers;
     let (chosen, scanned, known) = select(model, facts, opts)?;
+    let cached = match cache {
+        Some(c) => Some((c, model.fingerprint()?)),
+        None => None,
+    };
     let bar = if progress {
         let b = ProgressBar::new(chosen.len() as u64);
         b.set_style(
@@ -219,7 +269,7 @@ pub fn locate(
     let mut sums = vec![vec![(vec![0.0; n_layers], 0usize); TokenClass::ALL.len()]; 3];
     let mut summaries = Vec::with_capacity(chosen.len());
     for fact in &chosen {
-        let r: TraceResult = trace_prompt(model, &fact.prompt, &fact.subject, None, &opts.trace)?;
+        let r = trace_fact(model, fact, &opts.trace, cached)?;
         let len = r.tokens.len();
         for (k, kind) in Kind::ALL.iter().enumerate() {
             for (c, class) in TokenClass::ALL.iter().enumerate() {
@@ -269,7 +319,11 @@ pub fn locate(
                 .collect(),
         })
         .collect();
-    let mlp_last_subject = &effects[1].classes[2].aie;
+    let mlp_last_subject = effects
+        .iter()
+        .find(|k| k.kind == Kind::Mlp)
+        .and_then(|k| k.class(TokenClass::LastSubject))
+        .map_or(&[][..], |c| c.aie.as_slice());
     let (recommended_layer, recommended_aie) = argmax(mlp_last_subject);
     let traced = summaries.len();
     let mean =

@@ -44,6 +44,13 @@ pub struct TraceOptions {
     pub seed: u64,
     /// Tokens whose restorations share one forward pass (as more rows).
     pub tokens_per_pass: usize,
+    /// Threads running forward passes (see [`grid::grids`]); not part of the result.
+    #[serde(skip, default = "one")]
+    pub workers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TraceOptions {
@@ -56,6 +63,7 @@ impl TraceOptions {
             window: 10,
             seed: 1,
             tokens_per_pass: 3,
+            workers: 1,
         }
     }
 }
@@ -183,6 +191,7 @@ pub fn trace_prompt(
         options.window,
         n_layers,
         options.tokens_per_pass,
+        options.workers,
     )?
     .into_iter();
     let (hidden, mlp, attn) = match (grids.next(), grids.next(), grids.next()) {
