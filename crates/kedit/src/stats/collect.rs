@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cache::Cache;
@@ -310,21 +311,20 @@ fn accumulate(
             .stop_after(top)
             .run()?;
         for (p, site) in pending.iter_mut().zip(&sites) {
-            let keys = out.capture(*site)?.flatten_all()?.to_vec1::<f32>()?;
             // Right padding: row b's real tokens are its first `lengths[b]` positions.
             let first_new = p.docs_done.saturating_sub(doc_index).min(batch.rows);
-            let rows: Vec<usize> = (first_new..batch.rows).collect();
             let all_real = first_new == 0 && batch.lengths.iter().all(|&n| n == batch.len);
-            if all_real {
-                p.sum.add_rows(&keys)?;
-            } else {
-                let mut picked = Vec::with_capacity(rows.len() * batch.len * width);
-                for &b in &rows {
+            with_f32_values(out.capture(*site)?, |keys| {
+                if all_real {
+                    return p.sum.add_rows(keys);
+                }
+                let mut picked = Vec::with_capacity(batch.rows * batch.len * width);
+                for b in first_new..batch.rows {
                     let at = b * batch.len * width;
                     picked.extend_from_slice(&keys[at..at + batch.lengths[b] * width]);
                 }
-                p.sum.add_rows(&picked)?;
-            }
+                p.sum.add_rows(&picked)
+            })?;
             p.docs_done = p.docs_done.max(doc_index + batch.rows);
         }
         tokens_run += batch.num_tokens() as u64;
@@ -346,4 +346,19 @@ fn accumulate(
         tokens: tokens_run,
         tokens_per_second: tokens_run as f64 / seconds.max(1e-9),
     })
+}
+
+/// Runs `f` on the f32 values of `t`, borrowed when `t` is contiguous f32 on the CPU (keys
+/// of five layers are 60 MB a batch: no need to copy them).
+fn with_f32_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    if t.dtype() == DType::F32 {
+        let (storage, layout) = t.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return f(&v[a..b]);
+        }
+    }
+    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    f(&values)
 }
