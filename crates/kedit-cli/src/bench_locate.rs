@@ -32,6 +32,7 @@ pub struct StatsArgs {
     /// Repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }
@@ -82,6 +83,7 @@ pub struct TraceBenchArgs {
     facts: usize,
     #[command(flatten)]
     trace: TraceArgs,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }

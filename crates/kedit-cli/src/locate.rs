@@ -29,6 +29,7 @@ pub struct Args {
     /// Write locate.json and the curves (locate, locate_mlp) here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }

@@ -26,6 +26,7 @@ pub struct Args {
     /// Tokens kept from the start of each document.
     #[arg(long, default_value_t = 128)]
     max_len: usize,
+    /// Accumulation type: f32 (ROME's and EasyEdit's) or f64.
     #[arg(long, default_value_t = Precision::F32)]
     precision: Precision,
     /// Documents per forward pass.
@@ -34,6 +35,7 @@ pub struct Args {
     /// The cache directory [default: $KEDIT_CACHE, else .kedit-cache at the workspace root].
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Print JSON (one object per layer).
     #[arg(long)]
     json: bool,
 }

@@ -26,6 +26,7 @@ pub struct TraceArgs {
     /// Layers restored together for MLP and attention.
     #[arg(long, default_value_t = 10)]
     window: usize,
+    /// Seed of the noise.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Tokens whose restorations share one forward pass (more rows, fewer passes).
@@ -93,12 +94,14 @@ impl TraceArgs {
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
+    /// The prompt; the answer is its next token.
     #[arg(long)]
     prompt: String,
     /// The subject, as it appears in the prompt; its tokens are corrupted.
     #[arg(long)]
     subject: String,
-    /// The answer whose probability is traced (its first token) [default: the model's top prediction].
+    /// The answer whose probability is traced: its first token, so include the leading space
+    /// (" Paris") [default: the model's most likely next token].
     #[arg(long)]
     answer: Option<String>,
     #[command(flatten)]
@@ -109,6 +112,7 @@ pub struct Args {
     /// Write trace.json and heatmaps (hidden, mlp, attn, trace) here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print the whole result as JSON.
     #[arg(long)]
     json: bool,
 }
