@@ -201,9 +201,25 @@ fn a_run_resumes_from_the_partial_sums_of_an_interrupted_one() {
         false,
     )
     .unwrap();
-    // The "interrupted" run got through the first 4 documents and left its partial sums.
+    // The "interrupted" run got through the first 4 documents and left its partial sums
+    // (checkpointed after every batch).
     let cache = temp_cache("resumed");
-    key_stats(model, &small_request(layers.clone(), 4), &cache, false).unwrap();
+    let interrupted = StatsRequest {
+        checkpoint_seconds: 0.0,
+        ..small_request(layers.clone(), 4)
+    };
+    key_stats(model, &interrupted, &cache, false).unwrap();
+    let partials = std::fs::read_dir(cache.dir().join("stats"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .to_string_lossy()
+                .ends_with(".partial.safetensors")
+        })
+        .count();
+    assert_eq!(partials, 2, "one partial file per layer");
     let resumed = key_stats(model, &small_request(layers, 7), &cache, false).unwrap();
     for (s, r) in straight.iter().zip(&resumed) {
         let pass = r.computed.unwrap();
