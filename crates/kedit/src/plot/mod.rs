@@ -84,48 +84,37 @@ impl Figure {
         root.present().map_err(draw_err)
     }
 
-    /// SVG text, and whether it has text: drawn with text when a font is available, else
-    /// (or if that fails) without.
-    fn svg(&self) -> std::result::Result<(String, bool), String> {
-        let size = self.size();
-        if fonts::available() {
-            let mut out = String::new();
-            let drawn = self.draw(
-                &SVGBackend::with_string(&mut out, size).into_drawing_area(),
-                true,
-            );
-            if drawn.is_ok() {
-                return Ok((out, true));
-            }
-        }
+    fn svg_drawn(&self, text: bool) -> std::result::Result<String, String> {
         let mut out = String::new();
         self.draw(
-            &SVGBackend::with_string(&mut out, size).into_drawing_area(),
-            false,
+            &SVGBackend::with_string(&mut out, self.size()).into_drawing_area(),
+            text,
         )?;
-        Ok((out, false))
+        Ok(out)
     }
 
-    /// RGB pixels, and whether they show text (as for `svg`).
-    fn pixels(&self) -> std::result::Result<(Vec<u8>, bool), String> {
+    fn pixels_drawn(&self, text: bool) -> std::result::Result<Vec<u8>, String> {
         let size = self.size();
-        let blank = || vec![255u8; size.0 as usize * size.1 as usize * 3];
-        if fonts::available() {
-            let mut out = blank();
-            let drawn = self.draw(
-                &BitMapBackend::with_buffer(&mut out, size).into_drawing_area(),
-                true,
-            );
-            if drawn.is_ok() {
-                return Ok((out, true));
-            }
-        }
-        let mut out = blank();
+        let mut out = vec![255u8; size.0 as usize * size.1 as usize * 3];
         self.draw(
             &BitMapBackend::with_buffer(&mut out, size).into_drawing_area(),
-            false,
+            text,
         )?;
-        Ok((out, false))
+        Ok(out)
+    }
+
+    /// Drawn with text when a font is available, else (or if that fails) without; and
+    /// whether it has text.
+    fn drawn<T>(
+        &self,
+        draw: impl Fn(&Self, bool) -> std::result::Result<T, String>,
+    ) -> std::result::Result<(T, bool), String> {
+        if fonts::available() {
+            if let Ok(with_text) = draw(self, true) {
+                return Ok((with_text, true));
+            }
+        }
+        Ok((draw(self, false)?, false))
     }
 
     /// Writes `<stem>.png` and `<stem>.svg` atomically.
@@ -133,9 +122,11 @@ impl Figure {
         let png = stem.with_extension("png");
         let svg = stem.with_extension("svg");
         let failed = |path: &Path, e: String| Error::model(path, format!("cannot draw: {e}"));
-        let (svg_text, svg_with_text) = self.svg().map_err(|e| failed(&svg, e))?;
+        let (svg_text, svg_with_text) = self.drawn(Self::svg_drawn).map_err(|e| failed(&svg, e))?;
         write_atomic(&svg, svg_text.as_bytes())?;
-        let (pixels, png_with_text) = self.pixels().map_err(|e| failed(&png, e))?;
+        let (pixels, png_with_text) = self
+            .drawn(Self::pixels_drawn)
+            .map_err(|e| failed(&png, e))?;
         let bytes = encode_png(&pixels, self.size()).map_err(|e| failed(&png, e))?;
         write_atomic(&png, &bytes)?;
         Ok(Written {
@@ -155,4 +146,46 @@ fn encode_png(rgb: &[u8], (w, h): (u32, u32)) -> std::result::Result<Vec<u8>, St
     writer.write_image_data(rgb).map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figure() -> Figure {
+        let heatmap = Heatmap {
+            title: "t".into(),
+            x_label: "x".into(),
+            value_label: "p".into(),
+            row_labels: vec!["a".into(), "b*".into()],
+            values: vec![vec![0.1, 0.5, 0.9], vec![0.2, 0.4, 0.0]],
+            palette: Palette::Greens,
+            range: (0.0, 0.9),
+            x_tick_every: 1,
+        };
+        let lines = LinePlot {
+            title: "t".into(),
+            x_label: "layer".into(),
+            y_label: "AIE".into(),
+            series: vec![("one".into(), vec![0.0, 0.3, -0.1])],
+        };
+        Figure {
+            panels: vec![Panel::Heatmap(heatmap), Panel::Lines(lines)],
+            columns: 2,
+            panel_size: (300, 200),
+        }
+    }
+
+    #[test]
+    fn pictures_without_text_are_still_drawn() {
+        let fig = figure();
+        assert_eq!(fig.size(), (600, 200));
+        let svg = fig.svg_drawn(false).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("<rect") && !svg.contains("<text"));
+        let pixels = fig.pixels_drawn(false).unwrap();
+        assert_eq!(pixels.len(), 600 * 200 * 3);
+        assert!(pixels.iter().any(|&p| p < 200), "something is drawn");
+        let png = encode_png(&pixels, fig.size()).unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+    }
 }
