@@ -66,6 +66,9 @@ fn cell(kind: Kind, t: usize, l: usize, window: usize, n_layers: usize) -> (usiz
 /// A cell: kind index, token, layer, and what it restores.
 type Cell = (usize, usize, usize, Restoration);
 
+/// A cell's kind index, token, layer and restored p(answer).
+type Scored = (usize, usize, usize, f64);
+
 /// One forward pass: cells sharing a start layer and a first token.
 struct Pass {
     start: usize,
@@ -113,7 +116,7 @@ fn plan(
             }
         }
     }
-    passes.sort_by(|a, b| b.cost.cmp(&a.cost));
+    passes.sort_by_key(|p| std::cmp::Reverse(p.cost));
     passes
 }
 
@@ -136,7 +139,7 @@ pub fn grids(
 ) -> Result<Vec<Vec<Vec<f64>>>> {
     let passes = plan(tracer, kinds, window, n_layers, tokens_per_pass);
     let next = AtomicUsize::new(0);
-    let run_passes = || -> Result<Vec<(usize, usize, usize, f64)>> {
+    let run_passes = || -> Result<Vec<Scored>> {
         let mut done = Vec::new();
         while let Some(pass) = passes.get(next.fetch_add(1, Ordering::Relaxed)) {
             let restorations: Vec<Restoration> = pass.cells.iter().map(|c| c.3.clone()).collect();
@@ -150,7 +153,7 @@ pub fn grids(
         }
         Ok(done)
     };
-    let results: Vec<Result<Vec<(usize, usize, usize, f64)>>> = if workers <= 1 {
+    let results: Vec<Result<Vec<Scored>>> = if workers <= 1 {
         vec![run_passes()]
     } else {
         std::thread::scope(|scope| {
