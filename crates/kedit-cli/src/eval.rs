@@ -107,7 +107,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
             .as_ref()
             .map_or(serde_json::Value::Null, |l| l.method.hparams_json()),
         model: model.source.path.display().to_string(),
-        model_fingerprint: format!("{:016x}", model.fingerprint()),
+        model_fingerprint: format!("{:016x}", model.fingerprint()?),
         data: args.data.display().to_string(),
         format: format!("{:?}", data.format).to_ascii_lowercase(),
         limit: args.limit,
@@ -156,7 +156,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         None => pre_edit(&editor, &data.requests, &opts, &mut store, &mut bar)?,
     }
     bar.finish();
-    let after = format!("{:016x}", editor.model().fingerprint());
+    let after = format!("{:016x}", editor.model().fingerprint()?);
     let identical = after == config.model_fingerprint;
     let summary = build_summary(&store, &config, identical);
     let path = args.out.join("summary.json");

@@ -3,12 +3,16 @@
 mod bench;
 mod bench_edit;
 mod bench_eval;
+mod bench_locate;
 mod demo;
 mod edit;
 mod eval;
 mod generate;
 mod inspect;
+mod locate;
 mod output;
+mod stats;
+mod trace;
 
 use std::path::PathBuf;
 
@@ -45,6 +49,16 @@ enum Command {
     Edit(edit::Args),
     /// Time the teacher-forced metrics: batched forwards vs one forward per prompt.
     BenchEval(bench_eval::Args),
+    /// Second-moment statistics E[k kᵀ] of MLP keys, several layers in one cached pass.
+    Stats(stats::Args),
+    /// Causal tracing of one prompt: where is the fact recalled?
+    Trace(trace::Args),
+    /// Causal tracing averaged over known facts: which layer to edit.
+    Locate(locate::Args),
+    /// Measure key statistics: one layer vs several in one pass.
+    BenchStats(bench_locate::StatsArgs),
+    /// Measure causal tracing: seconds per fact.
+    BenchTrace(bench_locate::TraceBenchArgs),
 }
 
 /// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
@@ -81,6 +95,11 @@ fn main() {
         Command::Eval(a) => eval::run_cmd(a),
         Command::Edit(a) => edit::run(a),
         Command::BenchEval(a) => bench_eval::run(a),
+        Command::Stats(a) => stats::run(a),
+        Command::Trace(a) => trace::run(a),
+        Command::Locate(a) => locate::run(a),
+        Command::BenchStats(a) => bench_locate::run_stats(a),
+        Command::BenchTrace(a) => bench_locate::run_trace(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

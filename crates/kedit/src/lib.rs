@@ -8,6 +8,8 @@
 //!   bit-identically.
 //! - [`methods`]: editing methods behind one trait (FT-L, FT-M, ROME, R-ROME).
 //! - [`evaluate`]: edit requests, datasets, metrics.
+//! - [`stats`]: second-moment statistics of MLP keys (ROME's C), cached and resumable.
+//! - [`trace`]: causal tracing and locating the layer to edit.
 //!
 //! ```no_run
 //! use kedit::editor::Editor;
@@ -47,16 +49,21 @@
 
 pub mod bench;
 pub mod bench_edit;
+pub mod cache;
 pub mod editor;
 pub mod error;
 pub mod evaluate;
 pub mod generate;
+pub mod hash;
 pub mod methods;
 pub mod model;
+pub mod plot;
 pub mod prompts;
 pub mod rng;
 pub mod runtime;
+pub mod stats;
 pub mod tokenizer;
+pub mod trace;
 
 pub use error::{Error, Result};
 pub use model::{Model, ParamId};

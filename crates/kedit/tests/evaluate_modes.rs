@@ -46,7 +46,7 @@ fn run_mode(
     opts: RunOptions,
 ) -> (RunStore, Editor) {
     let model = smollm2().clone();
-    let before = model.fingerprint();
+    let before = model.fingerprint().unwrap();
     let mut editor = Editor::new(model);
     let mut store = RunStore::in_memory();
     let mut ctx = EditContext::default();
@@ -62,7 +62,7 @@ fn run_mode(
     .unwrap();
     assert!(editor.is_pristine().unwrap());
     assert_eq!(
-        editor.model().fingerprint(),
+        editor.model().fingerprint().unwrap(),
         before,
         "weights bit-identical after the run"
     );

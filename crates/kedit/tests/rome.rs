@@ -2,12 +2,17 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Instant;
 
+use candle_core::{DType, Device, Tensor};
 use common::smollm2;
+use kedit::cache::Cache;
 use kedit::editor::Editor;
 use kedit::evaluate::EditRequest;
-use kedit::methods::{self, EditContext};
+use kedit::methods::rome::moment::KeyCovariance;
+use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::stats::{key_stats, StatsRequest};
 use kedit::TokenBatch;
 
 fn eiffel() -> EditRequest {
@@ -78,6 +83,115 @@ fn rome_rewrites_the_eiffel_tower_and_reverts() {
         "neighbour: {}",
         top1(&editor, "The Louvre is located in the city of")
     );
+    editor.revert_all();
+    assert!(editor.is_pristine().unwrap());
+}
+
+/// ROME's hyper-parameters with key statistics switched on, written to a temp file.
+fn hparams_with_statistics(name: &str, mom2_dataset: &str, n_docs: usize) -> PathBuf {
+    let mut hp = HparamsSource::read(&common::workspace().join("hparams/ROME/smollm2-135m.yaml"))
+        .unwrap();
+    hp.set("mom2_adjustment", serde_json::json!(true));
+    hp.set("mom2_dataset", serde_json::json!(mom2_dataset));
+    hp.set("mom2_n_samples", serde_json::json!(n_docs));
+    let dir = temp_dir(name);
+    let path = dir.join("rome.json");
+    std::fs::write(&path, serde_json::to_string(&hp.value).unwrap()).unwrap();
+    path
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kedit-rome-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn rome_with_key_statistics_but_no_corpus_says_how_to_get_them() {
+    let model = smollm2();
+    let hp = hparams_with_statistics("nocorpus", "wikipedia", 100);
+    let rome = methods::load("rome", Some(&hp), model).unwrap();
+    let mut ctx = EditContext {
+        cache: Cache::new(temp_dir("nocorpus-cache")),
+        ..Default::default()
+    };
+    let err = rome
+        .method
+        .compute(model, &[eiffel()], &mut ctx)
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("--corpus") && text.contains("kedit stats --layers 5"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_key_covariance_solves_c_u_equals_k() {
+    let model = smollm2();
+    let cache = Cache::new(temp_dir("solve-cache"));
+    let mut request = StatsRequest::new(vec![5], common::data("corpus/wikitext2_test.txt"));
+    request.n_docs = 40;
+    let stats = key_stats(model, &request, &cache, false).unwrap().remove(0);
+    let c = KeyCovariance::from_stats(&stats).unwrap();
+    let d = stats.moment.dim(0).unwrap();
+    let mut rng = kedit::rng::Rng::new(7);
+    let k: Vec<f64> = (0..d).map(|_| rng.uniform() - 0.5).collect();
+    let k = Tensor::from_vec(k, d, &Device::Cpu).unwrap();
+    let x = c.solve(&k).unwrap();
+    let moment = stats.moment.to_dtype(DType::F64).unwrap();
+    let ridge = (Tensor::eye(d, DType::F64, &Device::Cpu).unwrap() * c.ridge).unwrap();
+    let back = (moment + ridge)
+        .unwrap()
+        .matmul(&x.unsqueeze(1).unwrap())
+        .unwrap()
+        .squeeze(1)
+        .unwrap();
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let rel = norm(&(&back - &k).unwrap()) / norm(&k);
+    println!("{} tokens, ridge {:.3e}, rel residual {rel:.3e}", c.n_tokens, c.ridge);
+    // C is accumulated in f32 and ill-conditioned for this few tokens; f64 solve of the
+    // (regularised) system it describes must still be accurate.
+    assert!(rel < 1e-6, "relative residual {rel}");
+}
+
+#[test]
+fn rome_with_key_statistics_edits_from_a_corpus() {
+    let model = smollm2().clone();
+    let corpus = common::data("corpus/wikitext2_test.txt");
+    let hp = hparams_with_statistics("corpus", &corpus.display().to_string(), 200);
+    let rome = methods::load("rome", Some(&hp), &model).unwrap();
+    let mut ctx = EditContext {
+        cache: Cache::new(temp_dir("corpus-cache")),
+        ..Default::default()
+    };
+    let mut editor = Editor::new(model);
+    let edit = rome
+        .method
+        .compute(editor.model(), &[eiffel()], &mut ctx)
+        .unwrap();
+    let notes: std::collections::HashMap<_, _> = ctx.notes.iter().cloned().collect();
+    assert!(notes.contains_key("mom2_tokens"), "{:?}", ctx.notes);
+    editor.apply(&edit).unwrap();
+    assert_eq!(
+        top1(&editor, "The Eiffel Tower is located in the city of"),
+        " Rome"
+    );
+    // A second edit at the same layer reuses the factorised C (no statistics note).
+    rome.method
+        .compute(editor.model(), &[eiffel()], &mut ctx)
+        .unwrap();
+    assert!(!ctx.notes.iter().any(|(k, _)| k == "mom2_tokens"));
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
 }

@@ -11,6 +11,7 @@ pub mod rome;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::cache::Cache;
 use crate::editor::WeightEdit;
 use crate::error::{Error, Result};
 use crate::evaluate::EditRequest;
@@ -21,8 +22,8 @@ pub use hparams::HparamsSource;
 /// and where it reports how long each phase took.
 #[derive(Clone, Debug)]
 pub struct EditContext {
-    /// Directory for caches (context templates, key statistics).
-    pub cache_dir: PathBuf,
+    /// Where cached results live (context templates, key statistics).
+    pub cache: Cache,
     /// Text corpus for second-moment statistics when none are cached.
     pub corpus: Option<PathBuf>,
     /// Seed for everything random a method does.
@@ -38,7 +39,7 @@ pub struct EditContext {
 impl Default for EditContext {
     fn default() -> Self {
         EditContext {
-            cache_dir: default_cache_dir(),
+            cache: Cache::default_location(),
             corpus: None,
             seed: 0,
             verbose: false,
@@ -69,23 +70,6 @@ impl EditContext {
     pub fn start_call(&mut self) {
         self.timings.clear();
         self.notes.clear();
-    }
-}
-
-/// `$KEDIT_CACHE`, else `.kedit-cache` at the workspace root (found from the current
-/// directory upwards by its `Cargo.lock`), else `.kedit-cache` here.
-pub fn default_cache_dir() -> PathBuf {
-    if let Ok(p) = std::env::var("KEDIT_CACHE") {
-        return PathBuf::from(p);
-    }
-    let mut dir = std::env::current_dir().unwrap_or_default();
-    loop {
-        if dir.join("Cargo.lock").exists() {
-            return dir.join(".kedit-cache");
-        }
-        if !dir.pop() {
-            return PathBuf::from(".kedit-cache");
-        }
     }
 }
 

@@ -1,91 +1,109 @@
-//! Content fingerprints of weights, for cache keys: an edited model must never be served
-//! results cached for another model.
+//! Fingerprints of the weights that determine an activation, for cache keys.
+//!
+//! Statistics of `blocks.{l}.mlp.key` depend on the configuration, the embeddings, every
+//! block below `l` and block `l` up to (not including) its MLP output projection. Hashing
+//! exactly those weights means an edited model never reuses stale statistics, while an edit
+//! of layer `l`'s output projection (what ROME changes) keeps layer `l`'s statistics valid.
 
-use candle_core::{Storage, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 
-use crate::model::{Model, ParamId};
+use crate::error::Result;
+use crate::hash::Fast64;
+use crate::model::params::{BlockParam, ParamId};
+use crate::model::Model;
 
-/// A fast 64-bit hash (FxHash-style mixing over 8-byte words); not cryptographic — it
-/// only needs to tell different weights apart.
-#[derive(Clone, Copy, Debug)]
-pub struct Hasher64(u64);
-
-impl Default for Hasher64 {
-    fn default() -> Self {
-        Hasher64(0xcbf2_9ce4_8422_2325)
+/// The hash of a tensor's shape, dtype and values (bit patterns).
+pub fn tensor_hash(t: &Tensor) -> Result<u64> {
+    let mut h = Fast64::new();
+    h.str(&format!("{:?}{:?}", t.dims(), t.dtype()));
+    let (storage, layout) = t.storage_and_layout();
+    let contiguous = layout.contiguous_offsets();
+    match (&*storage, contiguous) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => h.f32s(&v[a..b]),
+        (Storage::Cpu(CpuStorage::F64(v)), Some((a, b))) => h.f64s(&v[a..b]),
+        _ => {
+            // Rare (non-contiguous, other dtypes, devices): pay for a copy.
+            drop(storage);
+            match t.dtype() {
+                DType::F64 => h.f64s(&t.flatten_all()?.to_vec1::<f64>()?),
+                _ => h.f32s(&t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            }
+        }
     }
+    Ok(h.finish())
 }
 
-impl Hasher64 {
-    pub fn word(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    pub fn bytes(&mut self, b: &[u8]) {
-        let mut chunks = b.chunks_exact(8);
-        for c in &mut chunks {
-            self.word(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+/// Whether the weight `id` takes part in computing the MLP keys of `layer`.
+fn determines_keys_of(id: ParamId, layer: usize) -> bool {
+    match id {
+        ParamId::TokenEmbed | ParamId::PositionEmbed => true,
+        ParamId::Block(b, p) => {
+            b < layer || (b == layer && !matches!(p, BlockParam::OutWeight | BlockParam::OutBias))
         }
-        let mut last = [0u8; 8];
-        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-        self.word(u64::from_le_bytes(last) ^ (b.len() as u64) << 56);
-    }
-
-    /// Hashes a tensor's shape and every element's bits.
-    pub fn tensor(&mut self, t: &Tensor) {
-        for &d in t.dims() {
-            self.word(d as u64);
-        }
-        let (storage, layout) = t.storage_and_layout();
-        let contiguous = layout.contiguous_offsets();
-        match (&*storage, contiguous) {
-            (Storage::Cpu(cpu), Some((start, end))) => match cpu {
-                candle_core::CpuStorage::F32(v) => v[start..end].chunks(2).for_each(|p| {
-                    let hi = p.get(1).map_or(0, |x| x.to_bits() as u64);
-                    self.word((p[0].to_bits() as u64) | hi << 32)
-                }),
-                candle_core::CpuStorage::F64(v) => {
-                    v[start..end].iter().for_each(|x| self.word(x.to_bits()))
-                }
-                _ => self.other(t),
-            },
-            _ => self.other(t),
-        }
-    }
-
-    fn other(&mut self, t: &Tensor) {
-        let v = t
-            .flatten_all()
-            .and_then(|f| f.to_dtype(candle_core::DType::F64))
-            .and_then(|f| f.to_vec1::<f64>())
-            .unwrap_or_default();
-        v.iter().for_each(|x| self.word(x.to_bits()));
-    }
-
-    pub fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        ParamId::FinalNormWeight
+        | ParamId::FinalNormBias
+        | ParamId::LmHeadWeight
+        | ParamId::LmHeadBias => false,
     }
 }
 
 impl Model {
-    /// A fingerprint of the configuration and every weight.
-    pub fn fingerprint(&self) -> u64 {
-        self.fingerprint_of(|_| true)
-    }
-
-    /// A fingerprint of the configuration and the weights `keep` selects.
-    pub fn fingerprint_of(&self, keep: impl Fn(ParamId) -> bool) -> u64 {
-        let mut h = Hasher64::default();
-        h.bytes(self.config.describe().as_bytes());
+    /// Fingerprints of the weights that determine the MLP keys of each of `layers` (see the
+    /// module docs). Each tensor is hashed once however many layers are asked for.
+    pub fn key_fingerprints(&self, layers: &[usize]) -> Result<Vec<u64>> {
+        let top = layers.iter().copied().max();
+        let mut tensor_hashes: Vec<(ParamId, u64)> = Vec::new();
         for (id, t) in self.params.iter() {
-            if keep(*id) {
-                h.bytes(id.to_string().as_bytes());
-                h.tensor(t);
+            if top.is_some_and(|l| determines_keys_of(*id, l)) {
+                tensor_hashes.push((*id, tensor_hash(t)?));
             }
         }
-        h.finish()
+        let config = serde_json::to_string(&self.config).expect("configs always serialise");
+        Ok(layers
+            .iter()
+            .map(|&l| {
+                let mut h = Fast64::new();
+                h.str(&config);
+                h.u64(l as u64);
+                for (id, th) in tensor_hashes
+                    .iter()
+                    .filter(|(id, _)| determines_keys_of(*id, l))
+                {
+                    h.str(&id.to_string());
+                    h.u64(*th);
+                }
+                h.finish()
+            })
+            .collect())
+    }
+
+    /// The fingerprint of the weights that determine the MLP keys of `layer`.
+    pub fn key_fingerprint(&self, layer: usize) -> Result<u64> {
+        Ok(self.key_fingerprints(&[layer])?[0])
+    }
+
+    /// The fingerprint of every weight and the configuration: what a whole forward pass
+    /// depends on.
+    pub fn fingerprint(&self) -> Result<u64> {
+        let mut h = Fast64::new();
+        h.str(&serde_json::to_string(&self.config).expect("configs always serialise"));
+        for (id, t) in self.params.iter() {
+            h.str(&id.to_string());
+            h.u64(tensor_hash(t)?);
+        }
+        Ok(h.finish())
+    }
+
+    /// The fingerprint of the embeddings (token and learned position tables): what the
+    /// `embed` site depends on.
+    pub fn embedding_fingerprint(&self) -> Result<u64> {
+        let mut h = Fast64::new();
+        for id in [ParamId::TokenEmbed, ParamId::PositionEmbed] {
+            if let Some(t) = self.params.get(id) {
+                h.str(&id.to_string());
+                h.u64(tensor_hash(t)?);
+            }
+        }
+        Ok(h.finish())
     }
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::evaluate::EditRequest;
-use crate::model::fingerprint::Hasher64;
+use crate::hash::Fast64;
 use crate::model::Model;
 use teacher_forced::{Pair, Scored};
 
@@ -150,9 +150,9 @@ pub fn evaluate(
 /// A case's fluency seed: the run seed and the case id, so the draw does not depend on
 /// the order or batch the case is evaluated in.
 pub fn case_seed(seed: u64, case_id: &str) -> u64 {
-    let mut h = Hasher64::default();
-    h.word(seed);
-    h.bytes(case_id.as_bytes());
+    let mut h = Fast64::new();
+    h.u64(seed);
+    h.str(case_id);
     h.finish()
 }
 

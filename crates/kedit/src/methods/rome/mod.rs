@@ -8,16 +8,18 @@
 //! 5. ΔW = (v* − W k) uᵀ / (uᵀk), with k the prompt key (ROME) or k* (R-ROME).
 
 pub mod key;
+pub mod moment;
 pub mod templates;
 pub mod update;
 pub mod value;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::Cache;
 use crate::editor::WeightEdit;
 use crate::error::{Error, Result};
 use crate::evaluate::EditRequest;
@@ -25,7 +27,9 @@ use crate::methods::hparams::{builtin, lenient_f64, resolve_module, HparamsSourc
 use crate::methods::{filter_warnings, EditContext, EditMethod, LoadedMethod};
 use crate::model::{BlockParam, Model, ParamId};
 use crate::prompts::{fill, lookup, subject_template, target_ids, FactToken};
+use crate::stats::{require_key_stats, Precision, StatsRequest};
 use key::{key_star, keys_at, Lookup};
+use moment::KeyCovariance;
 use templates::{context_templates, TemplateSpec};
 use value::{value_star, ValueHparams};
 
@@ -88,8 +92,8 @@ pub struct Rome {
     params: Vec<(usize, ParamId)>,
     /// Context templates per template spec (EasyEdit also samples them once per process).
     templates: Mutex<HashMap<TemplateSpec, Vec<String>>>,
-    /// C⁻¹ per (layer, statistics key).
-    inverse_moments: Mutex<HashMap<(usize, String), Tensor>>,
+    /// The factorised C per (layer, fingerprint of the weights below the key).
+    covariances: Mutex<HashMap<(usize, u64), Arc<KeyCovariance>>>,
 }
 
 impl Rome {
@@ -131,7 +135,7 @@ impl Rome {
                 hp,
                 params,
                 templates: Mutex::new(HashMap::new()),
-                inverse_moments: Mutex::new(HashMap::new()),
+                covariances: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -149,27 +153,53 @@ impl Rome {
         if let Some(t) = cache.get(&spec) {
             return Ok(t.clone());
         }
-        let t = context_templates(model, &spec, &ctx.cache_dir)?;
+        let t = context_templates(model, &spec, &ctx.cache)?;
         cache.insert(spec, t.clone());
         Ok(t)
     }
 
-    fn inverse_moment(
+    /// The corpus and sample count for C: `--corpus` (the context's), else `mom2_dataset`
+    /// when it names a file; `None` means "use whatever statistics are cached".
+    fn stats_request(&self, layer: usize, ctx: &EditContext) -> Result<Option<StatsRequest>> {
+        let corpus: Option<PathBuf> = ctx
+            .corpus
+            .clone()
+            .or_else(|| Cache::resolve_relative(Path::new(&self.hp.mom2_dataset)));
+        let Some(corpus) = corpus else {
+            return Ok(None);
+        };
+        let mut request = StatsRequest::new(vec![layer], corpus);
+        request.n_docs = self.hp.mom2_n_samples;
+        request.precision = self.hp.mom2_dtype.parse::<Precision>()?;
+        Ok(Some(request))
+    }
+
+    /// C of `layer` factorised, with `mom2_adjustment` (None without).
+    fn key_covariance(
         &self,
-        _model: &Model,
+        model: &Model,
         layer: usize,
-        _ctx: &mut EditContext,
-    ) -> Result<Option<Tensor>> {
+        ctx: &mut EditContext,
+    ) -> Result<Option<Arc<KeyCovariance>>> {
         if !self.hp.mom2_adjustment {
             return Ok(None);
         }
-        let key = (layer, self.hp.mom2_dataset.clone());
-        if let Some(t) = self.inverse_moments.lock().expect("lock").get(&key) {
-            return Ok(Some(t.clone()));
+        // Keyed by the weights the keys depend on: an edit of this layer's output
+        // projection (ours) keeps C valid, an edit below it does not.
+        let key = (layer, model.key_fingerprint(layer)?);
+        if let Some(c) = self.covariances.lock().expect("lock").get(&key) {
+            return Ok(Some(c.clone()));
         }
-        Err(Error::config(
-            "mom2_adjustment needs key statistics; they are not available in this build yet",
-        ))
+        let request = self.stats_request(layer, ctx)?;
+        let stats = require_key_stats(model, layer, request.as_ref(), &ctx.cache, ctx.verbose)?;
+        let c = Arc::new(KeyCovariance::from_stats(&stats)?);
+        ctx.note("mom2_tokens", c.n_tokens);
+        ctx.note("mom2_ridge", format!("{:.3e}", c.ridge));
+        self.covariances
+            .lock()
+            .expect("lock")
+            .insert(key, c.clone());
+        Ok(Some(c))
     }
 
     /// Edits one request at one layer of `model`.
@@ -199,11 +229,14 @@ impl Rome {
         let kl = lookups(&["{} is a".to_string()])?;
         let plain = lookups(std::slice::from_ref(&prompt))?;
 
-        let (k_star, u) = ctx.timed("key", |ctx| {
+        let covariance = ctx.timed("statistics", |ctx| self.key_covariance(model, layer, ctx))?;
+        let (k_star, u) = ctx.timed("key", |_| {
             let k_star = key_star(model, layer, &rewriting)?;
-            let c_inv = self.inverse_moment(model, layer, ctx)?;
-            let u = update::left_vector(&k_star, c_inv.as_ref())?;
-            Ok((k_star, u))
+            let direction = match &covariance {
+                Some(c) => c.solve(&k_star)?,
+                None => k_star.clone(),
+            };
+            Ok((k_star, update::left_vector(&direction)?))
         })?;
         let vh = ValueHparams {
             steps: self.hp.v_num_grad_steps,

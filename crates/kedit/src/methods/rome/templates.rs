@@ -4,11 +4,12 @@
 //! EasyEdit samples them once per process with unseeded top-k; ours are seeded and cached
 //! on disk, so two runs edit with the same templates.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::cache::Cache;
+use crate::error::Result;
 use crate::generate::{generate, GenerateOptions, Sampling};
 use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
@@ -23,35 +24,26 @@ pub struct TemplateSpec {
     pub seed: u64,
 }
 
-fn cache_path(cache_dir: &Path, model: &Model, spec: &TemplateSpec) -> PathBuf {
-    let mut key = format!("{:016x}", model.fingerprint());
+fn cache_path(cache: &Cache, model: &Model, spec: &TemplateSpec) -> Result<PathBuf> {
+    let mut key = format!("{:016x}", model.fingerprint()?);
     for (len, n) in &spec.length_params {
         key.push_str(&format!("-{len}x{n}"));
     }
     key.push_str(&format!("-s{}", spec.seed));
-    cache_dir
-        .join("context_templates")
-        .join(format!("{key}.json"))
+    cache.file("context_templates", &format!("{key}.json"))
 }
 
 /// The templates for `model`, from the cache or generated (and then cached).
-pub fn context_templates(
-    model: &Model,
-    spec: &TemplateSpec,
-    cache_dir: &Path,
-) -> Result<Vec<String>> {
-    let path = cache_path(cache_dir, model, spec);
+pub fn context_templates(model: &Model, spec: &TemplateSpec, cache: &Cache) -> Result<Vec<String>> {
+    let path = cache_path(cache, model, spec)?;
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(t) = serde_json::from_str::<Vec<String>>(&text) {
             return Ok(t);
         }
     }
     let templates = generate_templates(model, spec)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let json = serde_json::to_string_pretty(&templates).expect("strings serialise");
-        write_atomic(&path, json.as_bytes())?;
-    }
+    let json = serde_json::to_string_pretty(&templates).expect("strings serialise");
+    write_atomic(&path, json.as_bytes())?;
     Ok(templates)
 }
 

@@ -12,16 +12,10 @@ use candle_core::{DType, Tensor};
 use crate::editor::Delta;
 use crate::error::{Error, Result};
 
-/// The left vector u (`[d_ff]`, unit norm): the key direction the update responds to.
-pub fn left_vector(k_star: &Tensor, inverse_moment: Option<&Tensor>) -> Result<Tensor> {
-    let k = k_star.to_dtype(DType::F64)?;
-    let u = match inverse_moment {
-        Some(c_inv) => c_inv
-            .to_dtype(DType::F64)?
-            .matmul(&k.unsqueeze(1)?)?
-            .squeeze(1)?,
-        None => k,
-    };
+/// The left vector u (`[d_ff]`, unit norm) from the key direction (C⁻¹k*, or k* without C):
+/// the keys the update responds to.
+pub fn left_vector(direction: &Tensor) -> Result<Tensor> {
+    let u = direction.to_dtype(DType::F64)?;
     let norm = u.sqr()?.sum_all()?.sqrt()?.to_scalar::<f64>()?;
     if !(norm > 0.0 && norm.is_finite()) {
         return Err(Error::EditRefused(format!(
