@@ -10,8 +10,11 @@ use common::smollm2;
 use kedit::cache::Cache;
 use kedit::editor::Editor;
 use kedit::evaluate::EditRequest;
+use kedit::methods::rome::key::Lookup;
 use kedit::methods::rome::moment::KeyCovariance;
+use kedit::methods::rome::value::{value_star, ValueHparams};
 use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::prompts::{lookup, target_ids, FactToken};
 use kedit::stats::{key_stats, StatsRequest};
 use kedit::TokenBatch;
 
@@ -89,8 +92,8 @@ fn rome_rewrites_the_eiffel_tower_and_reverts() {
 
 /// ROME's hyper-parameters with key statistics switched on, written to a temp file.
 fn hparams_with_statistics(name: &str, mom2_dataset: &str, n_docs: usize) -> PathBuf {
-    let mut hp = HparamsSource::read(&common::workspace().join("hparams/ROME/smollm2-135m.yaml"))
-        .unwrap();
+    let mut hp =
+        HparamsSource::read(&common::workspace().join("hparams/ROME/smollm2-135m.yaml")).unwrap();
     hp.set("mom2_adjustment", serde_json::json!(true));
     hp.set("mom2_dataset", serde_json::json!(mom2_dataset));
     hp.set("mom2_n_samples", serde_json::json!(n_docs));
@@ -159,7 +162,10 @@ fn the_key_covariance_solves_c_u_equals_k() {
             .unwrap()
     };
     let rel = norm(&(&back - &k).unwrap()) / norm(&k);
-    println!("{} tokens, ridge {:.3e}, rel residual {rel:.3e}", c.n_tokens, c.ridge);
+    println!(
+        "{} tokens, ridge {:.3e}, rel residual {rel:.3e}",
+        c.n_tokens, c.ridge
+    );
     // C is accumulated in f32 and ill-conditioned for this few tokens; f64 solve of the
     // (regularised) system it describes must still be accurate.
     assert!(rel < 1e-6, "relative residual {rel}");
@@ -194,4 +200,62 @@ fn rome_with_key_statistics_edits_from_a_corpus() {
     assert!(!ctx.notes.iter().any(|(k, _)| k == "mom2_tokens"));
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
+}
+
+#[test]
+fn v_star_on_two_threads_equals_v_star_on_one() {
+    let model = smollm2();
+    let tok = model.tokenizer().unwrap();
+    let prompts = [
+        "{}",
+        "I think that. {}",
+        "The news today: {}",
+        "Once upon a time, {}",
+        "Yes. {}",
+    ];
+    let lookups = |texts: &[&str]| -> Vec<Lookup> {
+        texts
+            .iter()
+            .map(|t| {
+                let text = t.replace("{}", "{} is located in the city of");
+                let (ids, index) =
+                    lookup(tok, &text, "The Eiffel Tower", FactToken::SubjectLast).unwrap();
+                Lookup { ids, index }
+            })
+            .collect()
+    };
+    let rewriting = lookups(&prompts);
+    let kl = lookups(&["{} is a"]);
+    let target = target_ids(tok, "Rome").unwrap();
+    let run = |groups| {
+        let hp = ValueHparams {
+            steps: 4,
+            lr: 0.5,
+            weight_decay: 1e-3,
+            clamp_norm_factor: 4.0,
+            kl_factor: 0.0625,
+            early_stop_loss: 0.0,
+            groups,
+        };
+        value_star(model, 5, &rewriting, &target, &kl, &hp, false).unwrap()
+    };
+    let (one, two) = (run(1), run(2));
+    let diff = (&one.delta - &two.delta)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let size = one.delta.sqr().unwrap().sum_all().unwrap().sqrt().unwrap();
+    let rel = diff / size.to_scalar::<f32>().unwrap();
+    println!(
+        "losses {} vs {}, relative δ difference {rel:.2e}",
+        one.loss, two.loss
+    );
+    assert!((one.loss - two.loss).abs() < 1e-4 * one.loss.abs().max(1.0));
+    assert!(rel < 1e-4, "relative difference {rel}");
 }

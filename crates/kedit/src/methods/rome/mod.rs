@@ -245,6 +245,7 @@ impl Rome {
             clamp_norm_factor: self.hp.clamp_norm_factor,
             kl_factor: self.hp.kl_factor,
             early_stop_loss: self.hp.v_early_stop_loss,
+            groups: value::DEFAULT_GROUPS,
         };
         let v = ctx.timed("value", |ctx| {
             value_star(model, layer, &rewriting, &target, &kl, &vh, ctx.verbose)

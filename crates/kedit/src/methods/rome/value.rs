@@ -25,6 +25,7 @@ use crate::methods::rome::key::Lookup;
 use crate::model::Model;
 use crate::runtime::kv_cache::{KvCache, LayerKv};
 use crate::runtime::ops::log_softmax_last;
+use crate::runtime::threads::on_threads;
 use crate::runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};
 
 #[derive(Clone, Debug)]
@@ -35,6 +36,8 @@ pub struct ValueHparams {
     pub clamp_norm_factor: f64,
     pub kl_factor: f64,
     pub early_stop_loss: f64,
+    /// Row groups run on their own threads (the split is exact: losses and gradients add).
+    pub groups: usize,
 }
 
 /// The outcome of the optimisation.
@@ -201,6 +204,65 @@ fn freeze(
     })
 }
 
+/// The rows are optimised in this many groups, on as many threads (see
+/// [`crate::runtime::threads`]). Fixed, not the core count, so that results do not depend on
+/// the machine: the groups' losses and gradients are added in a fixed order.
+pub const DEFAULT_GROUPS: usize = 2;
+
+/// One group of rows and what its share of the loss needs.
+struct Group {
+    frozen: Frozen,
+    /// This group's rewriting rows / all rewriting rows: its NLL's weight in the mean.
+    nll_weight: f64,
+    /// All KL prompts, the KL mean's denominator.
+    kl_total: usize,
+    /// The KL prompts' log-probabilities before the edit (at the first step).
+    kl_init: Option<Tensor>,
+}
+
+/// A group's share of the loss at the current δ: (NLL + KL part, NLL part).
+fn group_loss(
+    model: &Model,
+    g: &mut Group,
+    delta: &Tensor,
+    kl_factor: f64,
+) -> Result<(Tensor, Tensor)> {
+    let f = &g.frozen;
+    let at: Vec<(usize, usize)> = (0..f.chunk.rows).map(|b| (b, 0)).collect();
+    let mut forward = model
+        .forward(&f.chunk)
+        .start_at(f.start, f.resid.clone())
+        .intervene(Intervention::add(f.site, at, delta.clone()))
+        .logits(LogitsAt::Entries(f.entries.clone()));
+    if let Some(prefix) = &f.prefix {
+        forward = forward.prefix(prefix);
+    }
+    let logits = forward.run()?.logits.expect("asked for logits");
+    let n_rewrite = f.targets.len();
+    let n_kl = f.entries.len() - n_rewrite;
+    let mut nll = logits.zeros_like()?.sum_all()?;
+    if n_rewrite > 0 {
+        nll = (mean_row_nll(
+            &logits.narrow(0, 0, n_rewrite)?,
+            &f.targets,
+            &f.entry_rows,
+            f.n_rewrite_rows,
+        )? * g.nll_weight)?;
+    }
+    let mut loss = nll.clone();
+    if n_kl > 0 && kl_factor != 0.0 {
+        let kl_lp = log_softmax_last(&logits.narrow(0, n_rewrite, n_kl)?)?;
+        let init = g.kl_init.get_or_insert_with(|| kl_lp.detach()).clone();
+        let kl = ((kl_lp.exp()? * (&kl_lp - init)?)?.sum_all()? / g.kl_total as f64)?;
+        loss = (loss + (kl * kl_factor)?)?;
+    }
+    Ok((loss, nll))
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
 /// Finds v* (see the module documentation).
 pub fn value_star(
     model: &Model,
@@ -217,14 +279,22 @@ pub fn value_star(
     if rewriting.is_empty() {
         return Err(Error::invalid("v* needs at least one rewriting prompt"));
     }
-    let f = freeze(model, layer, rewriting, target, kl)?;
+    // Contiguous shares of the rewriting prompts; the KL prompts join the last (smallest).
+    let per_group = rewriting.len().div_ceil(hp.groups.max(1));
+    let shares: Vec<&[Lookup]> = rewriting.chunks(per_group).collect();
+    let mut groups = Vec::with_capacity(shares.len());
+    for (i, share) in shares.iter().enumerate() {
+        let kl_share = if i + 1 == shares.len() { kl } else { &[] };
+        groups.push(Group {
+            frozen: freeze(model, layer, share, target, kl_share)?,
+            nll_weight: share.len() as f64 / rewriting.len() as f64,
+            kl_total: kl.len().max(1),
+            kl_init: None,
+        });
+    }
+    let v0 = groups[0].frozen.v0.clone();
     let dtype = model.dtype();
-    let v0_norm =
-        f.v0.to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .sqrt()?
-            .to_scalar::<f64>()?;
+    let v0_norm = scalar(&v0.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?)?;
     if !(v0_norm > 0.0 && v0_norm.is_finite()) {
         return Err(Error::EditRefused(format!(
             "the MLP output at the subject has norm {v0_norm}"
@@ -232,47 +302,23 @@ pub fn value_star(
     }
     let delta = Var::zeros(model.config.d_model, dtype, model.device())?;
     let mut opt = Adam::new(vec![delta.clone()], hp.lr, 0.0)?;
-    let at: Vec<(usize, usize)> = (0..f.chunk.rows).map(|b| (b, 0)).collect();
-    let n_rewrite = f.targets.len();
-    let n_kl = f.entries.len() - n_rewrite;
-    let mut kl_init: Option<Tensor> = None;
     let max_norm = hp.clamp_norm_factor * v0_norm;
     let (mut loss_value, mut target_prob, mut iterations) = (f64::NAN, 0.0, 0);
     for it in 0..hp.steps {
         iterations = it + 1;
-        let mut forward = model
-            .forward(&f.chunk)
-            .start_at(f.start, f.resid.clone())
-            .intervene(Intervention::add(
-                f.site,
-                at.clone(),
-                delta.as_tensor().clone(),
-            ))
-            .logits(LogitsAt::Entries(f.entries.clone()));
-        if let Some(prefix) = &f.prefix {
-            forward = forward.prefix(prefix);
-        }
         let started = std::time::Instant::now();
-        let logits = forward.run()?.logits.expect("asked for logits");
-        let nll = mean_row_nll(
-            &logits.narrow(0, 0, n_rewrite)?,
-            &f.targets,
-            &f.entry_rows,
-            f.n_rewrite_rows,
-        )?;
-        let mut loss = nll.clone();
-        if n_kl > 0 && hp.kl_factor != 0.0 {
-            let kl_lp = log_softmax_last(&logits.narrow(0, n_rewrite, n_kl)?)?;
-            let init = kl_init.get_or_insert_with(|| kl_lp.detach()).clone();
-            let kl = ((kl_lp.exp()? * (&kl_lp - init)?)?.sum_all()? / n_kl as f64)?;
-            loss = (loss + (kl * hp.kl_factor)?)?;
-        }
+        let d = delta.as_tensor();
+        let mut parts = on_threads(&mut groups, |g| group_loss(model, g, d, hp.kl_factor))?;
         // ‖δ‖ with a tiny floor: its gradient at δ = 0 is then 0, as PyTorch's norm gives,
         // instead of NaN.
-        let norm = (delta.as_tensor().sqr()?.sum_all()? + 1e-20)?.sqrt()?;
-        loss = (loss + (norm * (hp.weight_decay / (v0_norm * v0_norm)))?)?;
-        loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let nll_value = nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let norm = (d.sqr()?.sum_all()? + 1e-20)?.sqrt()?;
+        let decay = (norm * (hp.weight_decay / (v0_norm * v0_norm)))?;
+        let mut nll_value = 0.0;
+        loss_value = scalar(&decay)?;
+        for (loss, nll) in &parts {
+            loss_value += scalar(loss)?;
+            nll_value += scalar(nll)?;
+        }
         target_prob = (-nll_value).exp();
         if !loss_value.is_finite() {
             return Err(Error::EditRefused(format!(
@@ -281,13 +327,29 @@ pub fn value_star(
         }
         let done = loss_value < hp.early_stop_loss || it + 1 == hp.steps;
         if !done {
-            opt.step(&loss.backward()?)?;
+            // The decay term rides with the first group's loss; gradients add over groups.
+            parts[0].0 = (&parts[0].0 + &decay)?;
+            let grads = on_threads(&mut parts, |(loss, _)| Ok(loss.backward()?.get(d).cloned()))?;
+            let mut total: Option<Tensor> = None;
+            for g in grads.into_iter().flatten() {
+                total = Some(match total {
+                    Some(t) => (t + g)?,
+                    None => g,
+                });
+            }
+            let mut store = decay.backward()?;
+            if let Some(total) = total {
+                store.insert(d, total);
+            }
+            opt.step(&store)?;
         }
         if verbose {
+            let f = &groups[0].frozen;
             eprintln!(
                 "v* step {it}: loss {loss_value:.4} (nll {nll_value:.4}), p(target) ≈ {target_prob:.3}, \
-                 {:.2} s for {}x{} tokens",
+                 {:.2} s for {} groups of ≤{}x{} tokens",
                 started.elapsed().as_secs_f64(),
+                groups.len(),
                 f.chunk.rows,
                 f.chunk.len
             );
@@ -295,19 +357,20 @@ pub fn value_star(
         if done {
             break;
         }
-        let n = delta
-            .as_tensor()
-            .to_dtype(DType::F64)?
-            .sqr()?
-            .sum_all()?
-            .sqrt()?
-            .to_scalar::<f64>()?;
+        let n = scalar(
+            &delta
+                .as_tensor()
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .sqrt()?,
+        )?;
         if n > max_norm {
             delta.set(&(delta.as_tensor() * (max_norm / n))?)?;
         }
     }
     Ok(ValueStar {
-        v0: f.v0,
+        v0,
         delta: delta.as_tensor().detach(),
         iterations,
         loss: loss_value,
