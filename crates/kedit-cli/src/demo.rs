@@ -1,10 +1,15 @@
 //! `kedit demo`: what the model believes, one fact rewritten with ROME, and the rewrite undone.
 
+use std::path::Path;
+
 use anyhow::Result;
+use kedit::cache::Cache;
 use kedit::editor::Editor;
 use kedit::evaluate::EditRequest;
 use kedit::generate::{generate, top_next_tokens, GenerateOptions};
-use kedit::methods::{self, EditContext};
+use kedit::methods::rome::{Rome, RomeHparams};
+use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::stats::cached_key_stats;
 use kedit::Model;
 
 use crate::output::{table, visible};
@@ -76,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
         "\nEditing with ROME: \"{}\" -> \"{}\" ...",
         request.prompt, request.target_new
     );
-    let rome = methods::load("rome", None, &model)?;
+    let rome = methods::load_source("rome", Some(demo_hparams(&model)?), &model)?;
     let mut editor = Editor::new(model);
     let mut ctx = EditContext::default();
     let edit = rome.method.compute(editor.model(), &[request], &mut ctx)?;
@@ -115,4 +120,33 @@ pub fn run(args: Args) -> Result<()> {
         editor.is_pristine()?
     );
     Ok(())
+}
+
+/// The shipped ROME hyper-parameters; without the statistics corpus (`../shared` is not
+/// beside the checkout) and without cached statistics, the edit goes without C (as EasyEdit
+/// ships ROME) rather than failing, and says so.
+fn demo_hparams(model: &Model) -> Result<HparamsSource> {
+    let mut hp = Rome::default_hparams();
+    let (hparams, _): (RomeHparams, _) = hp.deserialize()?;
+    let corpus = Cache::resolve_relative(Path::new(&hparams.mom2_dataset));
+    let cached = hparams
+        .layers
+        .iter()
+        .map(|&l| cached_key_stats(model, l, None, &Cache::default_location()))
+        .collect::<kedit::Result<Vec<_>>>()?
+        .iter()
+        .all(Option::is_some);
+    if hparams.mom2_adjustment && corpus.is_none() && !cached {
+        println!(
+            "  (no statistics corpus at {} and none cached: editing without C⁻¹)",
+            hparams.mom2_dataset
+        );
+        hp.set("mom2_adjustment", serde_json::json!(false));
+    } else if hparams.mom2_adjustment && !cached {
+        println!(
+            "  (first run: computing the key statistics C of layer(s) {:?} once; they are cached)",
+            hparams.layers
+        );
+    }
+    Ok(hp)
 }

@@ -131,11 +131,20 @@ pub const METHOD_NAMES: [&str; 5] = ["ft", "ft-l", "ft-m", "rome", "r-rome"];
 /// Builds a method by name from a hyper-parameter file, or from the shipped default for the
 /// model's architecture when `hparams` is `None`.
 pub fn load(name: &str, hparams: Option<&Path>, model: &Model) -> Result<LoadedMethod> {
-    let lower = name.to_ascii_lowercase();
     let source = match hparams {
         Some(p) => Some(HparamsSource::read(p)?),
         None => None,
     };
+    load_source(name, source, model)
+}
+
+/// [`load`] from hyper-parameters already read (and perhaps changed by the caller).
+pub fn load_source(
+    name: &str,
+    source: Option<HparamsSource>,
+    model: &Model,
+) -> Result<LoadedMethod> {
+    let lower = name.to_ascii_lowercase();
     if let (Some(src), Some(alg)) = (&source, source.as_ref().and_then(|s| s.alg_name())) {
         let family = match lower.as_str() {
             "ft" | "ft-l" | "ft-m" => "ft",

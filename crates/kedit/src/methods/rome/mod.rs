@@ -98,7 +98,7 @@ pub struct Rome {
 
 impl Rome {
     pub fn load(name: &str, source: Option<HparamsSource>, model: &Model) -> Result<LoadedMethod> {
-        let source = source.unwrap_or_else(|| builtin("ROME/smollm2-135m.yaml", SMOLLM2_DEFAULT));
+        let source = source.unwrap_or_else(Self::default_hparams);
         let (mut hp, unknown): (RomeHparams, _) = source.deserialize()?;
         if name == "r-rome" {
             hp.enable_random_prefix_keys = true;
@@ -138,6 +138,11 @@ impl Rome {
                 covariances: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// The shipped hyper-parameters (`hparams/ROME/smollm2-135m.yaml`).
+    pub fn default_hparams() -> HparamsSource {
+        builtin("ROME/smollm2-135m.yaml", SMOLLM2_DEFAULT)
     }
 
     pub fn hparams(&self) -> &RomeHparams {
@@ -191,7 +196,8 @@ impl Rome {
             return Ok(Some(c.clone()));
         }
         let request = self.stats_request(layer, ctx)?;
-        let stats = require_key_stats(model, layer, request.as_ref(), &ctx.cache, ctx.verbose)?;
+        // Computing C is long work: its progress bar shows whenever stderr is a terminal.
+        let stats = require_key_stats(model, layer, request.as_ref(), &ctx.cache, true)?;
         let c = Arc::new(KeyCovariance::from_stats(&stats)?);
         ctx.note("mom2_tokens", c.n_tokens);
         ctx.note("mom2_ridge", format!("{:.3e}", c.ridge));
