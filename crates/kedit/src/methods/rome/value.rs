@@ -329,18 +329,18 @@ pub fn value_star(
         if !done {
             // The decay term rides with the first group's loss; gradients add over groups.
             parts[0].0 = (&parts[0].0 + &decay)?;
-            let grads = on_threads(&mut parts, |(loss, _)| Ok(loss.backward()?.get(d).cloned()))?;
-            let mut total: Option<Tensor> = None;
-            for g in grads.into_iter().flatten() {
-                total = Some(match total {
-                    Some(t) => (t + g)?,
-                    None => g,
-                });
+            let mut stores = on_threads(&mut parts, |(loss, _)| Ok(loss.backward()?))?;
+            let mut total = stores[0]
+                .get(d)
+                .cloned()
+                .expect("δ is in every group's loss");
+            for other in &stores[1..] {
+                if let Some(g) = other.get(d) {
+                    total = (total + g)?;
+                }
             }
-            let mut store = decay.backward()?;
-            if let Some(total) = total {
-                store.insert(d, total);
-            }
+            let mut store = stores.swap_remove(0);
+            store.insert(d, total);
             opt.step(&store)?;
         }
         if verbose {
