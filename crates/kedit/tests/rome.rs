@@ -235,6 +235,7 @@ fn v_star_on_two_threads_equals_v_star_on_one() {
             clamp_norm_factor: 4.0,
             kl_factor: 0.0625,
             early_stop_loss: 0.0,
+            early_stop_nll: 0.0,
             groups,
         };
         value_star(model, 5, &rewriting, &target, &kl, &hp, false).unwrap()

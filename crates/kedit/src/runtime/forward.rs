@@ -12,7 +12,7 @@ use crate::model::Model;
 use crate::runtime::batch::TokenBatch;
 use crate::runtime::intervention::Intervention;
 use crate::runtime::kv_cache::{interleave, KvCache, LayerKv};
-use crate::runtime::ops::{self, host_tensor, MASKED};
+use crate::runtime::ops::{self, host_tensor, Weight, MASKED};
 use crate::runtime::sites::Site;
 
 /// Weights to use instead of the model's own, by canonical id. A weight given here takes
@@ -236,16 +236,25 @@ impl<'m> Pass<'m> {
         })
     }
 
-    /// The weight to use for `id` and whether it is frozen.
-    fn weight(&self, id: ParamId) -> Result<(&Tensor, bool)> {
+    /// The weight to use for `id`: an override (trained), else the model's own (frozen; with
+    /// its transpose when `tracked` input will be differentiated through it).
+    fn weight(&self, id: ParamId, tracked: bool) -> Result<Weight<'_>> {
         if let Some(t) = self.req.overrides.and_then(|o| o.get(&id)) {
-            return Ok((t, false));
+            return Ok(Weight::Trained(t));
         }
         let id = match id {
             ParamId::LmHeadWeight if self.cfg.tie_embeddings => ParamId::TokenEmbed,
             other => other,
         };
-        Ok((self.req.model.params.require(id)?, true))
+        let params = &self.req.model.params;
+        let w = params.require(id)?;
+        if !tracked {
+            return Ok(Weight::Trained(w));
+        }
+        Ok(Weight::Frozen {
+            w,
+            transposed: params.transposed(id)?,
+        })
     }
 
     fn bias(&self, id: ParamId) -> Option<&Tensor> {
@@ -256,13 +265,13 @@ impl<'m> Pass<'m> {
     }
 
     fn linear(&self, x: &Tensor, w: ParamId, b: Option<ParamId>) -> Result<Tensor> {
-        let (weight, frozen) = self.weight(w)?;
+        let weight = self.weight(w, x.track_op())?;
         let bias = b.and_then(|b| self.bias(b));
-        ops::linear(x, weight, bias, frozen)
+        ops::linear(x, weight, bias)
     }
 
     fn norm(&self, x: &Tensor, w: ParamId, b: ParamId) -> Result<Tensor> {
-        let (weight, _) = self.weight(w)?;
+        let weight = self.weight(w, false)?.tensor();
         match self.cfg.norm {
             NormKind::Rms => ops::rms_norm(x, weight, self.cfg.norm_eps),
             NormKind::Layer => ops::layer_norm(x, weight, self.bias(b), self.cfg.norm_eps),
@@ -284,7 +293,7 @@ impl<'m> Pass<'m> {
         let batch = self.req.batch;
         let (rows, len) = (batch.rows, batch.len);
         let ids = Tensor::from_vec(batch.ids.clone(), rows * len, &self.device)?;
-        let (table, _) = self.weight(ParamId::TokenEmbed)?;
+        let table = self.weight(ParamId::TokenEmbed, false)?.tensor();
         let vocab = table.dim(0)?;
         if let Some(bad) = batch.ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(Error::invalid(format!(
@@ -293,7 +302,7 @@ impl<'m> Pass<'m> {
         }
         let mut h = table.index_select(&ids, 0)?;
         if self.cfg.learned_positions {
-            let (pos_table, _) = self.weight(ParamId::PositionEmbed)?;
+            let pos_table = self.weight(ParamId::PositionEmbed, false)?.tensor();
             let max = pos_table.dim(0)?;
             if let Some(bad) = batch.positions.iter().find(|&&p| p as usize >= max) {
                 return Err(Error::invalid(format!(

@@ -62,36 +62,60 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     })
 }
 
+/// How a linear layer's weight takes part in a pass.
+#[derive(Clone, Copy)]
+pub enum Weight<'a> {
+    /// Gradients flow to it (or nothing is differentiated).
+    Trained(&'a Tensor),
+    /// A gradient flows to the input but none is computed for `W`: candle's matmul backward
+    /// always computes both operands' gradients, and for frozen weights that is a third of
+    /// the backward pass spent on numbers nobody reads. `transposed` is Wᵀ laid out
+    /// contiguously, which the forward multiplies by (see `Params::transposed`).
+    Frozen {
+        w: &'a Tensor,
+        transposed: &'a Tensor,
+    },
+}
+
+impl<'a> Weight<'a> {
+    pub fn tensor(self) -> &'a Tensor {
+        match self {
+            Weight::Trained(w) | Weight::Frozen { w, .. } => w,
+        }
+    }
+}
+
 /// y = x·Wᵀ + b for `x` of shape `[..., in]` and `W` of shape `[out, in]`.
-///
-/// With `frozen`, a gradient flows to `x` but none is computed for `W`: candle's matmul
-/// backward always computes both operands' gradients, and for frozen weights that is a
-/// third of the backward pass spent on numbers nobody reads.
-pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, frozen: bool) -> Result<Tensor> {
+pub fn linear(x: &Tensor, weight: Weight<'_>, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (last, lead) = dims
         .split_last()
         .expect("linear needs a tensor of rank ≥ 1");
     let rows: usize = lead.iter().product();
     let x2 = x.reshape((rows, *last))?;
-    let y = if frozen && x2.track_op() {
-        x2.contiguous()?
-            .apply_op1(FrozenLinear { weight: w.clone() })?
-    } else {
-        x2.matmul(&w.t()?)?
+    let (y, out) = match weight {
+        Weight::Frozen { w, transposed } if x2.track_op() => (
+            x2.contiguous()?.apply_op1(FrozenLinear {
+                weight: w.clone(),
+                transposed: transposed.clone(),
+            })?,
+            w.dim(0)?,
+        ),
+        Weight::Frozen { w, .. } | Weight::Trained(w) => (x2.matmul(&w.t()?)?, w.dim(0)?),
     };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
     let mut out_dims = lead.to_vec();
-    out_dims.push(w.dim(0)?);
+    out_dims.push(out);
     Ok(y.reshape(out_dims)?)
 }
 
 /// x·Wᵀ with a backward that returns only the input's gradient.
 struct FrozenLinear {
     weight: Tensor,
+    transposed: Tensor,
 }
 
 fn tensor_from_cpu<T: WithDType>(data: &[T], layout: &Layout) -> candle_core::Result<Tensor> {
@@ -116,7 +140,7 @@ impl CustomOp1 for FrozenLinear {
             CpuStorage::F64(v) => tensor_from_cpu(v, layout)?,
             other => candle_core::bail!("frozen linear: unsupported dtype {:?}", other.dtype()),
         };
-        let y = x.matmul(&self.weight.t()?)?.contiguous()?;
+        let y = x.matmul(&self.transposed)?;
         let (storage, _) = y.storage_and_layout();
         match &*storage {
             Storage::Cpu(cpu) => Ok((cpu.clone(), y.shape().clone())),
@@ -189,8 +213,17 @@ mod tests {
         );
         // Multiply by a constant first so that x's consumer is a tracked op.
         let xs = (x.as_tensor() * 1.0).unwrap();
-        let frozen = linear(&xs, &w, None, true).unwrap();
-        let plain = linear(&xs, &w, None, false).unwrap();
+        let wt = w.t().unwrap().contiguous().unwrap();
+        let frozen = linear(
+            &xs,
+            Weight::Frozen {
+                w: &w,
+                transposed: &wt,
+            },
+            None,
+        )
+        .unwrap();
+        let plain = linear(&xs, Weight::Trained(&w), None).unwrap();
         let diff = (&frozen - &plain)
             .unwrap()
             .abs()

@@ -68,6 +68,11 @@ pub struct RomeHparams {
     /// Stop the v* optimisation below this loss (EasyEdit hard-codes 5e-2).
     #[serde(default = "default_v_early_stop", deserialize_with = "lenient_f64")]
     pub v_early_stop_loss: f64,
+    /// Also stop once the target's NLL alone (mean over the rewriting prompts) is below this
+    /// (a kedit extension; the total loss keeps the weight decay and KL terms, which need
+    /// not fall below `v_early_stop_loss` however well the target is learnt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v_early_stop_nll: Option<f64>,
     /// Seed of the context-template sampling.
     #[serde(default)]
     pub context_template_seed: u64,
@@ -251,6 +256,7 @@ impl Rome {
             clamp_norm_factor: self.hp.clamp_norm_factor,
             kl_factor: self.hp.kl_factor,
             early_stop_loss: self.hp.v_early_stop_loss,
+            early_stop_nll: self.hp.v_early_stop_nll.unwrap_or(0.0),
             groups: value::DEFAULT_GROUPS,
         };
         let v = ctx.timed("value", |ctx| {

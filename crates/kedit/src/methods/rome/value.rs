@@ -7,7 +7,8 @@
 //!   NLL(target) + kl_factor · KL(p_δ ‖ p₀ at the KL prompt's subject) + wd · ‖δ‖ / ‖v₀‖²
 //!
 //! clamping ‖δ‖ ≤ clamp_norm_factor · ‖v₀‖ after each step and stopping early once the loss
-//! is small. v* = v₀ + δ, with v₀ the MLP output at the subject in the plain prompt.
+//! (or, optionally, its NLL part alone) is small. v* = v₀ + δ, with v₀ the MLP output at the
+//! subject in the plain prompt.
 //!
 //! Doing less work, exactly: δ enters after layer l's MLP at the looked-up token, so layers
 //! up to l (the other positions of layer l never see δ: attention reads the layer's input,
@@ -36,6 +37,8 @@ pub struct ValueHparams {
     pub clamp_norm_factor: f64,
     pub kl_factor: f64,
     pub early_stop_loss: f64,
+    /// Stop once the NLL part alone is below this (0: never).
+    pub early_stop_nll: f64,
     /// Row groups run on their own threads (the split is exact: losses and gradients add).
     pub groups: usize,
 }
@@ -325,7 +328,8 @@ pub fn value_star(
                 "the v* loss became {loss_value}"
             )));
         }
-        let done = loss_value < hp.early_stop_loss || it + 1 == hp.steps;
+        let done =
+            loss_value < hp.early_stop_loss || nll_value < hp.early_stop_nll || it + 1 == hp.steps;
         if !done {
             // The decay term rides with the first group's loss; gradients add over groups.
             parts[0].0 = (&parts[0].0 + &decay)?;
@@ -345,9 +349,11 @@ pub fn value_star(
         }
         if verbose {
             let f = &groups[0].frozen;
+            let dn = scalar(&d.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?)?;
             eprintln!(
                 "v* step {it}: loss {loss_value:.4} (nll {nll_value:.4}), p(target) ≈ {target_prob:.3}, \
-                 {:.2} s for {} groups of ≤{}x{} tokens",
+                 ‖δ‖/‖v₀‖ {:.2}, {:.2} s for {} groups of ≤{}x{} tokens",
+                dn / v0_norm,
                 started.elapsed().as_secs_f64(),
                 groups.len(),
                 f.chunk.rows,
