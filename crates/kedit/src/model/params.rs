@@ -201,19 +201,21 @@ impl Params {
         self.map.get(&id).map(|e| &e.tensor)
     }
 
+    fn entry(&self, id: ParamId) -> Result<&Entry> {
+        self.map
+            .get(&id)
+            .ok_or_else(|| Error::invalid(format!("the model has no parameter `{id}`")))
+    }
+
     /// The tensor, or an error naming the missing parameter.
     pub fn require(&self, id: ParamId) -> Result<&Tensor> {
-        self.get(id)
-            .ok_or_else(|| Error::invalid(format!("the model has no parameter `{id}`")))
+        Ok(&self.entry(id)?.tensor)
     }
 
     /// The matrix `id` transposed into a contiguous tensor, made once per weight (see
     /// [`Entry`] for why).
     pub fn transposed(&self, id: ParamId) -> Result<&Tensor> {
-        let entry = self
-            .map
-            .get(&id)
-            .ok_or_else(|| Error::invalid(format!("the model has no parameter `{id}`")))?;
+        let entry = self.entry(id)?;
         if let Some(t) = entry.transposed.get() {
             return Ok(t);
         }

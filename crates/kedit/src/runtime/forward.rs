@@ -236,11 +236,11 @@ impl<'m> Pass<'m> {
         })
     }
 
-    /// The weight to use for `id`: an override (trained), else the model's own (frozen; with
-    /// its transpose when `tracked` input will be differentiated through it).
+    /// The weight to use for `id`: an override as it is, else the model's own, frozen (with its
+    /// transpose) when `tracked` input will be differentiated through it.
     fn weight(&self, id: ParamId, tracked: bool) -> Result<Weight<'_>> {
         if let Some(t) = self.req.overrides.and_then(|o| o.get(&id)) {
-            return Ok(Weight::Trained(t));
+            return Ok(Weight::Plain(t));
         }
         let id = match id {
             ParamId::LmHeadWeight if self.cfg.tie_embeddings => ParamId::TokenEmbed,
@@ -249,7 +249,7 @@ impl<'m> Pass<'m> {
         let params = &self.req.model.params;
         let w = params.require(id)?;
         if !tracked {
-            return Ok(Weight::Trained(w));
+            return Ok(Weight::Plain(w));
         }
         Ok(Weight::Frozen {
             w,

@@ -65,8 +65,8 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
 /// How a linear layer's weight takes part in a pass.
 #[derive(Clone, Copy)]
 pub enum Weight<'a> {
-    /// Gradients flow to it (or nothing is differentiated).
-    Trained(&'a Tensor),
+    /// Multiplied as it is: gradients flow to it, or nothing is differentiated.
+    Plain(&'a Tensor),
     /// A gradient flows to the input but none is computed for `W`: candle's matmul backward
     /// always computes both operands' gradients, and for frozen weights that is a third of
     /// the backward pass spent on numbers nobody reads. `transposed` is Wᵀ laid out
@@ -80,7 +80,7 @@ pub enum Weight<'a> {
 impl<'a> Weight<'a> {
     pub fn tensor(self) -> &'a Tensor {
         match self {
-            Weight::Trained(w) | Weight::Frozen { w, .. } => w,
+            Weight::Plain(w) | Weight::Frozen { w, .. } => w,
         }
     }
 }
@@ -93,22 +93,21 @@ pub fn linear(x: &Tensor, weight: Weight<'_>, b: Option<&Tensor>) -> Result<Tens
         .expect("linear needs a tensor of rank ≥ 1");
     let rows: usize = lead.iter().product();
     let x2 = x.reshape((rows, *last))?;
-    let (y, out) = match weight {
-        Weight::Frozen { w, transposed } if x2.track_op() => (
+    let y = match weight {
+        Weight::Frozen { w, transposed } if x2.track_op() => {
             x2.contiguous()?.apply_op1(FrozenLinear {
                 weight: w.clone(),
                 transposed: transposed.clone(),
-            })?,
-            w.dim(0)?,
-        ),
-        Weight::Frozen { w, .. } | Weight::Trained(w) => (x2.matmul(&w.t()?)?, w.dim(0)?),
+            })?
+        }
+        _ => x2.matmul(&weight.tensor().t()?)?,
     };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
     };
     let mut out_dims = lead.to_vec();
-    out_dims.push(out);
+    out_dims.push(weight.tensor().dim(0)?);
     Ok(y.reshape(out_dims)?)
 }
 
@@ -223,7 +222,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let plain = linear(&xs, Weight::Trained(&w), None).unwrap();
+        let plain = linear(&xs, Weight::Plain(&w), None).unwrap();
         let diff = (&frozen - &plain)
             .unwrap()
             .abs()

@@ -266,6 +266,11 @@ fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
+/// ‖t‖₂, accumulated in f64.
+fn l2_norm(t: &Tensor) -> Result<f64> {
+    scalar(&t.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?)
+}
+
 /// Finds v* (see the module documentation).
 pub fn value_star(
     model: &Model,
@@ -297,7 +302,7 @@ pub fn value_star(
     }
     let v0 = groups[0].frozen.v0.clone();
     let dtype = model.dtype();
-    let v0_norm = scalar(&v0.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?)?;
+    let v0_norm = l2_norm(&v0)?;
     if !(v0_norm > 0.0 && v0_norm.is_finite()) {
         return Err(Error::EditRefused(format!(
             "the MLP output at the subject has norm {v0_norm}"
@@ -349,11 +354,10 @@ pub fn value_star(
         }
         if verbose {
             let f = &groups[0].frozen;
-            let dn = scalar(&d.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?)?;
             eprintln!(
                 "v* step {it}: loss {loss_value:.4} (nll {nll_value:.4}), p(target) ≈ {target_prob:.3}, \
                  ‖δ‖/‖v₀‖ {:.2}, {:.2} s for {} groups of ≤{}x{} tokens",
-                dn / v0_norm,
+                l2_norm(d)? / v0_norm,
                 started.elapsed().as_secs_f64(),
                 groups.len(),
                 f.chunk.rows,
@@ -363,14 +367,7 @@ pub fn value_star(
         if done {
             break;
         }
-        let n = scalar(
-            &delta
-                .as_tensor()
-                .to_dtype(DType::F64)?
-                .sqr()?
-                .sum_all()?
-                .sqrt()?,
-        )?;
+        let n = l2_norm(delta.as_tensor())?;
         if n > max_norm {
             delta.set(&(delta.as_tensor() * (max_norm / n))?)?;
         }
