@@ -87,7 +87,10 @@ pub fn run(args: Args) -> Result<()> {
         .collect();
     rows.push(vec![
         "total (median)".into(),
-        format!("{:.3}", bench.median_seconds),
+        match bench.median_seconds {
+            Some(s) => format!("{s:.3}"),
+            None => "n/a: the median leaves out the first edit; use --limit 2 or more".into(),
+        },
     ]);
     rows.push(vec![
         "first edit (fills caches)".into(),

@@ -24,8 +24,9 @@ pub struct EditTiming {
 pub struct EditBench {
     pub method: String,
     pub n: usize,
-    /// Median over the edits after the first (the first also fills the caches).
-    pub median_seconds: f64,
+    /// Median over the edits after the first (the first also fills the caches); `None` with
+    /// a single edit.
+    pub median_seconds: Option<f64>,
     pub first_seconds: f64,
     /// Median seconds per phase, over the edits after the first.
     pub median_phases: Vec<(String, f64)>,
@@ -33,17 +34,17 @@ pub struct EditBench {
     pub edits: Vec<EditTiming>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
-        return f64::NAN;
+        return None;
     }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
+    Some(if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    })
 }
 
 /// Computes one edit per request (the model is not changed) and times each.
@@ -91,7 +92,7 @@ pub fn edit_speed(
                         .map_or(0.0, |(_, s)| *s)
                 })
                 .collect();
-            (p, median(v))
+            (p, median(v).expect("a phase is named by some edit"))
         })
         .collect();
     Ok(EditBench {

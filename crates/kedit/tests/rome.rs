@@ -12,11 +12,11 @@ use kedit::editor::Editor;
 use kedit::evaluate::EditRequest;
 use kedit::methods::rome::key::Lookup;
 use kedit::methods::rome::moment::KeyCovariance;
-use kedit::methods::rome::value::{value_star, ValueHparams};
+use kedit::methods::rome::value::{loss_at, value_star, KlAt, ValueHparams};
 use kedit::methods::{self, EditContext, HparamsSource};
 use kedit::prompts::{lookup, target_ids, FactToken};
 use kedit::stats::{key_stats, StatsRequest};
-use kedit::TokenBatch;
+use kedit::{Intervention, LogitsAt, Model, Site, TokenBatch};
 
 fn eiffel() -> EditRequest {
     EditRequest {
@@ -52,6 +52,11 @@ fn top1(e: &Editor, prompt: &str) -> String {
 fn rome_rewrites_the_eiffel_tower_and_reverts() {
     let model = smollm2().clone();
     let loaded = methods::load("rome", None, &model).unwrap();
+    assert!(
+        loaded.warnings.is_empty(),
+        "the shipped settings warn: {:?}",
+        loaded.warnings
+    );
     let mut ctx = EditContext {
         verbose: true,
         ..Default::default()
@@ -234,6 +239,7 @@ fn v_star_on_two_threads_equals_v_star_on_one() {
             weight_decay: 1e-3,
             clamp_norm_factor: 4.0,
             kl_factor: 0.0625,
+            kl_at: KlAt::Subject,
             early_stop_loss: 0.0,
             early_stop_nll: 0.0,
             groups,
@@ -259,4 +265,125 @@ fn v_star_on_two_threads_equals_v_star_on_one() {
     );
     assert!((one.loss - two.loss).abs() < 1e-4 * one.loss.abs().max(1.0));
     assert!(rel < 1e-4, "relative difference {rel}");
+}
+
+/// Log-probabilities `[len, vocab]` (f64) of one prompt with `delta` added to
+/// `blocks.5.mlp.out` at `index`.
+fn log_probs_with(model: &Model, ids: &[u32], index: usize, delta: &Tensor) -> Tensor {
+    let logits = model
+        .forward(&TokenBatch::single(ids))
+        .intervene(Intervention::add(
+            Site::MlpOut(5),
+            vec![(0, index)],
+            delta.clone(),
+        ))
+        .logits(LogitsAt::All)
+        .run()
+        .unwrap()
+        .logits
+        .unwrap();
+    kedit::runtime::ops::log_softmax_last(&logits.squeeze(0).unwrap().to_dtype(DType::F64).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
+    let model = smollm2();
+    let tok = model.tokenizer().unwrap();
+    let lookups = |texts: &[&str]| -> Vec<Lookup> {
+        texts
+            .iter()
+            .map(|t| {
+                let (ids, index) =
+                    lookup(tok, t, "The Eiffel Tower", FactToken::SubjectLast).unwrap();
+                Lookup { ids, index }
+            })
+            .collect()
+    };
+    let rewriting = lookups(&[
+        "{} is located in the city of",
+        "Once upon a time, {} is located in the city of",
+        "Yes. {} is located in the city of",
+    ]);
+    let kl = lookups(&["{} is a"]);
+    let target = target_ids(tok, "Rome of Italy").unwrap();
+    let d = model.config.d_model;
+    // A δ about as large as the optimisation's (‖v₀‖ is ~1-10 here), seeded.
+    let delta = Tensor::new(
+        (0..d)
+            .map(|i| ((i * 7919 % 101) as f32 / 50.0 - 1.0) * 3.0)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let zero = delta.zeros_like().unwrap();
+
+    // The reference: every prompt in full, one at a time.
+    let mut nll = 0.0;
+    for p in &rewriting {
+        let mut ids = p.ids.clone();
+        ids.extend_from_slice(&target[..target.len() - 1]);
+        let lp = log_probs_with(model, &ids, p.index, &delta);
+        let mut row = 0.0;
+        for (j, &t) in target.iter().enumerate() {
+            row -= lp
+                .get(p.ids.len() - 1 + j)
+                .unwrap()
+                .get(t as usize)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+        }
+        nll += row / target.len() as f64 / rewriting.len() as f64;
+    }
+    let kl_factor = 0.5;
+    for kl_at in [KlAt::Subject, KlAt::Last, KlAt::Both] {
+        let p = &kl[0];
+        let last = p.ids.len() - 1;
+        let positions = match kl_at {
+            KlAt::Subject => vec![p.index],
+            KlAt::Last => vec![last],
+            KlAt::Both => vec![p.index, last],
+        };
+        let edited = log_probs_with(model, &p.ids, p.index, &delta);
+        let original = log_probs_with(model, &p.ids, p.index, &zero);
+        let mut kl_term = 0.0;
+        for &i in &positions {
+            let (e, o) = (edited.get(i).unwrap(), original.get(i).unwrap());
+            kl_term += (e.exp().unwrap() * (&e - &o).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+        }
+        let expected = nll + kl_factor * kl_term / positions.len() as f64;
+
+        for groups in [1, 2] {
+            let hp = ValueHparams {
+                steps: 1,
+                lr: 0.5,
+                weight_decay: 0.0,
+                clamp_norm_factor: 4.0,
+                kl_factor,
+                kl_at,
+                early_stop_loss: 0.0,
+                early_stop_nll: 0.0,
+                groups,
+            };
+            let (loss, split_nll) =
+                loss_at(model, 5, &rewriting, &target, &kl, &hp, &delta).unwrap();
+            println!("{kl_at:?}, {groups} groups: loss {loss:.6} (nll {split_nll:.6}), full forward {expected:.6} (nll {nll:.6})");
+            assert!((split_nll - nll).abs() < 1e-4, "nll {split_nll} vs {nll}");
+            assert!(
+                (loss - expected).abs() < 1e-4,
+                "{kl_at:?}: {loss} vs {expected}"
+            );
+            assert!(
+                kl_term > 1e-3,
+                "δ must move the KL prompt's distribution: {kl_term}"
+            );
+        }
+    }
 }

@@ -31,7 +31,7 @@ use crate::stats::{require_key_stats, Precision, StatsRequest};
 use key::{key_star, keys_at, Lookup};
 use moment::KeyCovariance;
 use templates::{context_templates, TemplateSpec};
-use value::{value_star, ValueHparams};
+use value::{value_star, KlAt, ValueHparams};
 
 const SMOLLM2_DEFAULT: &str = include_str!("../../../../../hparams/ROME/smollm2-135m.yaml");
 
@@ -73,6 +73,10 @@ pub struct RomeHparams {
     /// not fall below `v_early_stop_loss` however well the target is learnt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v_early_stop_nll: Option<f64>,
+    /// Where the KL term reads "{subject} is a": `subject` (ROME: at the subject's last token),
+    /// `last` (the word after "is a") or `both` (a kedit extension).
+    #[serde(default)]
+    pub kl_at: KlAt,
     /// Seed of the context-template sampling.
     #[serde(default)]
     pub context_template_seed: u64,
@@ -132,8 +136,17 @@ impl Rome {
         } else {
             "ROME"
         };
+        let mut warnings = filter_warnings(&source.origin, unknown);
+        warnings.extend(
+            templates::count_warnings(&hp.context_template_length_params).map(|w| {
+                format!(
+                    "{}: `context_template_length_params`: {w}",
+                    source.origin.display()
+                )
+            }),
+        );
         Ok(LoadedMethod {
-            warnings: filter_warnings(&source.origin, unknown),
+            warnings,
             hparams_origin: source.origin.clone(),
             method: Box::new(Rome {
                 name: display.into(),
@@ -255,6 +268,7 @@ impl Rome {
             weight_decay: self.hp.v_weight_decay,
             clamp_norm_factor: self.hp.clamp_norm_factor,
             kl_factor: self.hp.kl_factor,
+            kl_at: self.hp.kl_at,
             early_stop_loss: self.hp.v_early_stop_loss,
             early_stop_nll: self.hp.v_early_stop_nll.unwrap_or(0.0),
             groups: value::DEFAULT_GROUPS,

@@ -24,6 +24,23 @@ pub struct TemplateSpec {
     pub seed: u64,
 }
 
+/// What the counts of `length_params` sample in fact, where that is not what they say: each
+/// count is split over the five starts with integer division (as ROME and EasyEdit do), so
+/// a count that is not a multiple of five samples fewer templates, and one below five none.
+pub fn count_warnings(length_params: &[(usize, usize)]) -> impl Iterator<Item = String> + '_ {
+    length_params.iter().filter_map(|&(len, n)| {
+        let sampled = n / STARTS.len() * STARTS.len();
+        (sampled != n).then(|| {
+            format!(
+                "[{len}, {n}] samples {sampled} templates of length {len}, not {n} \
+                 ({n} split over {} start words is {} each)",
+                STARTS.len(),
+                n / STARTS.len()
+            )
+        })
+    })
+}
+
 fn cache_path(cache: &Cache, model: &Model, spec: &TemplateSpec) -> Result<PathBuf> {
     let mut key = format!("{:016x}", model.fingerprint()?);
     for (len, n) in &spec.length_params {
@@ -82,4 +99,22 @@ fn generate_templates(model: &Model, spec: &TemplateSpec) -> Result<Vec<String>>
         }
     }
     Ok(templates)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_that_are_not_multiples_of_five_are_reported() {
+        assert_eq!(count_warnings(&[(5, 5), (10, 10)]).count(), 0);
+        let w: Vec<String> = count_warnings(&[(5, 3), (10, 7)]).collect();
+        assert_eq!(w.len(), 2);
+        assert!(w[0].contains("samples 0 templates of length 5"), "{}", w[0]);
+        assert!(
+            w[1].contains("samples 5 templates of length 10"),
+            "{}",
+            w[1]
+        );
+    }
 }

@@ -4,9 +4,11 @@
 //! prompt (context template + prompt + target tokens but the last) and of the KL prompt
 //! ("{subject} is a"), and optimised with Adam on
 //!
-//!   NLL(target) + kl_factor · KL(p_δ ‖ p₀ at the KL prompt's subject) + wd · ‖δ‖ / ‖v₀‖²
+//!   NLL(target) + kl_factor · KL(p_δ ‖ p₀ on the KL prompt) + wd · ‖δ‖ / ‖v₀‖²
 //!
-//! clamping ‖δ‖ ≤ clamp_norm_factor · ‖v₀‖ after each step and stopping early once the loss
+//! where the KL prompt's next-token distribution is read at its subject's last token (ROME's
+//! code), at its last token (the paper's equation: what follows "{subject} is a"), or both
+//! ([`KlAt`]); clamping ‖δ‖ ≤ clamp_norm_factor · ‖v₀‖ after each step and stopping early once the loss
 //! (or, optionally, its NLL part alone) is small. v* = v₀ + δ, with v₀ the MLP output at the
 //! subject in the plain prompt.
 //!
@@ -36,11 +38,39 @@ pub struct ValueHparams {
     pub weight_decay: f64,
     pub clamp_norm_factor: f64,
     pub kl_factor: f64,
+    /// Where the KL prompts' distributions are compared.
+    pub kl_at: KlAt,
     pub early_stop_loss: f64,
     /// Stop once the NLL part alone is below this (0: never).
     pub early_stop_nll: f64,
     /// Row groups run on their own threads (the split is exact: losses and gradients add).
     pub groups: usize,
+}
+
+/// Where the KL term compares the edited and the original next-token distributions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KlAt {
+    /// At the looked-up subject token (ROME: the word after the subject).
+    #[default]
+    Subject,
+    /// At the prompt's last token ("{subject} is a" → the word after "a"): what the model
+    /// says about the subject, where an edit leaks into other facts.
+    Last,
+    /// Both.
+    Both,
+}
+
+impl KlAt {
+    fn positions(self, lookup: &Lookup) -> Vec<usize> {
+        let last = lookup.ids.len() - 1;
+        match self {
+            KlAt::Subject => vec![lookup.index],
+            KlAt::Last => vec![last],
+            KlAt::Both if last == lookup.index => vec![last],
+            KlAt::Both => vec![lookup.index, last],
+        }
+    }
 }
 
 /// The outcome of the optimisation.
@@ -83,6 +113,7 @@ fn freeze(
     rewriting: &[Lookup],
     target: &[u32],
     kl: &[Lookup],
+    kl_at: KlAt,
 ) -> Result<Frozen> {
     let n_t = target.len();
     let mut seqs = Vec::new();
@@ -98,9 +129,12 @@ fn freeze(
         cuts.push(p.index);
     }
     for (i, p) in kl.iter().enumerate() {
-        scored.push((rewriting.len() + i, p.index, None));
-        // The KL distribution is read at the looked-up token: later tokens are never used.
-        seqs.push(p.ids[..=p.index].to_vec());
+        let positions = kl_at.positions(p);
+        for &pos in &positions {
+            scored.push((rewriting.len() + i, pos, None));
+        }
+        // Tokens after the last position read are never used.
+        seqs.push(p.ids[..=positions[positions.len() - 1]].to_vec());
         cuts.push(p.index);
     }
     let pad = model.tokenizer()?.pad_id();
@@ -217,19 +251,20 @@ struct Group {
     frozen: Frozen,
     /// This group's rewriting rows / all rewriting rows: its NLL's weight in the mean.
     nll_weight: f64,
-    /// All KL prompts, the KL mean's denominator.
+    /// All KL positions, the KL mean's denominator.
     kl_total: usize,
     /// The KL prompts' log-probabilities before the edit (at the first step).
     kl_init: Option<Tensor>,
 }
 
-/// A group's share of the loss at the current δ: (NLL + KL part, NLL part).
-fn group_loss(
-    model: &Model,
-    g: &mut Group,
-    delta: &Tensor,
-    kl_factor: f64,
-) -> Result<(Tensor, Tensor)> {
+/// A group's share of the loss at the current δ.
+struct GroupLoss {
+    /// NLL + KL part.
+    loss: Tensor,
+    nll: Tensor,
+}
+
+fn group_loss(model: &Model, g: &mut Group, delta: &Tensor, kl_factor: f64) -> Result<GroupLoss> {
     let f = &g.frozen;
     let at: Vec<(usize, usize)> = (0..f.chunk.rows).map(|b| (b, 0)).collect();
     let mut forward = model
@@ -259,7 +294,7 @@ fn group_loss(
         let kl = ((kl_lp.exp()? * (&kl_lp - init)?)?.sum_all()? / g.kl_total as f64)?;
         loss = (loss + (kl * kl_factor)?)?;
     }
-    Ok((loss, nll))
+    Ok(GroupLoss { loss, nll })
 }
 
 fn scalar(t: &Tensor) -> Result<f64> {
@@ -269,6 +304,66 @@ fn scalar(t: &Tensor) -> Result<f64> {
 /// ‖t‖₂, accumulated in f64.
 fn l2_norm(t: &Tensor) -> Result<f64> {
     scalar(&t.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?)
+}
+
+/// The loss terms (NLL + KL part, NLL part; no weight decay) at `delta`, computed the way
+/// each v* step computes them: from the cached residual and prefix, over the rewriting and
+/// KL prompts split into `hp.groups`. For checking that split against a full forward.
+pub fn loss_at(
+    model: &Model,
+    layer: usize,
+    rewriting: &[Lookup],
+    target: &[u32],
+    kl: &[Lookup],
+    hp: &ValueHparams,
+    delta: &Tensor,
+) -> Result<(f64, f64)> {
+    let mut groups = build_groups(model, layer, rewriting, target, kl, hp)?;
+    let zero = delta.zeros_like()?;
+    // The first pass records the KL prompts' distributions before the edit.
+    on_threads(&mut groups, |g| group_loss(model, g, &zero, hp.kl_factor))?;
+    let parts = on_threads(&mut groups, |g| group_loss(model, g, delta, hp.kl_factor))?;
+    let (mut loss, mut nll) = (0.0, 0.0);
+    for p in &parts {
+        loss += scalar(&p.loss)?;
+        nll += scalar(&p.nll)?;
+    }
+    Ok((loss, nll))
+}
+
+/// The rewriting prompts in `hp.groups` contiguous shares; the KL prompts join the last.
+fn build_groups(
+    model: &Model,
+    layer: usize,
+    rewriting: &[Lookup],
+    target: &[u32],
+    kl: &[Lookup],
+    hp: &ValueHparams,
+) -> Result<Vec<Group>> {
+    if target.is_empty() {
+        return Err(Error::invalid("the target has no tokens"));
+    }
+    if rewriting.is_empty() {
+        return Err(Error::invalid("v* needs at least one rewriting prompt"));
+    }
+    let per_group = rewriting.len().div_ceil(hp.groups.max(1));
+    let shares: Vec<&[Lookup]> = rewriting.chunks(per_group).collect();
+    let kl_total = kl
+        .iter()
+        .map(|p| hp.kl_at.positions(p).len())
+        .sum::<usize>()
+        .max(1);
+    let mut groups = Vec::with_capacity(shares.len());
+    for (i, share) in shares.iter().enumerate() {
+        let kl_share = if i + 1 == shares.len() { kl } else { &[] };
+        groups.push(Group {
+            frozen: freeze(model, layer, share, target, kl_share, hp.kl_at)?,
+            nll_weight: share.len() as f64 / rewriting.len() as f64,
+            kl_total,
+            kl_init: None,
+        });
+    }
+    Ok(groups)
 }
 
 /// Finds v* (see the module documentation).
@@ -281,25 +376,7 @@ pub fn value_star(
     hp: &ValueHparams,
     verbose: bool,
 ) -> Result<ValueStar> {
-    if target.is_empty() {
-        return Err(Error::invalid("the target has no tokens"));
-    }
-    if rewriting.is_empty() {
-        return Err(Error::invalid("v* needs at least one rewriting prompt"));
-    }
-    // Contiguous shares of the rewriting prompts; the KL prompts join the last (smallest).
-    let per_group = rewriting.len().div_ceil(hp.groups.max(1));
-    let shares: Vec<&[Lookup]> = rewriting.chunks(per_group).collect();
-    let mut groups = Vec::with_capacity(shares.len());
-    for (i, share) in shares.iter().enumerate() {
-        let kl_share = if i + 1 == shares.len() { kl } else { &[] };
-        groups.push(Group {
-            frozen: freeze(model, layer, share, target, kl_share)?,
-            nll_weight: share.len() as f64 / rewriting.len() as f64,
-            kl_total: kl.len().max(1),
-            kl_init: None,
-        });
-    }
+    let mut groups = build_groups(model, layer, rewriting, target, kl, hp)?;
     let v0 = groups[0].frozen.v0.clone();
     let dtype = model.dtype();
     let v0_norm = l2_norm(&v0)?;
@@ -323,9 +400,9 @@ pub fn value_star(
         let decay = (norm * (hp.weight_decay / (v0_norm * v0_norm)))?;
         let mut nll_value = 0.0;
         loss_value = scalar(&decay)?;
-        for (loss, nll) in &parts {
-            loss_value += scalar(loss)?;
-            nll_value += scalar(nll)?;
+        for part in &parts {
+            loss_value += scalar(&part.loss)?;
+            nll_value += scalar(&part.nll)?;
         }
         target_prob = (-nll_value).exp();
         if !loss_value.is_finite() {
@@ -337,8 +414,8 @@ pub fn value_star(
             loss_value < hp.early_stop_loss || nll_value < hp.early_stop_nll || it + 1 == hp.steps;
         if !done {
             // The decay term rides with the first group's loss; gradients add over groups.
-            parts[0].0 = (&parts[0].0 + &decay)?;
-            let mut stores = on_threads(&mut parts, |(loss, _)| Ok(loss.backward()?))?;
+            parts[0].loss = (&parts[0].loss + &decay)?;
+            let mut stores = on_threads(&mut parts, |p| Ok(p.loss.backward()?))?;
             let mut total = stores[0]
                 .get(d)
                 .cloned()
