@@ -12,7 +12,7 @@ use kedit::editor::Editor;
 use kedit::evaluate::EditRequest;
 use kedit::methods::rome::key::Lookup;
 use kedit::methods::rome::moment::KeyCovariance;
-use kedit::methods::rome::value::{loss_at, value_star, KlAt, ValueHparams};
+use kedit::methods::rome::value::{loss_at, value_star, KlAt, ValueHparams, ValuePrompts};
 use kedit::methods::{self, EditContext, HparamsSource};
 use kedit::prompts::{lookup, target_ids, FactToken};
 use kedit::stats::{key_stats, StatsRequest};
@@ -244,7 +244,13 @@ fn v_star_on_two_threads_equals_v_star_on_one() {
             early_stop_nll: 0.0,
             groups,
         };
-        value_star(model, 5, &rewriting, &target, &kl, &hp, false).unwrap()
+        let prompts = ValuePrompts {
+            layer: 5,
+            rewriting: &rewriting,
+            target: &target,
+            kl: &kl,
+        };
+        value_star(model, &prompts, &hp, false).unwrap()
     };
     let (one, two) = (run(1), run(2));
     let diff = (&one.delta - &two.delta)
@@ -338,6 +344,12 @@ fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
         nll += row / target.len() as f64 / rewriting.len() as f64;
     }
     let kl_factor = 0.5;
+    let prompts = ValuePrompts {
+        layer: 5,
+        rewriting: &rewriting,
+        target: &target,
+        kl: &kl,
+    };
     for kl_at in [KlAt::Subject, KlAt::Last, KlAt::Both] {
         let p = &kl[0];
         let last = p.ids.len() - 1;
@@ -372,8 +384,7 @@ fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
                 early_stop_nll: 0.0,
                 groups,
             };
-            let (loss, split_nll) =
-                loss_at(model, 5, &rewriting, &target, &kl, &hp, &delta).unwrap();
+            let (loss, split_nll) = loss_at(model, &prompts, &hp, &delta).unwrap();
             println!("{kl_at:?}, {groups} groups: loss {loss:.6} (nll {split_nll:.6}), full forward {expected:.6} (nll {nll:.6})");
             assert!((split_nll - nll).abs() < 1e-4, "nll {split_nll} vs {nll}");
             assert!(

@@ -31,7 +31,7 @@ use crate::stats::{require_key_stats, Precision, StatsRequest};
 use key::{key_star, keys_at, Lookup};
 use moment::KeyCovariance;
 use templates::{context_templates, TemplateSpec};
-use value::{value_star, KlAt, ValueHparams};
+use value::{value_star, KlAt, ValueHparams, ValuePrompts};
 
 const SMOLLM2_DEFAULT: &str = include_str!("../../../../../hparams/ROME/smollm2-135m.yaml");
 
@@ -274,7 +274,13 @@ impl Rome {
             groups: value::DEFAULT_GROUPS,
         };
         let v = ctx.timed("value", |ctx| {
-            value_star(model, layer, &rewriting, &target, &kl, &vh, ctx.verbose)
+            let prompts = ValuePrompts {
+                layer,
+                rewriting: &rewriting,
+                target: &target,
+                kl: &kl,
+            };
+            value_star(model, &prompts, &vh, ctx.verbose)
         })?;
         ctx.note("v_iterations", v.iterations);
         ctx.note("v_loss", format!("{:.4}", v.loss));

@@ -47,6 +47,16 @@ pub struct ValueHparams {
     pub groups: usize,
 }
 
+/// What v* is optimised over: δ at `blocks.{layer}.mlp.out`, the rewriting prompts (each
+/// followed by the target's tokens but the last), the target and the KL prompts.
+#[derive(Clone, Copy, Debug)]
+pub struct ValuePrompts<'a> {
+    pub layer: usize,
+    pub rewriting: &'a [Lookup],
+    pub target: &'a [u32],
+    pub kl: &'a [Lookup],
+}
+
 /// Where the KL term compares the edited and the original next-token distributions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -311,20 +321,22 @@ fn l2_norm(t: &Tensor) -> Result<f64> {
 /// KL prompts split into `hp.groups`. For checking that split against a full forward.
 pub fn loss_at(
     model: &Model,
-    layer: usize,
-    rewriting: &[Lookup],
-    target: &[u32],
-    kl: &[Lookup],
+    prompts: &ValuePrompts,
     hp: &ValueHparams,
     delta: &Tensor,
 ) -> Result<(f64, f64)> {
-    let mut groups = build_groups(model, layer, rewriting, target, kl, hp)?;
+    let mut groups = build_groups(model, prompts, hp)?;
     let zero = delta.zeros_like()?;
     // The first pass records the KL prompts' distributions before the edit.
     on_threads(&mut groups, |g| group_loss(model, g, &zero, hp.kl_factor))?;
     let parts = on_threads(&mut groups, |g| group_loss(model, g, delta, hp.kl_factor))?;
+    totals(&parts)
+}
+
+/// (NLL + KL, NLL) over all groups.
+fn totals(parts: &[GroupLoss]) -> Result<(f64, f64)> {
     let (mut loss, mut nll) = (0.0, 0.0);
-    for p in &parts {
+    for p in parts {
         loss += scalar(&p.loss)?;
         nll += scalar(&p.nll)?;
     }
@@ -332,14 +344,13 @@ pub fn loss_at(
 }
 
 /// The rewriting prompts in `hp.groups` contiguous shares; the KL prompts join the last.
-fn build_groups(
-    model: &Model,
-    layer: usize,
-    rewriting: &[Lookup],
-    target: &[u32],
-    kl: &[Lookup],
-    hp: &ValueHparams,
-) -> Result<Vec<Group>> {
+fn build_groups(model: &Model, prompts: &ValuePrompts, hp: &ValueHparams) -> Result<Vec<Group>> {
+    let &ValuePrompts {
+        layer,
+        rewriting,
+        target,
+        kl,
+    } = prompts;
     if target.is_empty() {
         return Err(Error::invalid("the target has no tokens"));
     }
@@ -369,14 +380,11 @@ fn build_groups(
 /// Finds v* (see the module documentation).
 pub fn value_star(
     model: &Model,
-    layer: usize,
-    rewriting: &[Lookup],
-    target: &[u32],
-    kl: &[Lookup],
+    prompts: &ValuePrompts,
     hp: &ValueHparams,
     verbose: bool,
 ) -> Result<ValueStar> {
-    let mut groups = build_groups(model, layer, rewriting, target, kl, hp)?;
+    let mut groups = build_groups(model, prompts, hp)?;
     let v0 = groups[0].frozen.v0.clone();
     let dtype = model.dtype();
     let v0_norm = l2_norm(&v0)?;
@@ -398,12 +406,8 @@ pub fn value_star(
         // instead of NaN.
         let norm = (d.sqr()?.sum_all()? + 1e-20)?.sqrt()?;
         let decay = (norm * (hp.weight_decay / (v0_norm * v0_norm)))?;
-        let mut nll_value = 0.0;
-        loss_value = scalar(&decay)?;
-        for part in &parts {
-            loss_value += scalar(&part.loss)?;
-            nll_value += scalar(&part.nll)?;
-        }
+        let (loss_terms, nll_value) = totals(&parts)?;
+        loss_value = loss_terms + scalar(&decay)?;
         target_prob = (-nll_value).exp();
         if !loss_value.is_finite() {
             return Err(Error::EditRefused(format!(
