@@ -8,8 +8,8 @@
 //!
 //! where the KL prompt's next-token distribution is read at its subject's last token (ROME's
 //! code), at its last token (the paper's equation: what follows "{subject} is a"), or both
-//! ([`KlAt`]); clamping ‖δ‖ ≤ clamp_norm_factor · ‖v₀‖ after each step and stopping early once the loss
-//! (or, optionally, its NLL part alone) is small. v* = v₀ + δ, with v₀ the MLP output at the
+//! ([`KlAt`]); clamping ‖δ‖ ≤ clamp_norm_factor · ‖v₀‖ after each step and stopping early
+//! once the loss (or, optionally, its NLL part alone) is small. v* = v₀ + δ, with v₀ the MLP output at the
 //! subject in the plain prompt.
 //!
 //! Doing less work, exactly: δ enters after layer l's MLP at the looked-up token, so layers
