@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use kedit::bench_edit::edit_speed;
-use kedit::evaluate::data::{load, Format, LoadOptions};
+use kedit::data::{load, Format, LoadOptions};
 use kedit::methods::{self, EditContext};
 
 use crate::output::{print_json, table};

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use kedit::data::{load, Format, LoadOptions};
 use kedit::evaluate::bench::pre_edit_metrics;
-use kedit::evaluate::data::{load, Format, LoadOptions};
 
 use crate::output::print_json;
 use crate::ModelArg;

@@ -5,10 +5,10 @@ use std::path::Path;
 use anyhow::Result;
 use kedit::cache::Cache;
 use kedit::editor::Editor;
-use kedit::evaluate::EditRequest;
 use kedit::generate::{generate, top_next_tokens, GenerateOptions};
 use kedit::methods::rome::{Rome, RomeHparams};
 use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::request::EditRequest;
 use kedit::stats::cached_key_stats;
 use kedit::Model;
 

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use kedit::editor::Editor;
-use kedit::evaluate::summary::summarize;
-use kedit::evaluate::{evaluate, EditRequest, MetricOptions};
+use kedit::evaluate::{evaluate, MetricOptions};
+use kedit::experiment::summary::summarize;
 use kedit::generate::{generate, GenerateOptions};
 use kedit::methods::{self, EditContext};
+use kedit::request::EditRequest;
 use kedit::Model;
 
 use crate::output::table;
@@ -116,7 +117,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let (s0, s1) = (summarize(&[&pre]), summarize(&[&post]));
     let pct = |x: Option<f64>| x.map_or("-".into(), |v| format!("{:.1}", 100.0 * v));
-    let row = |name: &str, s: &kedit::evaluate::summary::Scores| {
+    let row = |name: &str, s: &kedit::experiment::summary::Scores| {
         let cf = s.counterfact.as_ref();
         vec![
             name.to_string(),

@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use kedit::data::{load, Format, LoadOptions};
 use kedit::editor::Editor;
-use kedit::evaluate::data::{load, Format, LoadOptions};
-use kedit::evaluate::harness::pre_edit;
-use kedit::evaluate::report::{build_summary, RunConfig, RunSummary};
-use kedit::evaluate::summary::Scores;
-use kedit::evaluate::{run, CaseRecord, MetricOptions, Mode, Observer, RunOptions, RunStore};
+use kedit::evaluate::MetricOptions;
+use kedit::experiment::modes::pre_edit;
+use kedit::experiment::report::{build_summary, RunConfig, RunSummary};
+use kedit::experiment::summary::Scores;
+use kedit::experiment::{run, CaseRecord, Mode, Observer, RunOptions, RunStore};
 use kedit::methods::{self, EditContext};
 
 use crate::output::table;

@@ -5,10 +5,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::evaluate::efficiency::{peak_rss_bytes, reset_peak_rss};
-use crate::evaluate::EditRequest;
+use crate::experiment::efficiency::{peak_rss_bytes, reset_peak_rss};
 use crate::methods::{EditContext, EditMethod};
 use crate::model::Model;
+use crate::request::EditRequest;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EditTiming {

@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! use kedit::editor::Editor;
-//! use kedit::evaluate::EditRequest;
+//! use kedit::request::EditRequest;
 //! use kedit::methods::{self, EditContext};
 //! use kedit::{Intervention, Model, Site, TokenBatch};
 //!
@@ -50,15 +50,18 @@
 pub mod bench;
 pub mod bench_edit;
 pub mod cache;
+pub mod data;
 pub mod editor;
 pub mod error;
 pub mod evaluate;
+pub mod experiment;
 pub mod generate;
 pub mod hash;
 pub mod methods;
 pub mod model;
 pub mod plot;
 pub mod prompts;
+pub mod request;
 pub mod rng;
 pub mod runtime;
 pub mod stats;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::*;
-use kedit::evaluate::data::{load, load_from_slice, Format, LoadOptions, Loaded};
-use kedit::evaluate::{EditRequest, Probe};
+use kedit::data::{load, load_from_slice, Format, LoadOptions, Loaded};
+use kedit::request::{EditRequest, Probe};
 use kedit::rng::Rng;
 use kedit::Error;
 use serde_json::{json, Value};

@@ -4,10 +4,11 @@ mod common;
 
 use candle_core::DType;
 use common::{fixture, json, smollm2};
-use kedit::evaluate::data::{load, Format, LoadOptions};
+use kedit::data::{load, Format, LoadOptions};
 use kedit::evaluate::metrics::free_generation::{exact_match, Probe};
 use kedit::evaluate::metrics::teacher_forced::{score, Pair};
-use kedit::evaluate::{evaluate, EditRequest, MetricOptions};
+use kedit::evaluate::{evaluate, MetricOptions};
+use kedit::request::EditRequest;
 use kedit::{LogitsAt, TokenBatch};
 
 fn teacher_forced_only() -> MetricOptions {

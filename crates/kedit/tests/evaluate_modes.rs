@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::Tensor;
 use common::{data, smollm2};
+use kedit::data::{load, Format, LoadOptions};
 use kedit::editor::{Delta, Editor, WeightEdit};
-use kedit::evaluate::data::{load, Format, LoadOptions};
-use kedit::evaluate::summary::summarize;
-use kedit::evaluate::{run, EditRequest, MetricOptions, Mode, RunOptions, RunStore};
+use kedit::evaluate::MetricOptions;
+use kedit::experiment::summary::summarize;
+use kedit::experiment::{run, Mode, RunOptions, RunStore};
 use kedit::methods::{self, EditContext, EditMethod};
+use kedit::request::EditRequest;
 use kedit::{Error, Model, ParamId};
 
 fn zsre(n: usize) -> Vec<EditRequest> {

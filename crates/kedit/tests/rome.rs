@@ -9,12 +9,12 @@ use candle_core::{DType, Device, Tensor};
 use common::smollm2;
 use kedit::cache::Cache;
 use kedit::editor::Editor;
-use kedit::evaluate::EditRequest;
 use kedit::methods::rome::key::Lookup;
 use kedit::methods::rome::moment::KeyCovariance;
 use kedit::methods::rome::value::{loss_at, value_star, KlAt, ValueHparams, ValuePrompts};
 use kedit::methods::{self, EditContext, HparamsSource};
 use kedit::prompts::{lookup, target_ids, FactToken};
+use kedit::request::EditRequest;
 use kedit::stats::{key_stats, StatsRequest};
 use kedit::{Intervention, LogitsAt, Model, Site, TokenBatch};
 

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use common::smollm2;
 use kedit::editor::Editor;
-use kedit::evaluate::EditRequest;
 use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::request::EditRequest;
 use kedit::rng::Rng;
 
 fn request(prompt: &str, subject: &str, target: &str) -> EditRequest {

@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::evaluate::metrics::teacher_forced::{score, Pair};
-use crate::evaluate::EditRequest;
 use crate::model::Model;
+use crate::request::EditRequest;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalBench {

@@ -1,16 +1,6 @@
-//! Evaluate: edit requests, dataset loaders, metrics, editing modes, reports.
+//! Evaluate: the metrics of a system (a plain model or an edited one) on edit requests.
 
 pub mod bench;
-pub mod data;
-pub mod efficiency;
-pub mod harness;
 pub mod metrics;
-pub mod report;
-pub mod request;
-pub mod store;
-pub mod summary;
 
-pub use harness::{run, Mode, Observer, RunOptions};
 pub use metrics::{evaluate, MetricOptions, Metrics};
-pub use request::{EditRequest, Probe};
-pub use store::{CaseRecord, EditOutcome, RunStore};

@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::editor::{Delta, WeightEdit};
 use crate::error::{Error, Result};
-use crate::evaluate::EditRequest;
 use crate::methods::adam::Adam;
 use crate::methods::hparams::{
     builtin, lenient_f64, lenient_optional_f64, resolve_module, HparamsSource,
@@ -23,6 +22,7 @@ use crate::methods::loss::mean_row_nll;
 use crate::methods::{filter_warnings, EditContext, EditMethod, LoadedMethod};
 use crate::model::{Model, ParamId};
 use crate::prompts::{spaced_target, target_ids};
+use crate::request::EditRequest;
 use crate::runtime::{LogitsAt, Padding, Site, TokenBatch, WeightOverrides};
 
 const SMOLLM2_DEFAULT: &str = include_str!("../../../../hparams/FT/smollm2-135m.yaml");

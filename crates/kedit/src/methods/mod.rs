@@ -14,8 +14,8 @@ use std::time::Instant;
 use crate::cache::Cache;
 use crate::editor::WeightEdit;
 use crate::error::{Error, Result};
-use crate::evaluate::EditRequest;
 use crate::model::Model;
+use crate::request::EditRequest;
 pub use hparams::HparamsSource;
 
 /// What a method may use besides the model and the requests: caches, a corpus, a seed,

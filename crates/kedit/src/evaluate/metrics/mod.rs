@@ -24,13 +24,13 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::evaluate::EditRequest;
 use crate::hash::Fast64;
 use crate::model::Model;
+use crate::request::EditRequest;
 use teacher_forced::{Pair, Scored};
 
 /// Per-prompt values of one case on one model state. Lists keep EasyEdit's per-prompt
-/// granularity; [`crate::evaluate::summary`] averages per case, then over cases.
+/// granularity; [`crate::experiment::summary`] averages per case, then over cases.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
     pub rewrite_acc: Vec<f64>,

@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::editor::{Editor, WeightEdit};
 use crate::error::{Error, Result};
-use crate::evaluate::efficiency::{peak_rss_bytes, reset_peak_rss};
 use crate::evaluate::metrics::{evaluate, MetricOptions, Metrics};
-use crate::evaluate::store::{CaseRecord, EditOutcome, RunStore};
-use crate::evaluate::EditRequest;
+use crate::experiment::efficiency::{peak_rss_bytes, reset_peak_rss};
+use crate::experiment::store::{CaseRecord, EditOutcome, RunStore};
 use crate::methods::{EditContext, EditMethod};
+use crate::request::EditRequest;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

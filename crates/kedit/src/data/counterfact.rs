@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::fields::{check_subject, flatten, Obj, Res};
-use crate::evaluate::{EditRequest, Probe};
+use crate::request::{EditRequest, Probe};
 
 pub(super) fn request(record: &Value, index: usize) -> Res<EditRequest> {
     let r = Obj::record(record)?;

@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::fields::{bad, check_subject, flatten, kind, Obj, Res};
-use crate::evaluate::{EditRequest, Probe};
+use crate::request::{EditRequest, Probe};
 
 pub(super) fn request(record: &Value, index: usize) -> Res<EditRequest> {
     let r = Obj::record(record)?;

@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::evaluate::harness::Mode;
 use crate::evaluate::metrics::Metrics;
-use crate::evaluate::store::RunStore;
-use crate::evaluate::summary::{summarize, Scores};
+use crate::experiment::modes::Mode;
+use crate::experiment::store::RunStore;
+use crate::experiment::summary::{summarize, Scores};
 
 /// Where a run came from (what `run.json` holds, for resuming).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

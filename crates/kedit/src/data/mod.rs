@@ -38,7 +38,7 @@ use std::str::FromStr;
 use serde_json::Value;
 
 use self::fields::{bad, Bad, Res, WHOLE_RECORD};
-use crate::evaluate::EditRequest;
+use crate::request::EditRequest;
 use crate::{Error, Result};
 
 /// A dataset format. [`Format::Auto`] tells it from the field names of the first record

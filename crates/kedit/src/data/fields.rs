@@ -201,7 +201,7 @@ impl<'a> Obj<'a> {
 }
 
 /// All answers and aliases in reading order, blank strings and repeats dropped: the
-/// `ground_truth` of an [`EditRequest`](crate::evaluate::EditRequest), main answer first.
+/// `ground_truth` of an [`EditRequest`](crate::request::EditRequest), main answer first.
 pub(super) fn flatten(answers: Vec<Vec<String>>) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for s in answers.into_iter().flatten() {
