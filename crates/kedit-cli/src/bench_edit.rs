@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use kedit::bench_edit::edit_speed;
 use kedit::data::{load, Format, LoadOptions};
-use kedit::methods::{self, EditContext};
+use kedit::editor::Editor;
+use kedit::methods::{EditContext, Registry};
 
 use crate::output::{print_json, table};
 use crate::ModelArg;
@@ -14,8 +15,7 @@ use crate::ModelArg;
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
-    /// Method name (rome, r-rome, ft-l, ft-m, …).
-    #[arg(long, default_value = "rome")]
+    #[arg(long, default_value = "rome", help = crate::method_help())]
     method: String,
     /// EasyEdit-style hyper-parameter YAML [default: the shipped one for the model].
     #[arg(long)]
@@ -39,7 +39,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
-    let loaded = methods::load(&args.method, args.hparams.as_deref(), &model)?;
+    let loaded = Registry::builtin().load(&args.method, args.hparams.as_deref(), &model)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
@@ -49,34 +49,31 @@ pub fn run(args: Args) -> Result<()> {
     };
     let data = load(&args.data, args.format, &opts)
         .with_context(|| format!("loading {}", args.data.display()))?;
-    let mut ctx = EditContext {
+    let ctx = EditContext {
         corpus: args.corpus.clone(),
-        verbose: args.verbose,
         ..Default::default()
     };
-    let bench = edit_speed(
-        &model,
-        loaded.method.as_ref(),
-        &data.requests,
-        &mut ctx,
-        |t| {
-            let phases: Vec<String> = t
-                .phases
-                .iter()
-                .map(|(p, s)| format!("{p} {s:.2}"))
-                .collect();
-            eprintln!(
-                "{}: {:.2} s ({}){}",
-                t.case_id,
-                t.seconds,
-                phases.join(", "),
-                t.error
-                    .as_deref()
-                    .map(|e| format!(" — {e}"))
-                    .unwrap_or_default()
-            );
-        },
-    )?;
+    let system = Editor::new(model);
+    let bench = edit_speed(&system, loaded.method.as_ref(), &data.requests, &ctx, |t| {
+        if args.verbose {
+            t.log.iter().for_each(|line| eprintln!("{line}"));
+        }
+        let phases: Vec<String> = t
+            .phases
+            .iter()
+            .map(|(p, s)| format!("{p} {s:.2}"))
+            .collect();
+        eprintln!(
+            "{}: {:.2} s ({}){}",
+            t.case_id,
+            t.seconds,
+            phases.join(", "),
+            t.error
+                .as_deref()
+                .map(|e| format!(" — {e}"))
+                .unwrap_or_default()
+        );
+    })?;
     if args.json {
         return print_json(&bench);
     }

@@ -1,16 +1,11 @@
 //! `kedit demo`: what the model believes, one fact rewritten with ROME, and the rewrite undone.
 
-use std::path::Path;
-
 use anyhow::Result;
-use kedit::cache::Cache;
 use kedit::editor::Editor;
 use kedit::generate::{generate, top_next_tokens, GenerateOptions};
-use kedit::methods::rome::{Rome, RomeHparams};
-use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::lm::LanguageModel;
+use kedit::methods::{EditContext, Registry};
 use kedit::request::EditRequest;
-use kedit::stats::cached_key_stats;
-use kedit::Model;
 
 use crate::output::{table, visible};
 use crate::ModelArg;
@@ -40,8 +35,8 @@ const PROBES: [(&str, &str); 4] = [
     ("neighbour", "The capital of France is"),
 ];
 
-fn show_beliefs(model: &Model, prompts: &[&str]) -> Result<()> {
-    let tok = model.tokenizer()?;
+fn show_beliefs(lm: &dyn LanguageModel, prompts: &[&str]) -> Result<()> {
+    let tok = lm.tokenizer()?;
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| tok.encode(p))
@@ -50,9 +45,9 @@ fn show_beliefs(model: &Model, prompts: &[&str]) -> Result<()> {
         max_new_tokens: 12,
         ..Default::default()
     };
-    let continuations = generate(model, &ids, &opts)?;
+    let continuations = generate(lm, &ids, &opts)?;
     for ((prompt, ids), cont) in prompts.iter().zip(&ids).zip(&continuations) {
-        let top = top_next_tokens(model, ids, 3)?;
+        let top = top_next_tokens(lm, ids, 3)?;
         let next: Vec<String> = top
             .iter()
             .map(|t| format!("{} {:.2}", visible(&t.text), t.prob))
@@ -81,12 +76,16 @@ pub fn run(args: Args) -> Result<()> {
         "\nEditing with ROME: \"{}\" -> \"{}\" ...",
         request.prompt, request.target_new
     );
-    let rome = methods::load_source("rome", Some(demo_hparams(&model)?), &model)?;
+    let ctx = EditContext::default();
+    let (rome, without) = Registry::builtin().load_or_without_statistics("rome", &model, &ctx)?;
+    if let Some(why) = without {
+        println!("  ({why}: editing without C⁻¹)");
+    }
     let mut editor = Editor::new(model);
-    let mut ctx = EditContext::default();
-    let edit = rome.method.compute(editor.model(), &[request], &mut ctx)?;
-    let applied = editor.apply(&edit)?.clone();
-    let phases: Vec<String> = ctx
+    let computed = rome.method.compute(&editor, &[request], &ctx)?;
+    let applied = editor.apply(&computed.edit)?.clone();
+    let phases: Vec<String> = computed
+        .report
         .timings
         .iter()
         .map(|(p, s)| format!("{p} {s:.2}s"))
@@ -99,11 +98,11 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     println!("\nAfter the edit:");
-    let tok = editor.model().tokenizer()?;
+    let tok = editor.tokenizer()?;
     let mut rows = Vec::new();
     for (kind, prompt) in PROBES {
         let ids = tok.encode(prompt)?;
-        let top = &top_next_tokens(editor.model(), &ids, 1)?[0];
+        let top = &top_next_tokens(&editor, &ids, 1)?[0];
         rows.push(vec![
             kind.to_string(),
             prompt.to_string(),
@@ -112,7 +111,7 @@ pub fn run(args: Args) -> Result<()> {
         ]);
     }
     println!("{}", table(&["probe", "prompt", "top-1", "p"], &rows));
-    show_beliefs(editor.model(), &PROMPTS[..1])?;
+    show_beliefs(&editor, &PROMPTS[..1])?;
 
     editor.revert_all();
     println!(
@@ -120,33 +119,4 @@ pub fn run(args: Args) -> Result<()> {
         editor.is_pristine()?
     );
     Ok(())
-}
-
-/// The shipped ROME hyper-parameters; without the statistics corpus (`../shared` is not
-/// beside the checkout) and without cached statistics, the edit goes without C (as EasyEdit
-/// ships ROME) rather than failing, and says so.
-fn demo_hparams(model: &Model) -> Result<HparamsSource> {
-    let mut hp = Rome::default_hparams();
-    let (hparams, _): (RomeHparams, _) = hp.deserialize()?;
-    let corpus = Cache::resolve_relative(Path::new(&hparams.mom2_dataset));
-    let cached = hparams
-        .layers
-        .iter()
-        .map(|&l| cached_key_stats(model, l, None, &Cache::default_location()))
-        .collect::<kedit::Result<Vec<_>>>()?
-        .iter()
-        .all(Option::is_some);
-    if hparams.mom2_adjustment && corpus.is_none() && !cached {
-        println!(
-            "  (no statistics corpus at {} and none cached: editing without C⁻¹)",
-            hparams.mom2_dataset
-        );
-        hp.set("mom2_adjustment", serde_json::json!(false));
-    } else if hparams.mom2_adjustment && !cached {
-        println!(
-            "  (first run: computing the key statistics C of layer(s) {:?} once; they are cached)",
-            hparams.layers
-        );
-    }
-    Ok(hp)
 }

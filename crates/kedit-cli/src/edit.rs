@@ -7,9 +7,9 @@ use kedit::editor::Editor;
 use kedit::evaluate::{evaluate, MetricOptions};
 use kedit::experiment::summary::summarize;
 use kedit::generate::{generate, GenerateOptions};
-use kedit::methods::{self, EditContext};
+use kedit::lm::LanguageModel;
+use kedit::methods::{EditContext, Registry};
 use kedit::request::EditRequest;
-use kedit::Model;
 
 use crate::output::table;
 use crate::ModelArg;
@@ -18,7 +18,7 @@ use crate::ModelArg;
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
-    #[arg(long)]
+    #[arg(long, help = crate::method_help())]
     method: String,
     #[arg(long)]
     hparams: Option<PathBuf>,
@@ -41,7 +41,7 @@ pub struct Args {
     corpus: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Save the weight edit (safetensors).
+    /// Save the edit (safetensors; any kind of edit).
     #[arg(long)]
     save_edit: Option<PathBuf>,
     /// Save the edited model as a Hugging Face directory.
@@ -49,8 +49,8 @@ pub struct Args {
     save_model: Option<PathBuf>,
 }
 
-fn greedy(model: &Model, prompts: &[String]) -> Result<Vec<String>> {
-    let tok = model.tokenizer()?;
+fn greedy(lm: &dyn LanguageModel, prompts: &[String]) -> Result<Vec<String>> {
+    let tok = lm.tokenizer()?;
     let ids = prompts
         .iter()
         .map(|p| tok.encode(p))
@@ -59,7 +59,7 @@ fn greedy(model: &Model, prompts: &[String]) -> Result<Vec<String>> {
         max_new_tokens: 20,
         ..Default::default()
     };
-    generate(model, &ids, &opts)?
+    generate(lm, &ids, &opts)?
         .iter()
         .map(|g| Ok(tok.decode(g, true)?))
         .collect()
@@ -67,7 +67,7 @@ fn greedy(model: &Model, prompts: &[String]) -> Result<Vec<String>> {
 
 pub fn run(args: Args) -> Result<()> {
     let model = args.model.load()?;
-    let loaded = methods::load(&args.method, args.hparams.as_deref(), &model)?;
+    let loaded = Registry::builtin().load(&args.method, args.hparams.as_deref(), &model)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
@@ -90,26 +90,27 @@ pub fn run(args: Args) -> Result<()> {
     let before = greedy(&model, &prompts)?;
     let pre = evaluate(&model, &[&request], None, &opts)?.remove(0);
     let mut editor = Editor::new(model);
-    let mut ctx = EditContext {
+    let ctx = EditContext {
         corpus: args.corpus.clone(),
         seed: args.seed,
         ..Default::default()
     };
     let start = std::time::Instant::now();
-    let edit = loaded
+    let computed = loaded
         .method
-        .compute(editor.model(), std::slice::from_ref(&request), &mut ctx)?;
-    let applied = editor.apply(&edit)?.clone();
+        .compute(&editor, std::slice::from_ref(&request), &ctx)?;
+    let applied = editor.apply(&computed.edit)?.clone();
     let seconds = start.elapsed().as_secs_f64();
-    let after = greedy(editor.model(), &prompts)?;
-    let post = evaluate(editor.model(), &[&request], Some(&[&pre]), &opts)?.remove(0);
+    let after = greedy(&editor, &prompts)?;
+    let post = evaluate(&editor, &[&request], Some(&[&pre]), &opts)?.remove(0);
 
     println!(
-        "{} edit in {seconds:.2} s: {:?}",
+        "{} edit ({}) in {seconds:.2} s: {}",
         loaded.method.name(),
-        applied.params
+        applied.kind,
+        describe_applied(&applied)
     );
-    for (name, secs) in &ctx.timings {
+    for (name, secs) in &computed.report.timings {
         println!("  {name}: {secs:.2} s");
     }
     for (prompt, (b, a)) in prompts.iter().zip(before.iter().zip(&after)) {
@@ -138,7 +139,7 @@ pub fn run(args: Args) -> Result<()> {
         )
     );
     if let Some(path) = &args.save_edit {
-        edit.save(path)?;
+        computed.edit.save(path)?;
         println!("saved the edit to {}", path.display());
     }
     if let Some(dir) = &args.save_model {
@@ -146,4 +147,13 @@ pub fn run(args: Args) -> Result<()> {
         println!("saved the edited model to {}", dir.display());
     }
     Ok(())
+}
+
+fn describe_applied(a: &kedit::editor::AppliedEdit) -> String {
+    match (a.params.is_empty(), &a.site) {
+        (false, _) => a.params.join(", "),
+        (true, Some(site)) => format!("{} codebook entries at {site}", a.entries),
+        (true, None) if a.entries > 0 => format!("{} memory records", a.entries),
+        _ => "a context".into(),
+    }
 }

@@ -3,25 +3,24 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use kedit::data::{load, Format, LoadOptions};
 use kedit::editor::Editor;
 use kedit::evaluate::MetricOptions;
 use kedit::experiment::modes::pre_edit;
 use kedit::experiment::report::{build_summary, RunConfig, RunSummary};
 use kedit::experiment::summary::Scores;
-use kedit::experiment::{run, CaseRecord, Mode, Observer, RunOptions, RunStore};
-use kedit::methods::{self, EditContext};
+use kedit::experiment::{run, Mode, RunOptions, RunStore};
+use kedit::methods::{EditContext, Registry};
 
 use crate::output::table;
+use crate::progress::Bars;
 use crate::ModelArg;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     model: ModelArg,
-    /// Editing method: ft, ft-l, ft-m, rome, r-rome.
-    #[arg(long, required_unless_present = "pre_only")]
+    #[arg(long, required_unless_present = "pre_only", help = crate::method_help())]
     method: Option<String>,
     /// Only compute the pre-edit metrics (no method, no edit).
     #[arg(long)]
@@ -88,7 +87,9 @@ pub fn run_cmd(args: Args) -> Result<()> {
         1
     };
     let loaded = match (&args.method, args.pre_only) {
-        (Some(name), false) => Some(methods::load(name, args.hparams.as_deref(), &model)?),
+        (Some(name), false) => {
+            Some(Registry::builtin().load(name, args.hparams.as_deref(), &model)?)
+        }
         _ => None,
     };
     for w in loaded.iter().flat_map(|l| &l.warnings) {
@@ -129,7 +130,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         );
     }
     let mut editor = Editor::new(model);
-    let mut ctx = EditContext {
+    let ctx = EditContext {
         corpus: args.corpus.clone(),
         seed: args.seed,
         ..Default::default()
@@ -143,12 +144,12 @@ pub fn run_cmd(args: Args) -> Result<()> {
             free_generation: !args.no_free_generation,
         },
     };
-    let mut bar = Bar::default();
+    let mut bar = Bars::default();
     match &loaded {
         Some(l) => run(
             &mut editor,
             l.method.as_ref(),
-            &mut ctx,
+            &ctx,
             &data.requests,
             &opts,
             &mut store,
@@ -179,61 +180,6 @@ pub fn run_cmd(args: Args) -> Result<()> {
         path.display()
     );
     Ok(())
-}
-
-/// A progress bar per phase, showing running means of the finished cases.
-#[derive(Default)]
-struct Bar {
-    bar: Option<ProgressBar>,
-    done: usize,
-    rel: f64,
-    loc: (f64, usize),
-}
-
-impl Observer for Bar {
-    fn phase(&mut self, name: &str, total: usize) {
-        self.finish();
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(name.to_string());
-        self.bar = Some(bar);
-    }
-
-    fn advance(&mut self, steps: usize, record: Option<&CaseRecord>) {
-        if let Some(post) = record.and_then(|r| r.post.as_ref()) {
-            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-            self.done += 1;
-            self.rel += mean(&post.rewrite_acc);
-            for v in post.locality_acc.values() {
-                self.loc.0 += mean(v);
-                self.loc.1 += 1;
-            }
-        }
-        if let Some(bar) = &self.bar {
-            bar.inc(steps as u64);
-            if self.done > 0 {
-                bar.set_message(format!(
-                    "rel {:.1} loc {:.1}",
-                    100.0 * self.rel / self.done as f64,
-                    100.0 * self.loc.0 / self.loc.1.max(1) as f64
-                ));
-            }
-        }
-    }
-}
-
-impl Bar {
-    fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish();
-        }
-    }
 }
 
 fn pct(x: Option<f64>) -> String {

@@ -10,9 +10,12 @@ mod eval;
 mod generate;
 mod inspect;
 mod locate;
+mod methods;
 mod output;
+mod progress;
 mod stats;
 mod trace;
+mod train;
 
 use std::path::PathBuf;
 
@@ -45,6 +48,10 @@ enum Command {
     BenchEdit(bench_edit::Args),
     /// Edit and evaluate a dataset (single, sequential or batch mode); resumable.
     Eval(eval::Args),
+    /// The editing methods: names, EasyEdit alg_name, family, what each needs.
+    Methods(methods::Args),
+    /// Train what a method learns before it edits (writes a checkpoint and hparams.yaml).
+    Train(train::Args),
     /// Make one edit and show generations and metrics before and after.
     Edit(edit::Args),
     /// Time the teacher-forced metrics: batched forwards vs one forward per prompt.
@@ -59,6 +66,14 @@ enum Command {
     BenchStats(bench_locate::StatsArgs),
     /// Measure causal tracing: seconds per fact.
     BenchTrace(bench_locate::TraceBenchArgs),
+}
+
+/// The help text of `--method`, from the method registry.
+pub fn method_help() -> String {
+    format!(
+        "Editing method: {} (`kedit methods` describes each)",
+        kedit::methods::Registry::builtin().names()
+    )
 }
 
 /// `--model`: a .gguf file or a Hugging Face directory; the fetched SmolLM2 by default.
@@ -94,6 +109,8 @@ fn main() {
         Command::BenchEdit(a) => bench_edit::run(a),
         Command::Eval(a) => eval::run_cmd(a),
         Command::Edit(a) => edit::run(a),
+        Command::Methods(a) => methods::run(a),
+        Command::Train(a) => train::run(a),
         Command::BenchEval(a) => bench_eval::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Trace(a) => trace::run(a),

@@ -4,10 +4,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::editor::Editor;
 use crate::error::Result;
 use crate::experiment::efficiency::{peak_rss_bytes, reset_peak_rss};
 use crate::methods::{EditContext, EditMethod};
-use crate::model::Model;
 use crate::request::EditRequest;
 
 #[derive(Clone, Debug, Serialize)]
@@ -18,6 +18,9 @@ pub struct EditTiming {
     pub notes: Vec<(String, String)>,
     pub peak_rss_bytes: Option<u64>,
     pub error: Option<String>,
+    /// The method's step-by-step log (not saved).
+    #[serde(skip)]
+    pub log: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -49,24 +52,30 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// Computes one edit per request (the model is not changed) and times each.
 pub fn edit_speed(
-    model: &Model,
+    system: &Editor,
     method: &dyn EditMethod,
     requests: &[EditRequest],
-    ctx: &mut EditContext,
+    ctx: &EditContext,
     mut progress: impl FnMut(&EditTiming),
 ) -> Result<EditBench> {
     let mut edits = Vec::new();
     for r in requests {
         reset_peak_rss();
         let t = Instant::now();
-        let outcome = method.compute(model, std::slice::from_ref(r), ctx);
+        let outcome = method.compute(system, std::slice::from_ref(r), ctx);
+        let seconds = t.elapsed().as_secs_f64();
+        let (report, error) = match outcome {
+            Ok(c) => (c.report, None),
+            Err(e) => (Default::default(), Some(e.to_string())),
+        };
         let timing = EditTiming {
             case_id: r.case_id.clone(),
-            seconds: t.elapsed().as_secs_f64(),
-            phases: ctx.timings.clone(),
-            notes: ctx.notes.clone(),
+            seconds,
+            phases: report.timings,
+            notes: report.notes,
             peak_rss_bytes: peak_rss_bytes(),
-            error: outcome.err().map(|e| e.to_string()),
+            error,
+            log: report.log,
         };
         progress(&timing);
         edits.push(timing);

@@ -51,15 +51,17 @@ pub mod bench;
 pub mod bench_edit;
 pub mod cache;
 pub mod data;
+pub mod edit;
 pub mod editor;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;
-pub mod generate;
 pub mod hash;
+pub mod lm;
 pub mod methods;
 pub mod model;
 pub mod plot;
+pub mod progress;
 pub mod prompts;
 pub mod request;
 pub mod rng;
@@ -69,5 +71,7 @@ pub mod tokenizer;
 pub mod trace;
 
 pub use error::{Error, Result};
+/// Text generation (part of the [`lm`] layer; kept at the root for `kedit::generate::…`).
+pub use lm::generate;
 pub use model::{Model, ParamId};
 pub use runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};

@@ -5,7 +5,8 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::smollm2;
-use kedit::editor::{params_identical, Delta, Editor, WeightEdit};
+use kedit::edit::{Delta, Edit, WeightEdit};
+use kedit::editor::{params_identical, Editor};
 use kedit::rng::Rng;
 use kedit::{ParamId, TokenBatch};
 
@@ -49,6 +50,7 @@ fn apply_changes_outputs_and_revert_is_bit_identical() {
                 .unwrap(),
         ),
     );
+    let edit = Edit::from(edit);
     let rec = e.apply(&edit).unwrap().clone();
     assert_eq!(
         rec.params,
@@ -104,10 +106,10 @@ fn nan_exploding_and_misshapen_edits_are_refused_and_change_nothing() {
         ("empty", vec![]),
     ];
     for (what, deltas) in cases {
-        let edit = WeightEdit {
+        let edit = Edit::from(WeightEdit {
             deltas,
             meta: Default::default(),
-        };
+        });
         let err = e.apply(&edit).unwrap_err();
         assert!(matches!(err, kedit::Error::EditRefused(_)), "{what}: {err}");
         assert!(e.is_pristine().unwrap(), "{what}: the model changed");
@@ -127,8 +129,8 @@ fn weight_edits_save_and_load_exactly() {
     let dir = std::env::temp_dir().join(format!("kedit-edit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("edit.safetensors");
-    edit.save(&path).unwrap();
-    let back = WeightEdit::load(&path).unwrap();
+    Edit::from(edit.clone()).save(&path).unwrap();
+    let back = Edit::load(&path).unwrap().weights().unwrap().clone();
     assert_eq!(back.meta, edit.meta);
     assert_eq!(back.deltas.len(), 2);
     for ((ia, a), (ib, b)) in edit.deltas.iter().zip(&back.deltas) {
@@ -138,6 +140,6 @@ fn weight_edits_save_and_load_exactly() {
             0.0
         );
     }
-    assert!(WeightEdit::load(&dir.join("missing.safetensors")).is_err());
+    assert!(Edit::load(&dir.join("missing.safetensors")).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::Tensor;
 use common::{data, smollm2};
 use kedit::data::{load, Format, LoadOptions};
-use kedit::editor::{Delta, Editor, WeightEdit};
+use kedit::edit::{Delta, WeightEdit};
+use kedit::editor::Editor;
 use kedit::evaluate::MetricOptions;
 use kedit::experiment::summary::summarize;
 use kedit::experiment::{run, Mode, RunOptions, RunStore};
-use kedit::methods::{self, EditContext, EditMethod};
+use kedit::methods::{self, Computed, EditContext, EditMethod};
 use kedit::request::EditRequest;
-use kedit::{Error, Model, ParamId};
+use kedit::{Error, ParamId};
 
 fn zsre(n: usize) -> Vec<EditRequest> {
     load(
@@ -51,11 +52,11 @@ fn run_mode(
     let before = model.fingerprint().unwrap();
     let mut editor = Editor::new(model);
     let mut store = RunStore::in_memory();
-    let mut ctx = EditContext::default();
+    let ctx = EditContext::default();
     run(
         &mut editor,
         method,
-        &mut ctx,
+        &ctx,
         requests,
         &opts,
         &mut store,
@@ -226,12 +227,12 @@ impl EditMethod for Counting {
     }
     fn compute(
         &self,
-        model: &Model,
+        system: &Editor,
         requests: &[EditRequest],
-        ctx: &mut EditContext,
-    ) -> kedit::Result<WeightEdit> {
+        ctx: &EditContext,
+    ) -> kedit::Result<Computed> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.compute(model, requests, ctx)
+        self.inner.compute(system, requests, ctx)
     }
     fn hparams_json(&self) -> serde_json::Value {
         self.inner.hparams_json()
@@ -253,19 +254,22 @@ impl EditMethod for Refusing {
     }
     fn compute(
         &self,
-        model: &Model,
+        system: &Editor,
         _: &[EditRequest],
-        _: &mut EditContext,
-    ) -> kedit::Result<WeightEdit> {
+        _: &EditContext,
+    ) -> kedit::Result<Computed> {
         match self {
             Refusing::Compute => Err(Error::invalid("compute failed on purpose")),
             Refusing::NanDelta => {
                 let id = ParamId::mlp_out(3);
-                let w = model.params.require(id)?;
+                let w = system.model().params.require(id)?;
                 let nan = Tensor::full(f32::NAN, w.dims(), w.device())?;
                 let mut edit = WeightEdit::new();
                 edit.push(id, Delta::Dense(nan));
-                Ok(edit)
+                Ok(Computed {
+                    edit: edit.into(),
+                    report: Default::default(),
+                })
             }
         }
     }
@@ -286,11 +290,11 @@ fn an_interrupted_sequential_run_resumes_from_saved_edits() {
     let opts = options(Mode::Sequential, 1);
     let mut editor = Editor::new(smollm2().clone());
     let mut store = RunStore::open(&dir, &header).unwrap();
-    let mut ctx = EditContext::default();
+    let ctx = EditContext::default();
     run(
         &mut editor,
         method.as_ref(),
-        &mut ctx,
+        &ctx,
         &requests,
         &opts,
         &mut store,
@@ -308,7 +312,7 @@ fn an_interrupted_sequential_run_resumes_from_saved_edits() {
     run(
         &mut editor,
         method.as_ref(),
-        &mut ctx,
+        &ctx,
         &requests,
         &opts,
         &mut store,

@@ -57,27 +57,24 @@ fn rome_rewrites_the_eiffel_tower_and_reverts() {
         "the shipped settings warn: {:?}",
         loaded.warnings
     );
-    let mut ctx = EditContext {
-        verbose: true,
-        ..Default::default()
-    };
+    let ctx = EditContext::default();
     let mut editor = Editor::new(model);
     assert_eq!(
         top1(&editor, "The Eiffel Tower is located in the city of"),
         " Paris"
     );
     let t = Instant::now();
-    let edit = loaded
-        .method
-        .compute(editor.model(), &[eiffel()], &mut ctx)
-        .unwrap();
+    let computed = loaded.method.compute(&editor, &[eiffel()], &ctx).unwrap();
+    for line in &computed.report.log {
+        println!("{line}");
+    }
     println!(
         "ROME edit: {:.2} s, phases {:?}, notes {:?}",
         t.elapsed().as_secs_f64(),
-        ctx.timings,
-        ctx.notes
+        computed.report.timings,
+        computed.report.notes
     );
-    let rec = editor.apply(&edit).unwrap();
+    let rec = editor.apply(&computed.edit).unwrap();
     println!("relative norm {:?}", rec.relative_norms);
     assert_eq!(
         top1(&editor, "The Eiffel Tower is located in the city of"),
@@ -120,13 +117,13 @@ fn rome_with_key_statistics_but_no_corpus_says_how_to_get_them() {
     let model = smollm2();
     let hp = hparams_with_statistics("nocorpus", "wikipedia", 100);
     let rome = methods::load("rome", Some(&hp), model).unwrap();
-    let mut ctx = EditContext {
+    let ctx = EditContext {
         cache: Cache::new(temp_dir("nocorpus-cache")),
         ..Default::default()
     };
     let err = rome
         .method
-        .compute(model, &[eiffel()], &mut ctx)
+        .compute(&Editor::new(model.clone()), &[eiffel()], &ctx)
         .unwrap_err();
     let text = err.to_string();
     assert!(
@@ -182,27 +179,26 @@ fn rome_with_key_statistics_edits_from_a_corpus() {
     let corpus = common::data("corpus/wikitext2_test.txt");
     let hp = hparams_with_statistics("corpus", &corpus.display().to_string(), 200);
     let rome = methods::load("rome", Some(&hp), &model).unwrap();
-    let mut ctx = EditContext {
+    let ctx = EditContext {
         cache: Cache::new(temp_dir("corpus-cache")),
         ..Default::default()
     };
     let mut editor = Editor::new(model);
-    let edit = rome
-        .method
-        .compute(editor.model(), &[eiffel()], &mut ctx)
-        .unwrap();
-    let notes: std::collections::HashMap<_, _> = ctx.notes.iter().cloned().collect();
-    assert!(notes.contains_key("mom2_tokens"), "{:?}", ctx.notes);
-    editor.apply(&edit).unwrap();
+    let computed = rome.method.compute(&editor, &[eiffel()], &ctx).unwrap();
+    let notes: std::collections::HashMap<_, _> = computed.report.notes.iter().cloned().collect();
+    assert!(
+        notes.contains_key("mom2_tokens"),
+        "{:?}",
+        computed.report.notes
+    );
+    editor.apply(&computed.edit).unwrap();
     assert_eq!(
         top1(&editor, "The Eiffel Tower is located in the city of"),
         " Rome"
     );
     // A second edit at the same layer reuses the factorised C (no statistics note).
-    rome.method
-        .compute(editor.model(), &[eiffel()], &mut ctx)
-        .unwrap();
-    assert!(!ctx.notes.iter().any(|(k, _)| k == "mom2_tokens"));
+    let second = rome.method.compute(&editor, &[eiffel()], &ctx).unwrap();
+    assert!(!second.report.notes.iter().any(|(k, _)| k == "mom2_tokens"));
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
 }
@@ -250,7 +246,7 @@ fn v_star_on_two_threads_equals_v_star_on_one() {
             target: &target,
             kl: &kl,
         };
-        value_star(model, &prompts, &hp, false).unwrap()
+        value_star(model, &prompts, &hp, &mut Vec::new()).unwrap()
     };
     let (one, two) = (run(1), run(2));
     let diff = (&one.delta - &two.delta)

@@ -50,7 +50,7 @@ fn malformed_requests_are_refused_and_leave_the_model_untouched() {
     let model = smollm2().clone();
     let rome = methods::load("rome", None, &model).unwrap();
     let editor = Editor::new(model);
-    let mut ctx = EditContext::default();
+    let ctx = EditContext::default();
     let fixed = [
         request("The Eiffel Tower is located in", "Louvre", "Rome"),
         request("The Eiffel Tower is located in", "Eiffel Tower", ""),
@@ -62,7 +62,7 @@ fn malformed_requests_are_refused_and_leave_the_model_untouched() {
     for r in &fixed {
         let err = rome
             .method
-            .compute(editor.model(), std::slice::from_ref(r), &mut ctx)
+            .compute(&editor, std::slice::from_ref(r), &ctx)
             .unwrap_err();
         let msg = err.to_string();
         assert!(!msg.is_empty());
@@ -85,7 +85,7 @@ fn malformed_requests_are_refused_and_leave_the_model_untouched() {
         if valid {
             continue;
         }
-        assert!(rome.method.compute(editor.model(), &[r], &mut ctx).is_err());
+        assert!(rome.method.compute(&editor, &[r], &ctx).is_err());
         refused += 1;
     }
     assert!(
@@ -120,8 +120,9 @@ fn an_exploding_update_is_refused_by_the_editor() {
     );
     let edit = rome
         .method
-        .compute(editor.model(), &[r], &mut EditContext::default())
-        .unwrap();
+        .compute(&editor, &[r], &EditContext::default())
+        .unwrap()
+        .edit;
     let err = editor.apply(&edit).unwrap_err();
     assert!(matches!(err, kedit::Error::EditRefused(_)), "{err}");
     assert!(err.to_string().contains("norm"), "{err}");

@@ -1,17 +1,23 @@
-//! The Editor: a model plus the edits applied to it, every one reversible.
+//! The Editor: a model plus the edits applied to it, every one reversible. It owns the
+//! whole edited state — weights, site adaptors, memories, contexts — and is itself a
+//! [`LanguageModel`](crate::lm::LanguageModel) (see [`system`]), so metrics score the
+//! edited system whatever kinds of edit it holds.
 //!
 //! Weights are immutable reference-counted tensors, so a checkpoint is a cheap copy of the
 //! parameter map and restoring it gives bit-identical weights — no arithmetic undo.
 
-pub mod delta;
+mod system;
+
+use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 use serde::Serialize;
 
+use crate::edit::{weights, AdaptorEdit, ContextEdit, Edit, MemoryEdit, WeightEdit};
 use crate::error::{Error, Result};
+use crate::lm::LanguageModel;
 use crate::model::{Model, ParamId, Params};
-use crate::runtime::TokenBatch;
-pub use delta::{Delta, WeightEdit};
+use crate::runtime::Site;
 
 /// When an edit is refused.
 #[derive(Clone, Debug, Serialize)]
@@ -31,23 +37,58 @@ impl Default for Guard {
     }
 }
 
-/// A saved state of the weights.
+/// What the system holds besides its weights.
+#[derive(Clone, Debug, Default)]
+struct Extras {
+    /// At most one codebook per site.
+    adaptors: BTreeMap<Site, AdaptorEdit>,
+    memories: Vec<MemoryEdit>,
+    contexts: Vec<ContextEdit>,
+}
+
+impl Extras {
+    fn is_empty(&self) -> bool {
+        self.adaptors.is_empty() && self.memories.is_empty() && self.contexts.is_empty()
+    }
+}
+
+/// A saved state of the edited system.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
     params: Params,
+    extras: Extras,
     applied: usize,
 }
 
 /// What the editor records of each applied edit.
 #[derive(Clone, Debug, Serialize)]
 pub struct AppliedEdit {
+    /// The edit's kind (`weights`, `adaptor`, `memory`, `context`).
+    pub kind: &'static str,
+    /// Weight edits: the weights changed, and each change's norm relative to the weight.
     pub params: Vec<String>,
     pub relative_norms: Vec<f64>,
+    /// Adaptor edits: the site and its entries; memory edits: the records.
+    pub entries: usize,
+    pub site: Option<String>,
+}
+
+impl AppliedEdit {
+    fn of_kind(kind: &'static str) -> Self {
+        AppliedEdit {
+            kind,
+            params: Vec::new(),
+            relative_norms: Vec::new(),
+            entries: 0,
+            site: None,
+        }
+    }
 }
 
 pub struct Editor {
     model: Model,
     original: Params,
+    extras: Extras,
     applied: Vec<AppliedEdit>,
     pub guard: Guard,
 }
@@ -57,13 +98,29 @@ impl Editor {
         Editor {
             original: model.params.clone(),
             model,
+            extras: Extras::default(),
             applied: Vec::new(),
             guard: Guard::default(),
         }
     }
 
+    /// The model with the weight edits applied (adaptors, memories and contexts act only
+    /// through the editor's [`LanguageModel`] implementation).
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// The codebook at `site`, if an adaptor edit put one there.
+    pub fn adaptor(&self, site: Site) -> Option<&AdaptorEdit> {
+        self.extras.adaptors.get(&site)
+    }
+
+    pub fn memories(&self) -> &[MemoryEdit] {
+        &self.extras.memories
+    }
+
+    pub fn contexts(&self) -> &[ContextEdit] {
+        &self.extras.contexts
     }
 
     /// Gives the (possibly edited) model back.
@@ -76,10 +133,10 @@ impl Editor {
         &self.applied
     }
 
-    /// Applies every delta of `edit`, or none: a delta with NaN/Inf, a wrong shape, an
-    /// exploding norm, or weights that make the model's logits non-finite is refused with
-    /// the model left exactly as it was.
-    pub fn apply(&mut self, edit: &WeightEdit) -> Result<&AppliedEdit> {
+    /// Applies `edit` whole, or not at all: a delta with NaN/Inf, a wrong shape or an
+    /// exploding norm, a malformed codebook, memory or context, or a state whose logits
+    /// are not finite is refused with the system left exactly as it was.
+    pub fn apply(&mut self, edit: &Edit) -> Result<&AppliedEdit> {
         let before = self.checkpoint();
         match self.try_apply(edit) {
             Ok(record) => {
@@ -93,14 +150,44 @@ impl Editor {
         }
     }
 
-    fn try_apply(&mut self, edit: &WeightEdit) -> Result<AppliedEdit> {
+    fn try_apply(&mut self, edit: &Edit) -> Result<AppliedEdit> {
+        let record = match edit {
+            Edit::Weights(w) => self.apply_weights(w)?,
+            Edit::Adaptor(a) => {
+                a.check(site_width(&self.model, a.site))?;
+                a.site.check(self.model.config.n_layers)?;
+                self.extras.adaptors.insert(a.site, a.clone());
+                AppliedEdit {
+                    entries: a.len(),
+                    site: Some(a.site.to_string()),
+                    ..AppliedEdit::of_kind("adaptor")
+                }
+            }
+            Edit::Memory(m) => {
+                m.check()?;
+                self.extras.memories.push(m.clone());
+                AppliedEdit {
+                    entries: m.records.len(),
+                    ..AppliedEdit::of_kind("memory")
+                }
+            }
+            Edit::Context(c) => {
+                c.check()?;
+                self.extras.contexts.push(c.clone());
+                AppliedEdit::of_kind("context")
+            }
+        };
+        if self.guard.check_forward {
+            self.check_logits_finite()?;
+        }
+        Ok(record)
+    }
+
+    fn apply_weights(&mut self, edit: &WeightEdit) -> Result<AppliedEdit> {
         if edit.deltas.is_empty() {
             return Err(Error::EditRefused("the edit changes no weight".into()));
         }
-        let mut record = AppliedEdit {
-            params: Vec::new(),
-            relative_norms: Vec::new(),
-        };
+        let mut record = AppliedEdit::of_kind("weights");
         for (id, delta) in &edit.deltas {
             let w = self.model.params.require(*id)?.clone();
             if delta.shape()? != w.dims() {
@@ -116,7 +203,8 @@ impl Editor {
                 )));
             }
             let dense = delta.dense(w.dtype())?;
-            let ratio = delta::frobenius(&dense)? / delta::frobenius(&w)?.max(f64::MIN_POSITIVE);
+            let ratio =
+                weights::frobenius(&dense)? / weights::frobenius(&w)?.max(f64::MIN_POSITIVE);
             if ratio.is_nan() || ratio > self.guard.max_relative_norm {
                 return Err(Error::EditRefused(format!(
                     "the update of `{id}` has norm {ratio:.3e} × the weight's, above the limit {} \
@@ -125,7 +213,7 @@ impl Editor {
                 )));
             }
             let updated = (&w + dense)?;
-            if !delta::all_finite(&updated)? {
+            if !weights::all_finite(&updated)? {
                 return Err(Error::EditRefused(format!(
                     "`{id}` would have NaN or Inf entries"
                 )));
@@ -134,25 +222,14 @@ impl Editor {
             record.params.push(id.to_string());
             record.relative_norms.push(ratio);
         }
-        if self.guard.check_forward {
-            self.check_logits_finite()?;
-        }
         Ok(record)
     }
 
     fn check_logits_finite(&self) -> Result<()> {
         let vocab = self.model.config.vocab_size as u32;
         let probe: Vec<u32> = (0..8u32).map(|i| (i * 7919 + 13) % vocab).collect();
-        let logits = self
-            .model
-            .forward(&TokenBatch::single(&probe))
-            .run()?
-            .logits;
-        let finite = match logits {
-            Some(l) => delta::all_finite(&l)?,
-            None => true,
-        };
-        if finite {
+        let logits = self.next_logits(&[probe])?;
+        if weights::all_finite(&logits)? {
             Ok(())
         } else {
             Err(Error::EditRefused(
@@ -164,18 +241,22 @@ impl Editor {
     pub fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             params: self.model.params.clone(),
+            extras: self.extras.clone(),
             applied: self.applied.len(),
         }
     }
 
     pub fn restore(&mut self, cp: &Checkpoint) {
         self.model.params = cp.params.clone();
+        self.extras = cp.extras.clone();
         self.applied.truncate(cp.applied);
     }
 
-    /// Undoes every edit: the weights are bit-identical to the original.
+    /// Undoes every edit: the weights are bit-identical to the original, and no adaptor,
+    /// memory or context is left.
     pub fn revert_all(&mut self) {
         self.model.params = self.original.clone();
+        self.extras = Extras::default();
         self.applied.clear();
     }
 
@@ -184,14 +265,31 @@ impl Editor {
         self.model.params.require(id)
     }
 
-    /// Saves the edited model as a Hugging Face directory.
+    /// Saves the edited model as a Hugging Face directory. Refused while the system holds
+    /// edits that live outside the weights: a model directory cannot carry them.
     pub fn save_model(&self, dir: &std::path::Path) -> Result<()> {
+        if !self.extras.is_empty() {
+            return Err(Error::invalid(
+                "the edited system holds adaptor, memory or context edits, which a model \
+                 directory cannot carry; save the edits themselves instead (--save-edit)",
+            ));
+        }
         self.model.save_hf(dir)
     }
 
-    /// True when the current weights are bit-identical to the original ones.
+    /// True when the weights are bit-identical to the original ones and no adaptor,
+    /// memory or context is held.
     pub fn is_pristine(&self) -> Result<bool> {
-        params_identical(&self.model.params, &self.original)
+        Ok(self.extras.is_empty() && params_identical(&self.model.params, &self.original)?)
+    }
+}
+
+/// The width of the tensor at `site`.
+fn site_width(model: &Model, site: Site) -> usize {
+    match site {
+        Site::MlpKey(_) => model.config.d_ff,
+        Site::Logits => model.config.vocab_size,
+        _ => model.config.d_model,
     }
 }
 

@@ -8,5 +8,5 @@ pub mod report;
 pub mod store;
 pub mod summary;
 
-pub use modes::{run, Mode, Observer, RunOptions};
+pub use modes::{run, Mode, RunOptions};
 pub use store::{CaseRecord, EditOutcome, RunStore};

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::editor::WeightEdit;
+use crate::edit::Edit;
 use crate::error::{Error, Result};
 use crate::evaluate::metrics::Metrics;
 
@@ -166,20 +166,20 @@ impl RunStore {
     }
 
     /// Keeps an applied edit for a later resume (run directories only).
-    pub fn save_edit(&self, index: usize, edit: &WeightEdit) -> Result<()> {
+    pub fn save_edit(&self, index: usize, edit: &Edit) -> Result<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let edits = dir.join("edits");
         std::fs::create_dir_all(&edits).map_err(|e| Error::io(&edits, e))?;
         edit.save(&edits.join(format!("{index}.safetensors")))
     }
 
-    pub fn load_edit(&self, index: usize) -> Result<Option<WeightEdit>> {
+    pub fn load_edit(&self, index: usize) -> Result<Option<Edit>> {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
         let path = dir.join("edits").join(format!("{index}.safetensors"));
         if path.exists() {
-            WeightEdit::load(&path).map(Some)
+            Edit::load(&path).map(Some)
         } else {
             Ok(None)
         }

@@ -12,20 +12,19 @@
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 
-use crate::editor::{Delta, WeightEdit};
+use crate::edit::{Delta, WeightEdit};
+use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::methods::adam::Adam;
-use crate::methods::hparams::{
-    builtin, lenient_f64, lenient_optional_f64, resolve_module, HparamsSource,
-};
+use crate::methods::hparams::{lenient_f64, lenient_optional_f64, resolve_module, HparamsSource};
 use crate::methods::loss::mean_row_nll;
-use crate::methods::{filter_warnings, EditContext, EditMethod, LoadedMethod};
+use crate::methods::{
+    filter_warnings, Computed, EditContext, EditMethod, LoadedMethod, MethodReport,
+};
 use crate::model::{Model, ParamId};
 use crate::prompts::{spaced_target, target_ids};
 use crate::request::EditRequest;
 use crate::runtime::{LogitsAt, Padding, Site, TokenBatch, WeightOverrides};
-
-const SMOLLM2_DEFAULT: &str = include_str!("../../../../hparams/FT/smollm2-135m.yaml");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -75,8 +74,7 @@ pub struct Ft {
 
 impl Ft {
     /// `ft-l` and `ft-m` force the objective; `ft` takes it from the file.
-    pub fn load(name: &str, source: Option<HparamsSource>, model: &Model) -> Result<LoadedMethod> {
-        let source = source.unwrap_or_else(|| builtin("FT/smollm2-135m.yaml", SMOLLM2_DEFAULT));
+    pub fn load(name: &str, source: HparamsSource, model: &Model) -> Result<LoadedMethod> {
         let (mut hp, unknown): (FtHparams, _) = source.deserialize()?;
         match name {
             "ft-l" => hp.objective_optimization = Objective::PromptLast,
@@ -208,11 +206,12 @@ impl EditMethod for Ft {
 
     fn compute(
         &self,
-        model: &Model,
+        system: &Editor,
         requests: &[EditRequest],
-        ctx: &mut EditContext,
-    ) -> Result<WeightEdit> {
-        ctx.start_call();
+        _ctx: &EditContext,
+    ) -> Result<Computed> {
+        let model = system.model();
+        let mut report = MethodReport::default();
         let first_layer = self
             .hp
             .layers
@@ -220,7 +219,7 @@ impl EditMethod for Ft {
             .copied()
             .min()
             .expect("checked at load");
-        let batches = ctx.timed("prepare", |_| {
+        let batches = report.timed("prepare", |_| {
             requests
                 .chunks(self.hp.batch_size)
                 .map(|chunk| self.prepare(model, chunk, first_layer))
@@ -247,7 +246,7 @@ impl EditMethod for Ft {
         };
         let mut steps_taken = 0;
         let mut last_loss = f64::NAN;
-        ctx.timed("optimise", |ctx| {
+        report.timed("optimise", |report| {
             for epoch in 0..self.hp.num_steps {
                 let mut total = 0.0;
                 for b in &batches {
@@ -284,22 +283,25 @@ impl EditMethod for Ft {
                     }
                 }
                 last_loss = total / requests.len() as f64;
-                if ctx.verbose {
-                    eprintln!("{} epoch {epoch}: loss {last_loss:.4}", self.name);
-                }
+                report
+                    .log
+                    .push(format!("{} epoch {epoch}: loss {last_loss:.4}", self.name));
                 if last_loss < self.hp.early_stop_loss {
                     break;
                 }
             }
             Ok(())
         })?;
-        ctx.note("steps", steps_taken);
-        ctx.note("final_loss", format!("{last_loss:.4}"));
+        report.note("steps", steps_taken);
+        report.note("final_loss", format!("{last_loss:.4}"));
         let mut edit = WeightEdit::new();
         for ((id, v), w) in self.params.iter().zip(&vars).zip(&originals) {
             edit.push(*id, Delta::Dense((v.as_tensor() - w)?));
         }
         edit.meta.insert("method".into(), self.name.clone());
-        Ok(edit)
+        Ok(Computed {
+            edit: edit.into(),
+            report,
+        })
     }
 }

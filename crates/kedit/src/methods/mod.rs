@@ -1,25 +1,30 @@
-//! Editing methods. Every method implements [`EditMethod`]: given the model and a batch of
-//! requests, it returns a [`WeightEdit`] that the Editor applies, saves, loads and reverts.
-//! No method changes the model it is given or reaches into evaluation.
+//! Editing methods. Every method implements [`EditMethod`]: given the system as currently
+//! edited and a batch of requests, it returns an [`Edit`] of any kind together with its
+//! [`MethodReport`]. The Editor applies, saves, loads and reverts the edit. No method
+//! changes the system it is given, does I/O of its own, or reaches into evaluation; what it
+//! needs (key statistics, a corpus, a checkpoint) it declares in the [`registry`].
 
 pub mod adam;
 pub mod ft;
 pub mod hparams;
 pub mod loss;
+pub mod registry;
 pub mod rome;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::cache::Cache;
-use crate::editor::WeightEdit;
-use crate::error::{Error, Result};
+use crate::edit::Edit;
+use crate::editor::Editor;
+use crate::error::Result;
 use crate::model::Model;
 use crate::request::EditRequest;
 pub use hparams::HparamsSource;
+pub use registry::{MethodFamily, MethodSpec, Need, Registry};
 
-/// What a method may use besides the model and the requests: caches, a corpus, a seed,
-/// and where it reports how long each phase took.
+/// What a method may use besides the system and the requests.
 #[derive(Clone, Debug)]
 pub struct EditContext {
     /// Where cached results live (context templates, key statistics).
@@ -28,12 +33,6 @@ pub struct EditContext {
     pub corpus: Option<PathBuf>,
     /// Seed for everything random a method does.
     pub seed: u64,
-    /// Show progress bars and per-step losses on stderr.
-    pub verbose: bool,
-    /// Seconds per phase of the last `compute` call, in order.
-    pub timings: Vec<(String, f64)>,
-    /// Short facts about the last `compute` call (losses, norms, steps taken).
-    pub notes: Vec<(String, String)>,
 }
 
 impl Default for EditContext {
@@ -42,14 +41,22 @@ impl Default for EditContext {
             cache: Cache::default_location(),
             corpus: None,
             seed: 0,
-            verbose: false,
-            timings: Vec::new(),
-            notes: Vec::new(),
         }
     }
 }
 
-impl EditContext {
+/// What one `compute` call reports besides its edit.
+#[derive(Clone, Debug, Default)]
+pub struct MethodReport {
+    /// Seconds per phase, in order.
+    pub timings: Vec<(String, f64)>,
+    /// Short facts (losses, norms, steps taken).
+    pub notes: Vec<(String, String)>,
+    /// Step-by-step lines (a loss per epoch, a v* step) for a verbose log.
+    pub log: Vec<String>,
+}
+
+impl MethodReport {
     /// Runs `f`, adding its duration to phase `name`.
     pub fn timed<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let t = Instant::now();
@@ -65,32 +72,40 @@ impl EditContext {
     pub fn note(&mut self, key: &str, value: impl ToString) {
         self.notes.push((key.to_string(), value.to_string()));
     }
+}
 
-    /// Clears the per-call records.
-    pub fn start_call(&mut self) {
-        self.timings.clear();
-        self.notes.clear();
-    }
+/// An edit with the report of the call that computed it.
+#[derive(Clone, Debug)]
+pub struct Computed {
+    pub edit: Edit,
+    pub report: MethodReport,
 }
 
 /// An editing method.
 pub trait EditMethod: Send + Sync {
-    /// EasyEdit's `alg_name` (plus our variants: FT-L, FT-M, R-ROME).
+    /// The display name (FT-L, FT-M, ROME, R-ROME, …).
     fn name(&self) -> &str;
 
     /// How many requests one call can take (`None`: any number).
     fn max_batch(&self) -> Option<usize>;
 
-    /// Computes the edit for `requests`. The model is not changed.
+    /// Computes the edit for `requests` on the system as it is now (with every edit
+    /// applied so far). The system is not changed.
     fn compute(
         &self,
-        model: &Model,
+        system: &Editor,
         requests: &[EditRequest],
-        ctx: &mut EditContext,
-    ) -> Result<WeightEdit>;
+        ctx: &EditContext,
+    ) -> Result<Computed>;
 
     /// The hyper-parameters in effect, for reports.
     fn hparams_json(&self) -> serde_json::Value;
+
+    /// Why this method cannot get the key statistics it reads for `model` (none cached, no
+    /// corpus to compute them from); `None` when it can, or reads none.
+    fn missing_statistics(&self, _model: &Model, _ctx: &EditContext) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// A method ready to run, with the warnings its hyper-parameters raised.
@@ -125,17 +140,10 @@ pub(crate) fn filter_warnings(origin: &Path, unknown: Vec<String>) -> Vec<String
         .collect()
 }
 
-/// The method names kedit knows (case-insensitive), EasyEdit's `alg_name`s among them.
-pub const METHOD_NAMES: [&str; 5] = ["ft", "ft-l", "ft-m", "rome", "r-rome"];
-
-/// Builds a method by name from a hyper-parameter file, or from the shipped default for the
-/// model's architecture when `hparams` is `None`.
+/// Builds a built-in method by name from a hyper-parameter file, or from the shipped
+/// default for the model when `hparams` is `None` (see [`Registry::load`]).
 pub fn load(name: &str, hparams: Option<&Path>, model: &Model) -> Result<LoadedMethod> {
-    let source = match hparams {
-        Some(p) => Some(HparamsSource::read(p)?),
-        None => None,
-    };
-    load_source(name, source, model)
+    Registry::builtin().load(name, hparams, model)
 }
 
 /// [`load`] from hyper-parameters already read (and perhaps changed by the caller).
@@ -144,26 +152,5 @@ pub fn load_source(
     source: Option<HparamsSource>,
     model: &Model,
 ) -> Result<LoadedMethod> {
-    let lower = name.to_ascii_lowercase();
-    if let (Some(src), Some(alg)) = (&source, source.as_ref().and_then(|s| s.alg_name())) {
-        let family = match lower.as_str() {
-            "ft" | "ft-l" | "ft-m" => "ft",
-            "rome" | "r-rome" => "rome",
-            other => other,
-        };
-        if !alg.eq_ignore_ascii_case(family) && !alg.eq_ignore_ascii_case(&lower) {
-            return Err(Error::config(format!(
-                "{}: alg_name is `{alg}`, but the method asked for is `{name}`",
-                src.origin.display()
-            )));
-        }
-    }
-    match lower.as_str() {
-        "ft" | "ft-l" | "ft-m" => ft::Ft::load(&lower, source, model),
-        "rome" | "r-rome" => rome::Rome::load(&lower, source, model),
-        _ => Err(Error::config(format!(
-            "unknown method `{name}`; known: {}",
-            METHOD_NAMES.join(", ")
-        ))),
-    }
+    Registry::builtin().load_source(name, source, model)
 }

@@ -18,6 +18,14 @@ pub enum Action {
     /// Add Gaussian noise of standard deviation `std`, drawn from `seed`: entry `i`,
     /// dimension `j` always receives the same draw.
     Noise { std: f64, seed: u64 },
+    /// A codebook (GRACE): at each listed entry whose hidden state lies within `radii[k]`
+    /// (Euclidean) of key `k` of `keys: [n, width]`, write `values[k]` (`[n, width]`); the
+    /// nearest such key wins, and an entry near no key is left as it is.
+    Codebook {
+        keys: Tensor,
+        values: Tensor,
+        radii: Vec<f64>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -53,12 +61,38 @@ impl Intervention {
         }
     }
 
+    pub fn codebook(
+        site: Site,
+        at: Vec<(usize, usize)>,
+        keys: Tensor,
+        values: Tensor,
+        radii: Vec<f64>,
+    ) -> Self {
+        Intervention {
+            site,
+            at,
+            action: Action::Codebook {
+                keys,
+                values,
+                radii,
+            },
+        }
+    }
+
     /// Applies the intervention to a site's tensor `h` of shape `[rows, len, width]`.
     pub(crate) fn apply(&self, h: &Tensor) -> Result<Tensor> {
         let (rows, len, width) = h.dims3()?;
         let n = self.at.len();
         if n == 0 {
             return Ok(h.clone());
+        }
+        if let Action::Codebook {
+            keys,
+            values,
+            radii,
+        } = &self.action
+        {
+            return self.lookup(h, keys, values, radii)?.apply(h);
         }
         let mut seen = std::collections::HashSet::new();
         for &(b, t) in &self.at {
@@ -79,6 +113,7 @@ impl Intervention {
         let device = h.device();
         let values = match &self.action {
             Action::Replace(v) | Action::Add(v) => self.expand(v, n, width)?,
+            Action::Codebook { .. } => unreachable!("resolved to a replacement above"),
             Action::Noise { std, seed } => {
                 let mut rng = Rng::new(*seed);
                 let noise: Vec<f32> = (0..n * width)
@@ -100,9 +135,69 @@ impl Intervention {
                 let keep = host_tensor(keep, (rows * len, 1), dtype, device)?;
                 (flat.broadcast_mul(&keep)? + placed)?
             }
-            Action::Add(_) | Action::Noise { .. } => (flat + placed)?,
+            Action::Add(_) | Action::Noise { .. } | Action::Codebook { .. } => (flat + placed)?,
         };
         Ok(out.reshape((rows, len, width))?)
+    }
+
+    /// The replacement a codebook makes on `h`: the entries that fall within a key's radius,
+    /// each with its nearest such key's value.
+    fn lookup(
+        &self,
+        h: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        radii: &[f64],
+    ) -> Result<Intervention> {
+        let (_, len, width) = h.dims3()?;
+        let n_keys = radii.len();
+        if keys.dims() != [n_keys, width] || values.dims() != [n_keys, width] {
+            return Err(Error::invalid(format!(
+                "codebook at `{}`: {n_keys} radii, keys {:?} and values {:?} do not agree \
+                 with the site's width {width}",
+                self.site,
+                keys.dims(),
+                values.dims()
+            )));
+        }
+        let flat_keys = keys.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let index: Vec<u32> = self.at.iter().map(|&(b, t)| (b * len + t) as u32).collect();
+        let index = Tensor::from_vec(index, self.at.len(), h.device())?;
+        let states = h
+            .reshape(((), width))?
+            .index_select(&index, 0)?
+            .to_dtype(DType::F64)?
+            .to_vec2::<f64>()?;
+        let mut at = Vec::new();
+        let mut chosen = Vec::new();
+        for (&entry, state) in self.at.iter().zip(&states) {
+            let nearest = flat_keys
+                .iter()
+                .zip(radii)
+                .enumerate()
+                .map(|(k, (key, r))| {
+                    let d = key
+                        .iter()
+                        .zip(state)
+                        .map(|(a, b)| (a - b) * (a - b))
+                        .sum::<f64>()
+                        .sqrt();
+                    (k, d, *r)
+                })
+                .filter(|(_, d, r)| d <= r)
+                .min_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((k, _, _)) = nearest {
+                at.push(entry);
+                chosen.push(k as u32);
+            }
+        }
+        let picked = if chosen.is_empty() {
+            values.narrow(0, 0, 0)?
+        } else {
+            let idx = Tensor::from_vec(chosen.clone(), chosen.len(), values.device())?;
+            values.index_select(&idx, 0)?
+        };
+        Ok(Intervention::replace(self.site, at, picked))
     }
 
     fn expand(&self, v: &Tensor, n: usize, width: usize) -> Result<Tensor> {

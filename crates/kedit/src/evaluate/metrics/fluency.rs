@@ -19,8 +19,8 @@ use tokenizers::NormalizedString;
 
 use crate::error::Result;
 use crate::evaluate::metrics::word_tokenize::word_tokenize;
-use crate::generate::{generate_seeded, GenerateOptions, Sampling};
-use crate::model::Model;
+use crate::lm::generate::{generate_seeded, GenerateOptions, Sampling};
+use crate::lm::LanguageModel;
 
 /// EasyEdit's `max_out_len`: total tokens, prompt included.
 pub const MAX_LEN: usize = 100;
@@ -64,8 +64,8 @@ pub fn clean_generated(text: &str) -> String {
 }
 
 /// One sampled text per `(prompt, seed)`: the prompt and its continuation, cleaned.
-pub fn sample_texts(model: &Model, prompts: &[(String, u64)]) -> Result<Vec<String>> {
-    let tok = model.tokenizer()?;
+pub fn sample_texts(lm: &dyn LanguageModel, prompts: &[(String, u64)]) -> Result<Vec<String>> {
+    let tok = lm.tokenizer()?;
     let ids = prompts
         .iter()
         .map(|(p, _)| tok.encode(p))
@@ -86,7 +86,7 @@ pub fn sample_texts(model: &Model, prompts: &[(String, u64)]) -> Result<Vec<Stri
         };
         let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
         let seeds: Vec<u64> = chunk.iter().map(|&i| prompts[i].1).collect();
-        let outs = generate_seeded(model, &rows, &seeds, &opts)?;
+        let outs = generate_seeded(lm, &rows, &seeds, &opts)?;
         for (&i, out) in chunk.iter().zip(outs) {
             // Each row samples from its own generator: cutting it to its own budget
             // gives what a call with that budget alone would give.

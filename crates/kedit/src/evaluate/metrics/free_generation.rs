@@ -10,8 +10,8 @@
 //! starting with it followed by a space.
 
 use crate::error::Result;
-use crate::generate::{generate, GenerateOptions, Sampling};
-use crate::model::Model;
+use crate::lm::generate::{generate, GenerateOptions, Sampling};
+use crate::lm::LanguageModel;
 
 /// Extra tokens beyond the answer's own count, for a leading newline or colon.
 const SLACK: usize = 2;
@@ -26,8 +26,8 @@ pub struct Probe {
 }
 
 /// 1.0 or 0.0 per probe, in input order.
-pub fn exact_match(model: &Model, probes: &[Probe]) -> Result<Vec<f64>> {
-    let tok = model.tokenizer()?;
+pub fn exact_match(lm: &dyn LanguageModel, probes: &[Probe]) -> Result<Vec<f64>> {
+    let tok = lm.tokenizer()?;
     let mut jobs = Vec::with_capacity(probes.len());
     for p in probes {
         let ids = tok.encode(&p.prompt)?;
@@ -49,7 +49,7 @@ pub fn exact_match(model: &Model, probes: &[Probe]) -> Result<Vec<f64>> {
             sampling: Sampling::Greedy,
             stop_at_eos: true,
         };
-        let outs = generate(model, &prompts, &opts)?;
+        let outs = generate(lm, &prompts, &opts)?;
         for (&i, out) in chunk.iter().zip(outs) {
             // Greedy rows do not depend on each other: cut each to its own budget.
             let own = &out[..out.len().min(jobs[i].1)];

@@ -25,9 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::hash::Fast64;
-use crate::model::Model;
+use crate::lm::LanguageModel;
+use crate::lm::Scored;
 use crate::request::EditRequest;
-use teacher_forced::{Pair, Scored};
+use teacher_forced::Pair;
 
 /// Per-prompt values of one case on one model state. Lists keep EasyEdit's per-prompt
 /// granularity; [`crate::experiment::summary`] averages per case, then over cases.
@@ -112,7 +113,7 @@ enum CfKind {
 /// Metrics of `requests` on `model`. With `pre` (the same cases' pre-edit metrics, in
 /// order) locality is scored against it.
 pub fn evaluate(
-    model: &Model,
+    lm: &dyn LanguageModel,
     requests: &[&EditRequest],
     pre: Option<&[&Metrics]>,
     opts: &MetricOptions,
@@ -125,16 +126,16 @@ pub fn evaluate(
         }
     }
     let mut out = vec![Metrics::default(); requests.len()];
-    teacher_forced_values(model, requests, &mut out)?;
+    teacher_forced_values(lm, requests, &mut out)?;
     if opts.free_generation {
-        exact_matches(model, requests, &mut out)?;
+        exact_matches(lm, requests, &mut out)?;
     }
     if opts.fluency {
         let prompts: Vec<(String, u64)> = requests
             .iter()
             .map(|r| (r.prompt.clone(), case_seed(opts.seed, &r.case_id)))
             .collect();
-        let texts = fluency::sample_texts(model, &prompts)?;
+        let texts = fluency::sample_texts(lm, &prompts)?;
         for (m, text) in out.iter_mut().zip(&texts) {
             m.fluency = Some(fluency::n_gram_entropy(text));
         }
@@ -157,7 +158,7 @@ pub fn case_seed(seed: u64, case_id: &str) -> u64 {
 }
 
 fn teacher_forced_values(
-    model: &Model,
+    lm: &dyn LanguageModel,
     requests: &[&EditRequest],
     out: &mut [Metrics],
 ) -> Result<()> {
@@ -208,7 +209,7 @@ fn teacher_forced_values(
             }
         }
     }
-    let scored = teacher_forced::score(model, &pairs, true)?;
+    let scored = teacher_forced::score(lm, &pairs, true)?;
     let mut cf: BTreeMap<CfKey, CfNlls> = BTreeMap::new();
     for ((c, slot), s) in slots.into_iter().zip(&scored) {
         let m = &mut out[c];
@@ -251,7 +252,11 @@ fn teacher_forced_values(
     Ok(())
 }
 
-fn exact_matches(model: &Model, requests: &[&EditRequest], out: &mut [Metrics]) -> Result<()> {
+fn exact_matches(
+    lm: &dyn LanguageModel,
+    requests: &[&EditRequest],
+    out: &mut [Metrics],
+) -> Result<()> {
     let mut probes = Vec::new();
     let mut slots = Vec::new();
     for (c, r) in requests.iter().enumerate() {
@@ -278,7 +283,7 @@ fn exact_matches(model: &Model, requests: &[&EditRequest], out: &mut [Metrics]) 
             }
         }
     }
-    let hits = free_generation::exact_match(model, &probes)?;
+    let hits = free_generation::exact_match(lm, &probes)?;
     for ((c, slot), hit) in slots.into_iter().zip(hits) {
         let m = &mut out[c];
         match slot {

@@ -20,20 +20,21 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
-use crate::editor::WeightEdit;
+use crate::edit::{Delta, WeightEdit};
+use crate::editor::Editor;
 use crate::error::{Error, Result};
-use crate::methods::hparams::{builtin, lenient_f64, resolve_module, HparamsSource};
-use crate::methods::{filter_warnings, EditContext, EditMethod, LoadedMethod};
+use crate::methods::hparams::{lenient_f64, resolve_module, HparamsSource};
+use crate::methods::{
+    filter_warnings, Computed, EditContext, EditMethod, LoadedMethod, MethodReport,
+};
 use crate::model::{BlockParam, Model, ParamId};
 use crate::prompts::{fill, lookup, subject_template, target_ids, FactToken};
 use crate::request::EditRequest;
-use crate::stats::{require_key_stats, Precision, StatsRequest};
+use crate::stats::{cached_key_stats, require_key_stats, Precision, StatsRequest};
 use key::{key_star, keys_at, Lookup};
 use moment::KeyCovariance;
 use templates::{context_templates, TemplateSpec};
 use value::{value_star, KlAt, ValueHparams, ValuePrompts};
-
-const SMOLLM2_DEFAULT: &str = include_str!("../../../../../hparams/ROME/smollm2-135m.yaml");
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RomeHparams {
@@ -106,8 +107,7 @@ pub struct Rome {
 }
 
 impl Rome {
-    pub fn load(name: &str, source: Option<HparamsSource>, model: &Model) -> Result<LoadedMethod> {
-        let source = source.unwrap_or_else(Self::default_hparams);
+    pub fn load(name: &str, source: HparamsSource, model: &Model) -> Result<LoadedMethod> {
         let (mut hp, unknown): (RomeHparams, _) = source.deserialize()?;
         if name == "r-rome" {
             hp.enable_random_prefix_keys = true;
@@ -158,11 +158,6 @@ impl Rome {
         })
     }
 
-    /// The shipped hyper-parameters (`hparams/ROME/smollm2-135m.yaml`).
-    pub fn default_hparams() -> HparamsSource {
-        builtin("ROME/smollm2-135m.yaml", SMOLLM2_DEFAULT)
-    }
-
     pub fn hparams(&self) -> &RomeHparams {
         &self.hp
     }
@@ -202,7 +197,8 @@ impl Rome {
         &self,
         model: &Model,
         layer: usize,
-        ctx: &mut EditContext,
+        ctx: &EditContext,
+        report: &mut MethodReport,
     ) -> Result<Option<Arc<KeyCovariance>>> {
         if !self.hp.mom2_adjustment {
             return Ok(None);
@@ -217,8 +213,8 @@ impl Rome {
         // Computing C is long work: its progress bar shows whenever stderr is a terminal.
         let stats = require_key_stats(model, layer, request.as_ref(), &ctx.cache, true)?;
         let c = Arc::new(KeyCovariance::from_stats(&stats)?);
-        ctx.note("mom2_tokens", c.n_tokens);
-        ctx.note("mom2_ridge", format!("{:.3e}", c.ridge));
+        report.note("mom2_tokens", c.n_tokens);
+        report.note("mom2_ridge", format!("{:.3e}", c.ridge));
         self.covariances
             .lock()
             .expect("lock")
@@ -233,12 +229,13 @@ impl Rome {
         r: &EditRequest,
         layer: usize,
         param: ParamId,
-        ctx: &mut EditContext,
-    ) -> Result<crate::editor::Delta> {
+        ctx: &EditContext,
+        report: &mut MethodReport,
+    ) -> Result<Delta> {
         let tok = model.tokenizer()?;
         let prompt = subject_template(&r.prompt, &r.subject)?;
         let target = target_ids(tok, &r.target_new)?;
-        let templates = ctx.timed("templates", |ctx| self.templates(model, ctx))?;
+        let templates = report.timed("templates", |_| self.templates(model, ctx))?;
         let contexts: Vec<String> = templates.iter().map(|t| fill(t, &prompt)).collect();
         let strategy = self.hp.fact_token;
         let lookups = |texts: &[String]| -> Result<Vec<Lookup>> {
@@ -253,8 +250,10 @@ impl Rome {
         let kl = lookups(&["{} is a".to_string()])?;
         let plain = lookups(std::slice::from_ref(&prompt))?;
 
-        let covariance = ctx.timed("statistics", |ctx| self.key_covariance(model, layer, ctx))?;
-        let (k_star, u) = ctx.timed("key", |_| {
+        let covariance = report.timed("statistics", |report| {
+            self.key_covariance(model, layer, ctx, report)
+        })?;
+        let (k_star, u) = report.timed("key", |_| {
             let k_star = key_star(model, layer, &rewriting)?;
             let direction = match &covariance {
                 Some(c) => c.solve(&k_star)?,
@@ -273,19 +272,19 @@ impl Rome {
             early_stop_nll: self.hp.v_early_stop_nll.unwrap_or(0.0),
             groups: value::DEFAULT_GROUPS,
         };
-        let v = ctx.timed("value", |ctx| {
+        let v = report.timed("value", |report| {
             let prompts = ValuePrompts {
                 layer,
                 rewriting: &rewriting,
                 target: &target,
                 kl: &kl,
             };
-            value_star(model, &prompts, &vh, ctx.verbose)
+            value_star(model, &prompts, &vh, &mut report.log)
         })?;
-        ctx.note("v_iterations", v.iterations);
-        ctx.note("v_loss", format!("{:.4}", v.loss));
-        ctx.note("v_target_prob", format!("{:.4}", v.target_prob));
-        ctx.timed("update", |_| {
+        report.note("v_iterations", v.iterations);
+        report.note("v_loss", format!("{:.4}", v.loss));
+        report.note("v_target_prob", format!("{:.4}", v.target_prob));
+        report.timed("update", |_| {
             let k = if self.hp.enable_random_prefix_keys {
                 k_star.clone()
             } else {
@@ -303,6 +302,23 @@ impl EditMethod for Rome {
         &self.name
     }
 
+    fn missing_statistics(&self, model: &Model, ctx: &EditContext) -> Result<Option<String>> {
+        if !self.hp.mom2_adjustment {
+            return Ok(None);
+        }
+        for &(layer, _) in &self.params {
+            let request = self.stats_request(layer, ctx)?;
+            if request.is_none() && cached_key_stats(model, layer, None, &ctx.cache)?.is_none() {
+                return Ok(Some(format!(
+                    "no key statistics of layer {layer} are cached and no corpus is given \
+                     (`mom2_dataset: {}` is not a file)",
+                    self.hp.mom2_dataset
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     fn max_batch(&self) -> Option<usize> {
         Some(1)
     }
@@ -313,11 +329,12 @@ impl EditMethod for Rome {
 
     fn compute(
         &self,
-        model: &Model,
+        system: &Editor,
         requests: &[EditRequest],
-        ctx: &mut EditContext,
-    ) -> Result<WeightEdit> {
-        ctx.start_call();
+        ctx: &EditContext,
+    ) -> Result<Computed> {
+        let model = system.model();
+        let mut report = MethodReport::default();
         let [r] = requests else {
             return Err(Error::invalid(format!(
                 "{} edits one request at a time; got {}",
@@ -329,16 +346,18 @@ impl EditMethod for Rome {
         // Several layers are edited in order, each on the model the previous ones changed.
         let mut current = model.clone();
         for &(layer, param) in &self.params {
-            let delta = self.edit_layer(&current, r, layer, param, ctx)?;
+            let delta = self.edit_layer(&current, r, layer, param, ctx, &mut report)?;
             if self.params.len() > 1 {
-                let w = current.params.require(param)?;
-                let updated = (w + delta.dense(w.dtype())?)?;
+                let updated = delta.added_to(current.params.require(param)?)?;
                 current.params.replace(param, updated)?;
             }
             edit.push(param, delta);
         }
         edit.meta.insert("method".into(), self.name.clone());
         edit.meta.insert("case_id".into(), r.case_id.clone());
-        Ok(edit)
+        Ok(Computed {
+            edit: edit.into(),
+            report,
+        })
     }
 }

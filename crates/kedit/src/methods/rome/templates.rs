@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::error::Result;
-use crate::generate::{generate, GenerateOptions, Sampling};
+use crate::lm::generate::{generate, GenerateOptions, Sampling};
 use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
 

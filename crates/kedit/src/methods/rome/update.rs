@@ -9,7 +9,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::editor::Delta;
+use crate::edit::Delta;
 use crate::error::{Error, Result};
 
 /// The left vector u (`[d_ff]`, unit norm) from the key direction (C⁻¹k*, or k* without C):

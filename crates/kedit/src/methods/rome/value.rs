@@ -382,7 +382,7 @@ pub fn value_star(
     model: &Model,
     prompts: &ValuePrompts,
     hp: &ValueHparams,
-    verbose: bool,
+    log: &mut Vec<String>,
 ) -> Result<ValueStar> {
     let mut groups = build_groups(model, prompts, hp)?;
     let v0 = groups[0].frozen.v0.clone();
@@ -433,9 +433,9 @@ pub fn value_star(
             store.insert(d, total);
             opt.step(&store)?;
         }
-        if verbose {
+        {
             let f = &groups[0].frozen;
-            eprintln!(
+            log.push(format!(
                 "v* step {it}: loss {loss_value:.4} (nll {nll_value:.4}), p(target) ≈ {target_prob:.3}, \
                  ‖δ‖/‖v₀‖ {:.2}, {:.2} s for {} groups of ≤{}x{} tokens",
                 l2_norm(d)? / v0_norm,
@@ -443,7 +443,7 @@ pub fn value_star(
                 groups.len(),
                 f.chunk.rows,
                 f.chunk.len
-            );
+            ));
         }
         if done {
             break;

@@ -4,6 +4,7 @@ use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::lm::{Hooks, LanguageModel, PromptEnds};
 use crate::model::Model;
 use crate::rng::Rng;
 use crate::runtime::{LogitsAt, Padding, TokenBatch};
@@ -40,7 +41,7 @@ impl Default for GenerateOptions {
 
 /// Generates continuations of every prompt (token ids); returns the new tokens of each.
 pub fn generate(
-    model: &Model,
+    lm: &dyn LanguageModel,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
@@ -51,17 +52,29 @@ pub fn generate(
     let seeds: Vec<u64> = (0..prompts.len())
         .map(|i| seed.wrapping_mul(0x100_0000_01B3).wrapping_add(i as u64))
         .collect();
-    generate_seeded(model, prompts, &seeds, opts)
+    lm.generate(prompts, &seeds, opts)
 }
 
 /// As [`generate`], but prompt `i` samples from a generator seeded with `seeds[i]` (the
 /// seed in `opts.sampling` is not used): a prompt gets the same text whatever batch it is
 /// in and wherever it sits in it.
 pub fn generate_seeded(
+    lm: &dyn LanguageModel,
+    prompts: &[Vec<u32>],
+    seeds: &[u64],
+    opts: &GenerateOptions,
+) -> Result<Vec<Vec<u32>>> {
+    lm.generate(prompts, seeds, opts)
+}
+
+/// Generation on `model` with `hooks` acting at the prompts' ends (the first chunk's last
+/// column, left-padded) and on every generated token after them.
+pub fn generate_with(
     model: &Model,
     prompts: &[Vec<u32>],
     seeds: &[u64],
     opts: &GenerateOptions,
+    hooks: Hooks,
 ) -> Result<Vec<Vec<u32>>> {
     if prompts.iter().any(Vec::is_empty) {
         return Err(Error::invalid("cannot generate from an empty prompt"));
@@ -84,7 +97,15 @@ pub fn generate_seeded(
         return Ok(out);
     }
     let batch = TokenBatch::new(prompts, Padding::Left, pad)?;
-    let first = model.forward(&batch).keep_kv().run()?;
+    let ends = PromptEnds {
+        last: (0..batch.rows).map(|r| (r, batch.len - 1)).collect(),
+        after: Vec::new(),
+    };
+    let first = model
+        .forward(&batch)
+        .interventions(hooks(&ends)?)
+        .keep_kv()
+        .run()?;
     let mut logits = first.logits()?.clone();
     let mut cache = first.kv.expect("asked for");
     let mut next_pos = batch.next_positions();
@@ -105,8 +126,13 @@ pub fn generate_seeded(
         }
         let chunk: Vec<Vec<u32>> = picked.iter().map(|&t| vec![t]).collect();
         let batch = TokenBatch::continuation(&chunk, &next_pos, Padding::Right, pad)?;
+        let ends = PromptEnds {
+            last: Vec::new(),
+            after: (0..batch.rows).map(|r| (r, 0)).collect(),
+        };
         let step_out = model
             .forward(&batch)
+            .interventions(hooks(&ends)?)
             .prefix(&cache)
             .keep_kv()
             .logits(LogitsAt::Last)
@@ -180,10 +206,10 @@ pub struct NextToken {
 }
 
 /// The `k` most likely next tokens after `prompt`.
-pub fn top_next_tokens(model: &Model, prompt: &[u32], k: usize) -> Result<Vec<NextToken>> {
-    let tok = model.tokenizer()?;
-    let out = model.forward(&TokenBatch::single(prompt)).run()?;
-    let probs = crate::runtime::ops::softmax_last(&out.logits()?.to_dtype(DType::F64)?)?
+pub fn top_next_tokens(lm: &dyn LanguageModel, prompt: &[u32], k: usize) -> Result<Vec<NextToken>> {
+    let tok = lm.tokenizer()?;
+    let logits = lm.next_logits(&[prompt.to_vec()])?;
+    let probs = crate::runtime::ops::softmax_last(&logits.to_dtype(DType::F64)?)?
         .squeeze(0)?
         .to_vec1::<f64>()?;
     let mut idx: Vec<usize> = (0..probs.len()).collect();

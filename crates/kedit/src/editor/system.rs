@@ -1,0 +1,113 @@
+//! The edited system as a [`LanguageModel`]: every input gets the contexts in front of it,
+//! then the context of the memory record it is routed to (if any); the site adaptors act
+//! at the prompt's end. With none of these held it is exactly the plain model.
+
+use candle_core::Tensor;
+
+use crate::editor::Editor;
+use crate::error::Result;
+use crate::lm::generate::generate_with;
+use crate::lm::score::score_rows;
+use crate::lm::{
+    next_logits_with, ChunkLimits, GenerateOptions, LanguageModel, PromptEnds, ScoreRow, Scored,
+};
+use crate::runtime::Intervention;
+use crate::tokenizer::Tokenizer;
+
+impl Editor {
+    /// The text put in front of an input whose prompt is `prompt`.
+    fn prefix_for(&self, prompt: &str) -> String {
+        let mut prefix: String = self.contexts().iter().map(|c| c.prefix.as_str()).collect();
+        let routed = self
+            .memories()
+            .iter()
+            .filter_map(|m| m.route(prompt))
+            .max_by(|a, b| a.score.total_cmp(&b.score));
+        if let Some(route) = routed {
+            prefix.push_str(&route.record.context);
+        }
+        prefix
+    }
+
+    /// `ids` with the prefix for its prompt (its first `prompt_len` tokens) in front; the
+    /// number of tokens added.
+    fn with_prefix(&self, ids: &[u32], prompt_len: usize) -> Result<(Vec<u32>, usize)> {
+        if self.memories().is_empty() && self.contexts().is_empty() {
+            return Ok((ids.to_vec(), 0));
+        }
+        let tok = self.model().tokenizer()?;
+        let prompt = tok.decode(&ids[..prompt_len], false)?;
+        let prefix = self.prefix_for(&prompt);
+        if prefix.is_empty() {
+            return Ok((ids.to_vec(), 0));
+        }
+        let mut out = tok.encode(&prefix)?;
+        let added = out.len();
+        out.extend_from_slice(ids);
+        Ok((out, added))
+    }
+
+    fn adaptor_hooks(&self, ends: &PromptEnds) -> Result<Vec<Intervention>> {
+        Ok(self
+            .extras
+            .adaptors
+            .values()
+            .map(|a| a.intervention(ends))
+            .collect())
+    }
+
+    fn prefixed_prompts(&self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
+        prompts
+            .iter()
+            .map(|p| Ok(self.with_prefix(p, p.len())?.0))
+            .collect()
+    }
+}
+
+impl LanguageModel for Editor {
+    fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.model().tokenizer()
+    }
+
+    fn score(&self, rows: &[ScoreRow], with_log_probs: bool) -> Result<Vec<Scored>> {
+        let rows = rows
+            .iter()
+            .map(|r| {
+                let (ids, added) = self.with_prefix(&r.ids, r.prompt_len)?;
+                Ok(ScoreRow {
+                    ids,
+                    prompt_len: r.prompt_len + added,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let hooks = |ends: &PromptEnds| self.adaptor_hooks(ends);
+        score_rows(
+            self.model(),
+            &rows,
+            with_log_probs,
+            ChunkLimits::default(),
+            &hooks,
+        )
+    }
+
+    fn next_logits(&self, prompts: &[Vec<u32>]) -> Result<Tensor> {
+        let hooks = |ends: &PromptEnds| self.adaptor_hooks(ends);
+        next_logits_with(self.model(), &self.prefixed_prompts(prompts)?, &hooks)
+    }
+
+    fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        seeds: &[u64],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<Vec<u32>>> {
+        let hooks = |ends: &PromptEnds| self.adaptor_hooks(ends);
+        generate_with(
+            self.model(),
+            &self.prefixed_prompts(prompts)?,
+            seeds,
+            opts,
+            &hooks,
+        )
+    }
+}
