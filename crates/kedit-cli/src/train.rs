@@ -1,7 +1,7 @@
 //! `kedit train`: train what a method learns before it edits (a hypernetwork, a scope
 //! classifier); writes the checkpoint and `OUT/hparams.yaml` naming it (`archive:`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use kedit::data::{load, Format, LoadOptions};
@@ -45,7 +45,7 @@ pub struct Args {
     verbose: bool,
 }
 
-fn read(path: &PathBuf, format: Format, limit: Option<usize>) -> Result<Vec<EditRequest>> {
+fn read(path: &Path, format: Format, limit: Option<usize>) -> Result<Vec<EditRequest>> {
     let opts = LoadOptions {
         skip_invalid: true,
         limit,

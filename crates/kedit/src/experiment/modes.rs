@@ -155,7 +155,7 @@ pub fn pre_edit(
     progress.phase("pre-edit metrics", todo.len(), 0);
     for chunk in todo.chunks(PRE_CHUNK) {
         let reqs: Vec<&EditRequest> = chunk.iter().map(|&i| &requests[i]).collect();
-        let metrics = evaluate(&*editor, &reqs, None, &opts.metrics)?;
+        let metrics = evaluate(editor, &reqs, None, &opts.metrics)?;
         for (&i, m) in chunk.iter().zip(metrics) {
             store.put_pre(i, &requests[i].case_id, m)?;
         }
