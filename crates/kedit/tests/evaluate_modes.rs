@@ -133,7 +133,7 @@ fn batch_mode_edits_all_requests_in_one_call() {
     let err = run(
         &mut editor,
         too_big.as_ref(),
-        &mut EditContext::default(),
+        &EditContext::default(),
         &requests,
         &options(Mode::Batch, 3),
         &mut RunStore::in_memory(),
@@ -172,7 +172,7 @@ fn a_rerun_resumes_and_a_different_config_is_refused() {
     run(
         &mut editor,
         &counting,
-        &mut EditContext::default(),
+        &EditContext::default(),
         &requests[..1],
         &opts,
         &mut store,
@@ -184,7 +184,7 @@ fn a_rerun_resumes_and_a_different_config_is_refused() {
     run(
         &mut editor,
         &counting,
-        &mut EditContext::default(),
+        &EditContext::default(),
         &requests,
         &opts,
         &mut store,
