@@ -53,6 +53,10 @@ pub fn run(args: Args) -> Result<()> {
         corpus: args.corpus.clone(),
         ..Default::default()
     };
+    // Statistics are computed (or found cached) before the clock starts.
+    loaded
+        .method
+        .prepare(&model, &ctx, &mut crate::progress::Bars::default())?;
     let system = Editor::new(model);
     let bench = edit_speed(&system, loaded.method.as_ref(), &data.requests, &ctx, |t| {
         if args.verbose {

@@ -81,6 +81,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(why) = without {
         println!("  ({why}: editing without C⁻¹)");
     }
+    rome.method
+        .prepare(&model, &ctx, &mut crate::progress::Bars::default())?;
     let mut editor = Editor::new(model);
     let computed = rome.method.compute(&editor, &[request], &ctx)?;
     let applied = editor.apply(&computed.edit)?.clone();

@@ -95,6 +95,9 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         ..Default::default()
     };
+    loaded
+        .method
+        .prepare(editor.model(), &ctx, &mut crate::progress::Bars::default())?;
     let start = std::time::Instant::now();
     let computed = loaded
         .method

@@ -8,6 +8,7 @@ use kedit::trace::pictures::write_locate_pictures;
 use kedit::trace::{load_known_facts, Kind, TraceOptions};
 
 use crate::output::{print_json, table};
+use crate::progress::bars_unless;
 use crate::trace::{TraceArgs, DEFAULT_FACTS};
 use crate::ModelArg;
 
@@ -47,7 +48,13 @@ pub fn run(args: Args) -> Result<()> {
         only_known: !args.all,
     };
     let cache = crate::stats::cache_of(&args.trace.cache);
-    let result = locate(&model, &facts, &options, Some(&cache), !args.json)?;
+    let result = locate(
+        &model,
+        &facts,
+        &options,
+        Some(&cache),
+        &mut *bars_unless(args.json),
+    )?;
     let mut files = Vec::new();
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -66,3 +66,12 @@ impl Drop for Bars {
         self.finish();
     }
 }
+
+/// Bars, or nothing when the output is for machines (`--json`).
+pub fn bars_unless(quiet: bool) -> Box<dyn Progress> {
+    if quiet {
+        Box::new(kedit::progress::Silent)
+    } else {
+        Box::new(Bars::default())
+    }
+}

@@ -8,6 +8,7 @@ use kedit::stats::{key_stats, Precision, StatsRequest};
 use serde::Serialize;
 
 use crate::output::{print_json, table};
+use crate::progress::bars_unless;
 use crate::ModelArg;
 
 #[derive(clap::Args)]
@@ -94,7 +95,7 @@ pub fn run(args: Args) -> Result<()> {
         ..StatsRequest::new(layers, &args.corpus)
     };
     let cache = cache_of(&args.cache);
-    let stats = key_stats(&model, &request, &cache, !args.json)?;
+    let stats = key_stats(&model, &request, &cache, &mut *bars_unless(args.json))?;
     let rows = stats
         .iter()
         .map(|s| {

@@ -197,7 +197,7 @@ pub fn stats_pass(
             checkpoint_seconds: f64::INFINITY,
             ..crate::stats::StatsRequest::new(layers.to_vec(), corpus)
         };
-        let result = crate::stats::key_stats(model, &request, &cache, false);
+        let result = crate::stats::key_stats(model, &request, &cache, &mut crate::progress::Silent);
         let _ = std::fs::remove_dir_all(&dir);
         let stats = result?;
         let timing = stats

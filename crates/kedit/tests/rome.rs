@@ -138,7 +138,9 @@ fn the_key_covariance_solves_c_u_equals_k() {
     let cache = Cache::new(temp_dir("solve-cache"));
     let mut request = StatsRequest::new(vec![5], common::data("corpus/wikitext2_test.txt"));
     request.n_docs = 40;
-    let stats = key_stats(model, &request, &cache, false).unwrap().remove(0);
+    let stats = key_stats(model, &request, &cache, &mut kedit::progress::Silent)
+        .unwrap()
+        .remove(0);
     let c = KeyCovariance::from_stats(&stats).unwrap();
     let d = stats.moment.dim(0).unwrap();
     let mut rng = kedit::rng::Rng::new(7);

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Tensor};
 use kedit::cache::Cache;
 use kedit::model::ParamId;
+use kedit::progress::Silent;
 use kedit::stats::{
     cached_key_stats, key_stats, missing_stats_error, require_key_stats, Corpus, CorpusFormat,
     KeyStats, Precision, StatsRequest,
@@ -65,7 +66,7 @@ fn moment_equals_explicit_kt_k_of_captured_keys() {
     let model = common::smollm2();
     let layer = 2;
     let req = small_request(vec![layer], 5);
-    let stats = key_stats(model, &req, &temp_cache("explicit"), false).unwrap();
+    let stats = key_stats(model, &req, &temp_cache("explicit"), &mut Silent).unwrap();
     let got = &stats[0];
     assert_eq!(got.n_docs, 5);
 
@@ -115,7 +116,7 @@ fn one_pass_over_several_layers_equals_one_pass_per_layer() {
         model,
         &small_request(vec![1, 3], 4),
         &temp_cache("together"),
-        false,
+        &mut Silent,
     )
     .unwrap();
     for (i, layer) in [1, 3].into_iter().enumerate() {
@@ -123,7 +124,7 @@ fn one_pass_over_several_layers_equals_one_pass_per_layer() {
             model,
             &small_request(vec![layer], 4),
             &temp_cache(&format!("alone{layer}")),
-            false,
+            &mut Silent,
         )
         .unwrap();
         assert_eq!(together[i].layer, layer);
@@ -138,15 +139,19 @@ fn cache_hits_return_identical_numbers_and_edits_change_the_fingerprint() {
     let model = common::smollm2();
     let cache = temp_cache("hit");
     let req = small_request(vec![2], 3);
-    let first = key_stats(model, &req, &cache, false).unwrap().remove(0);
+    let first = key_stats(model, &req, &cache, &mut Silent)
+        .unwrap()
+        .remove(0);
     assert!(first.computed.is_some());
-    let again = key_stats(model, &req, &cache, false).unwrap().remove(0);
+    let again = key_stats(model, &req, &cache, &mut Silent)
+        .unwrap()
+        .remove(0);
     assert!(
         again.computed.is_none(),
         "the second call must read the cache"
     );
     assert_eq!(as_f64(&first.moment), as_f64(&again.moment));
-    let twice = key_stats(model, &small_request(vec![2, 2], 3), &cache, false).unwrap();
+    let twice = key_stats(model, &small_request(vec![2, 2], 3), &cache, &mut Silent).unwrap();
     assert_eq!(twice.len(), 2);
     assert_eq!(as_f64(&twice[1].moment), as_f64(&first.moment));
     let looked_up = cached_key_stats(model, 2, Some(&req), &cache)
@@ -198,7 +203,7 @@ fn a_run_resumes_from_the_partial_sums_of_an_interrupted_one() {
         model,
         &small_request(layers.clone(), 7),
         &temp_cache("straight"),
-        false,
+        &mut Silent,
     )
     .unwrap();
     // The "interrupted" run got through the first 4 documents and left its partial sums
@@ -208,7 +213,7 @@ fn a_run_resumes_from_the_partial_sums_of_an_interrupted_one() {
         checkpoint_seconds: 0.0,
         ..small_request(layers.clone(), 4)
     };
-    key_stats(model, &interrupted, &cache, false).unwrap();
+    key_stats(model, &interrupted, &cache, &mut Silent).unwrap();
     let partials = std::fs::read_dir(cache.dir().join("stats"))
         .unwrap()
         .filter(|e| {
@@ -220,7 +225,7 @@ fn a_run_resumes_from_the_partial_sums_of_an_interrupted_one() {
         })
         .count();
     assert_eq!(partials, 2, "one partial file per layer");
-    let resumed = key_stats(model, &small_request(layers, 7), &cache, false).unwrap();
+    let resumed = key_stats(model, &small_request(layers, 7), &cache, &mut Silent).unwrap();
     for (s, r) in straight.iter().zip(&resumed) {
         let pass = r.computed.unwrap();
         assert!(
@@ -237,12 +242,18 @@ fn a_run_resumes_from_the_partial_sums_of_an_interrupted_one() {
 #[test]
 fn f32_and_f64_accumulation_agree() {
     let model = common::smollm2();
-    let f64s = key_stats(model, &small_request(vec![3], 3), &temp_cache("f64"), false).unwrap();
+    let f64s = key_stats(
+        model,
+        &small_request(vec![3], 3),
+        &temp_cache("f64"),
+        &mut Silent,
+    )
+    .unwrap();
     let req32 = StatsRequest {
         precision: Precision::F32,
         ..small_request(vec![3], 3)
     };
-    let f32s = key_stats(model, &req32, &temp_cache("f32"), false).unwrap();
+    let f32s = key_stats(model, &req32, &temp_cache("f32"), &mut Silent).unwrap();
     assert_eq!(f32s[0].moment.dtype(), DType::F32);
     assert_eq!(f64s[0].moment.dtype(), DType::F64);
     assert!(rel_max(&f32s[0].moment, &f64s[0].moment) < 1e-5);
@@ -288,7 +299,7 @@ fn corpus_readers_read_both_corpus_files() {
         corpus: wikitext(),
         ..small_request(vec![0], 3)
     };
-    let s: Vec<KeyStats> = key_stats(model, &req, &temp_cache("wikitext"), false).unwrap();
+    let s: Vec<KeyStats> = key_stats(model, &req, &temp_cache("wikitext"), &mut Silent).unwrap();
     assert!(s[0].n_tokens > 0 && s[0].trace().unwrap() > 0.0);
 }
 
@@ -303,7 +314,7 @@ fn stats_error(corpus: &Path) -> String {
         corpus: corpus.to_path_buf(),
         ..small_request(vec![0], 5)
     };
-    match key_stats(common::smollm2(), &req, &temp_cache("bad"), false) {
+    match key_stats(common::smollm2(), &req, &temp_cache("bad"), &mut Silent) {
         Ok(_) => panic!("{} was accepted", corpus.display()),
         Err(e) => e.to_string(),
     }
@@ -343,14 +354,14 @@ fn bad_corpus_input_gives_clear_errors() {
 
     let model = common::smollm2();
     let req = StatsRequest::new(vec![99], wikipedia());
-    let e = key_stats(model, &req, &temp_cache("badlayer"), false).unwrap_err();
+    let e = key_stats(model, &req, &temp_cache("badlayer"), &mut Silent).unwrap_err();
     assert!(e.to_string().contains("layer 99"), "{e}");
 }
 
 #[test]
 fn a_method_without_corpus_or_cache_is_told_how_to_get_statistics() {
     let cache = temp_cache("none");
-    let e = require_key_stats(common::smollm2(), 5, None, &cache, false).unwrap_err();
+    let e = require_key_stats(common::smollm2(), 5, None, &cache, &mut Silent).unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, Error::Config(_)));
     assert!(

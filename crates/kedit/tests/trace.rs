@@ -6,6 +6,7 @@ mod common;
 use std::sync::OnceLock;
 
 use kedit::cache::Cache;
+use kedit::progress::Silent;
 use kedit::trace::locate::{locate, LocateOptions, TokenClass};
 use kedit::trace::pictures::{write_locate_pictures, write_trace_pictures};
 use kedit::trace::tokens::{subject_range, token_texts};
@@ -190,7 +191,7 @@ fn locate_averages_known_facts_by_token_class() {
         },
     };
     let cache = Cache::new(temp_dir("locate-cache"));
-    let r = locate(model, &facts, &options, Some(&cache), false).unwrap();
+    let r = locate(model, &facts, &options, Some(&cache), &mut Silent).unwrap();
     assert_eq!(r.traced, 2);
     assert!(r.known >= 2 && r.scanned >= r.known);
     assert!(r.recommended_layer < model.config.n_layers);
@@ -200,7 +201,7 @@ fn locate_averages_known_facts_by_token_class() {
     assert_eq!(last_subject.aie[r.recommended_layer], r.recommended_aie);
     assert!(r.recommended_aie.is_finite());
     // A second run reads the traces from the cache and agrees.
-    let again = locate(model, &facts, &options, Some(&cache), false).unwrap();
+    let again = locate(model, &facts, &options, Some(&cache), &mut Silent).unwrap();
     assert_eq!(again.recommended_layer, r.recommended_layer);
     assert!((again.recommended_aie - r.recommended_aie).abs() < 1e-12);
     let dir = temp_dir("locate-out");

@@ -109,6 +109,7 @@ pub fn run(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     ensure_pristine(editor, "before the run")?;
+    method.prepare(editor.model(), ctx, progress)?;
     pre_edit(editor, requests, opts, store, progress)?;
     let mut s = Session {
         editor,

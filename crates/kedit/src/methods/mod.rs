@@ -20,6 +20,7 @@ use crate::edit::Edit;
 use crate::editor::Editor;
 use crate::error::Result;
 use crate::model::Model;
+use crate::progress::Progress;
 use crate::request::EditRequest;
 pub use hparams::HparamsSource;
 pub use registry::{MethodFamily, MethodSpec, Need, Registry};
@@ -100,6 +101,17 @@ pub trait EditMethod: Send + Sync {
 
     /// The hyper-parameters in effect, for reports.
     fn hparams_json(&self) -> serde_json::Value;
+
+    /// Computes, before any edit, what the method needs and can make itself (the key
+    /// statistics of its layers), reporting progress; `compute` then finds it cached.
+    fn prepare(
+        &self,
+        _model: &Model,
+        _ctx: &EditContext,
+        _progress: &mut dyn Progress,
+    ) -> Result<()> {
+        Ok(())
+    }
 
     /// Why this method cannot get the key statistics it reads for `model` (none cached, no
     /// corpus to compute them from); `None` when it can, or reads none.

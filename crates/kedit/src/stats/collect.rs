@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{CpuStorage, DType, Storage, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::progress::Progress;
 use crate::runtime::{Padding, Site, TokenBatch};
 use crate::stats::corpus::{prefix, Corpus};
 use crate::stats::moment::MomentSum;
@@ -139,7 +139,7 @@ pub(crate) fn run(
     model: &Model,
     req: &StatsRequest,
     cache: &Cache,
-    progress: bool,
+    progress: &mut dyn Progress,
 ) -> Result<Vec<KeyStats>> {
     check_request(model, req)?;
     let corpus = Corpus::open(&req.corpus)?;
@@ -256,21 +256,6 @@ fn first_tokens(model: &Model, text: &str, max_len: usize) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-fn progress_bar(show: bool, total: usize, done: usize) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "key stats {bar:30} {pos}/{len} docs  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("a valid template"),
-    );
-    bar.set_position(done as u64);
-    bar
-}
-
 fn accumulate(
     model: &Model,
     req: &StatsRequest,
@@ -278,14 +263,14 @@ fn accumulate(
     n_docs: usize,
     pending: &mut [Pending],
     cache: &Cache,
-    progress: bool,
+    progress: &mut dyn Progress,
 ) -> Result<PassTiming> {
     let start_doc = pending.iter().map(|p| p.docs_done).min().unwrap_or(0);
     let top = pending.iter().map(|p| p.key.layer).max().unwrap_or(0);
     let sites: Vec<Site> = pending.iter().map(|p| Site::MlpKey(p.key.layer)).collect();
     let pad = model.tokenizer()?.pad_id();
     let width = model.config.d_ff;
-    let bar = progress_bar(progress, n_docs, start_doc);
+    progress.phase("key statistics (documents)", n_docs, start_doc);
     let started = Instant::now();
     let mut last_checkpoint = Instant::now();
     let mut tokens_run = 0u64;
@@ -330,8 +315,8 @@ fn accumulate(
         tokens_run += batch.num_tokens() as u64;
         doc_index += batch.rows;
         let seconds = started.elapsed().as_secs_f64();
-        bar.set_position(doc_index as u64);
-        bar.set_message(format!("{:.0} tokens/s", tokens_run as f64 / seconds));
+        progress.advance(batch.rows);
+        progress.status(&format!("{:.0} tokens/s", tokens_run as f64 / seconds));
         if last_checkpoint.elapsed().as_secs_f64() >= req.checkpoint_seconds {
             for p in pending.iter().filter(|p| p.write_partial) {
                 checkpoint(p, cache, &corpus.path)?;
@@ -339,7 +324,6 @@ fn accumulate(
             last_checkpoint = Instant::now();
         }
     }
-    bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     Ok(PassTiming {
         seconds,

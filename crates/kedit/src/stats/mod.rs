@@ -28,6 +28,7 @@ use serde::Serialize;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::progress::Progress;
 pub use corpus::{Corpus, CorpusFormat, Document};
 pub use moment::{MomentSum, Precision};
 pub use store::StatsKey;
@@ -105,7 +106,7 @@ pub fn key_stats(
     model: &Model,
     request: &StatsRequest,
     cache: &Cache,
-    progress: bool,
+    progress: &mut dyn Progress,
 ) -> Result<Vec<KeyStats>> {
     collect::run(model, request, cache, progress)
 }
@@ -132,7 +133,7 @@ pub fn require_key_stats(
     layer: usize,
     request: Option<&StatsRequest>,
     cache: &Cache,
-    progress: bool,
+    progress: &mut dyn Progress,
 ) -> Result<KeyStats> {
     if let Some(req) = request {
         let mut one = req.clone();

@@ -17,7 +17,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
@@ -25,6 +24,7 @@ use crate::error::Result;
 use crate::hash::Fast64;
 use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
+use crate::progress::Progress;
 use crate::runtime::{Padding, TokenBatch};
 use crate::trace::known_facts::KnownFact;
 use crate::trace::tokens::{subject_range, token_texts};
@@ -244,7 +244,7 @@ pub fn locate(
     facts: &[KnownFact],
     opts: &LocateOptions,
     cache: Option<&Cache>,
-    progress: bool,
+    progress: &mut dyn Progress,
 ) -> Result<LocateResult> {
     let n_layers = model.config.n_layers;
     let (chosen, scanned, known) = select(model, facts, opts)?;
@@ -252,18 +252,7 @@ pub fn locate(
         Some(c) => Some((c, model.fingerprint()?)),
         None => None,
     };
-    let bar = if progress {
-        let b = ProgressBar::new(chosen.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template(
-                "locate {bar:30} {pos}/{len} facts  {msg}  [{elapsed_precise} < {eta_precise}]",
-            )
-            .expect("a valid template"),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
+    progress.phase("locate (facts)", chosen.len(), 0);
     let started = Instant::now();
     // sums[kind][class] = (Σ curves, facts)
     let mut sums = vec![vec![(vec![0.0; n_layers], 0usize); TokenClass::ALL.len()]; 3];
@@ -295,13 +284,12 @@ pub fn locate(
             n_tokens: len,
             mlp_peak_layer: argmax(&r.mlp[last_subject]).0,
         });
-        bar.inc(1);
-        bar.set_message(format!(
+        progress.advance(1);
+        progress.status(&format!(
             "{:.1} s/fact",
             started.elapsed().as_secs_f64() / summaries.len() as f64
         ));
     }
-    bar.finish_and_clear();
     let effects: Vec<KindEffects> = Kind::ALL
         .iter()
         .zip(&sums)

@@ -28,6 +28,7 @@ use crate::methods::{
     filter_warnings, Computed, EditContext, EditMethod, LoadedMethod, MethodReport,
 };
 use crate::model::{BlockParam, Model, ParamId};
+use crate::progress::{Progress, Silent};
 use crate::prompts::{fill, lookup, subject_template, target_ids, FactToken};
 use crate::request::EditRequest;
 use crate::stats::{cached_key_stats, require_key_stats, Precision, StatsRequest};
@@ -210,8 +211,8 @@ impl Rome {
             return Ok(Some(c.clone()));
         }
         let request = self.stats_request(layer, ctx)?;
-        // Computing C is long work: its progress bar shows whenever stderr is a terminal.
-        let stats = require_key_stats(model, layer, request.as_ref(), &ctx.cache, true)?;
+        // Normally cached by `prepare`, which reports the long computation's progress.
+        let stats = require_key_stats(model, layer, request.as_ref(), &ctx.cache, &mut Silent)?;
         let c = Arc::new(KeyCovariance::from_stats(&stats)?);
         report.note("mom2_tokens", c.n_tokens);
         report.note("mom2_ridge", format!("{:.3e}", c.ridge));
@@ -300,6 +301,18 @@ impl Rome {
 impl EditMethod for Rome {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn prepare(&self, model: &Model, ctx: &EditContext, progress: &mut dyn Progress) -> Result<()> {
+        if !self.hp.mom2_adjustment {
+            return Ok(());
+        }
+        for &(layer, _) in &self.params {
+            if let Some(request) = self.stats_request(layer, ctx)? {
+                require_key_stats(model, layer, Some(&request), &ctx.cache, progress)?;
+            }
+        }
+        Ok(())
     }
 
     fn missing_statistics(&self, model: &Model, ctx: &EditContext) -> Result<Option<String>> {
