@@ -4,17 +4,21 @@
 //!   canonical names, save edited models.
 //! - [`runtime`]: the forward pass with named intervention sites, gradients, KV caches.
 //! - [`tokenizer`]: tokenizers and chat templates.
-//! - [`editor`]: the Editor — applies weight edits, refuses degenerate ones, reverts
-//!   bit-identically.
-//! - [`methods`]: editing methods behind one trait (FT-L, FT-M, ROME, R-ROME).
-//! - [`evaluate`]: edit requests, datasets, metrics.
+//! - [`lm`]: the `LanguageModel` interface every metric runs through.
+//! - [`request`], [`data`]: edit requests and the dataset readers.
+//! - [`edit`]: edits as values — weights, site adaptor, memory, context.
+//! - [`editor`]: the Editor — applies edits of every kind, refuses degenerate ones,
+//!   reverts bit-identically; itself a `LanguageModel`.
+//! - [`methods`]: editing methods behind one trait (FT-L, FT-M, ROME, R-ROME), their
+//!   registry and trainers.
+//! - [`evaluate`]: metrics. [`experiment`]: editing modes, run store, reports.
 //! - [`stats`]: second-moment statistics of MLP keys (ROME's C), cached and resumable.
 //! - [`trace`]: causal tracing and locating the layer to edit.
 //!
 //! ```no_run
 //! use kedit::editor::Editor;
 //! use kedit::request::EditRequest;
-//! use kedit::methods::{self, EditContext};
+//! use kedit::methods::{EditContext, Registry};
 //! use kedit::{Intervention, Model, Site, TokenBatch};
 //!
 //! # fn main() -> kedit::Result<()> {
@@ -32,7 +36,7 @@
 //! # let _ = keys;
 //!
 //! // Edit a fact, then undo it.
-//! let rome = methods::load("rome", None, &model)?;
+//! let rome = Registry::builtin().load("rome", None, &model)?;
 //! let mut editor = Editor::new(model);
 //! let request = EditRequest {
 //!     prompt: "The Eiffel Tower is located in the city of".into(),
@@ -40,8 +44,8 @@
 //!     target_new: "Rome".into(),
 //!     ..Default::default()
 //! };
-//! let edit = rome.method.compute(editor.model(), &[request], &mut EditContext::default())?;
-//! editor.apply(&edit)?;
+//! let computed = rome.method.compute(&editor, &[request], &EditContext::default())?;
+//! editor.apply(&computed.edit)?;
 //! editor.revert_all();
 //! # Ok(())
 //! # }
