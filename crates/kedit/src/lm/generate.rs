@@ -97,10 +97,7 @@ pub fn generate_with(
         return Ok(out);
     }
     let batch = TokenBatch::new(prompts, Padding::Left, pad)?;
-    let ends = PromptEnds {
-        last: (0..batch.rows).map(|r| (r, batch.len - 1)).collect(),
-        after: Vec::new(),
-    };
+    let ends = PromptEnds::last_column(&batch);
     let first = model
         .forward(&batch)
         .interventions(hooks(&ends)?)

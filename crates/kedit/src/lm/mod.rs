@@ -45,6 +45,16 @@ pub struct PromptEnds {
     pub after: Vec<(usize, usize)>,
 }
 
+impl PromptEnds {
+    /// Left-padded prompts: every row's prompt ends in the last column.
+    pub fn last_column(batch: &TokenBatch) -> Self {
+        PromptEnds {
+            last: (0..batch.rows).map(|r| (r, batch.len - 1)).collect(),
+            after: Vec::new(),
+        }
+    }
+}
+
 /// Interventions to add to a forward chunk, given where its prompts end.
 pub type Hooks<'a> = &'a dyn Fn(&PromptEnds) -> Result<Vec<Intervention>>;
 
@@ -87,10 +97,7 @@ impl LanguageModel for Model {
 pub fn next_logits_with(model: &Model, prompts: &[Vec<u32>], hooks: Hooks) -> Result<Tensor> {
     let pad = model.tokenizer()?.pad_id();
     let batch = TokenBatch::new(prompts, Padding::Left, pad)?;
-    let ends = PromptEnds {
-        last: (0..batch.rows).map(|r| (r, batch.len - 1)).collect(),
-        after: Vec::new(),
-    };
+    let ends = PromptEnds::last_column(&batch);
     let out = model
         .forward(&batch)
         .interventions(hooks(&ends)?)
