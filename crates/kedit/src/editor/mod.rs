@@ -202,9 +202,7 @@ impl Editor {
                     "the delta for `{id}` has NaN or Inf entries"
                 )));
             }
-            let dense = delta.dense(w.dtype())?;
-            let ratio =
-                weights::frobenius(&dense)? / weights::frobenius(&w)?.max(f64::MIN_POSITIVE);
+            let ratio = delta.norm()? / weights::frobenius(&w)?.max(f64::MIN_POSITIVE);
             if ratio.is_nan() || ratio > self.guard.max_relative_norm {
                 return Err(Error::EditRefused(format!(
                     "the update of `{id}` has norm {ratio:.3e} × the weight's, above the limit {} \
@@ -212,7 +210,7 @@ impl Editor {
                     self.guard.max_relative_norm
                 )));
             }
-            let updated = (&w + dense)?;
+            let updated = delta.added_to(&w)?;
             if !weights::all_finite(&updated)? {
                 return Err(Error::EditRefused(format!(
                     "`{id}` would have NaN or Inf entries"
