@@ -55,6 +55,7 @@ pub mod editor;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;
+pub mod fsio;
 pub mod generate;
 pub mod hash;
 pub mod methods;

@@ -75,8 +75,16 @@ pub struct Forward<'m> {
     keep_kv: bool,
 }
 
+// Here rather than in `model`: the runtime is built on the model, not the other way round.
+impl Model {
+    /// Starts a forward pass over `batch`.
+    pub fn forward<'m>(&'m self, batch: &'m TokenBatch) -> Forward<'m> {
+        Forward::new(self, batch)
+    }
+}
+
 impl<'m> Forward<'m> {
-    pub(crate) fn new(model: &'m Model, batch: &'m TokenBatch) -> Self {
+    fn new(model: &'m Model, batch: &'m TokenBatch) -> Self {
         Forward {
             model,
             batch,

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::error::Result;
+use crate::fsio::write_atomic;
 use crate::hash::Fast64;
-use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
 use crate::runtime::{Padding, TokenBatch};
 use crate::trace::known_facts::KnownFact;
