@@ -48,7 +48,6 @@
 //! ```
 
 pub mod bench;
-pub mod bench_edit;
 pub mod cache;
 pub mod data;
 pub mod editor;

@@ -23,7 +23,7 @@ use crate::methods::{filter_warnings, EditContext, EditMethod, LoadedMethod};
 use crate::model::{Model, ParamId};
 use crate::prompts::{spaced_target, target_ids};
 use crate::request::EditRequest;
-use crate::runtime::{LogitsAt, Padding, Site, TokenBatch, WeightOverrides};
+use crate::runtime::{LogitsAt, Padding, TokenBatch, WeightOverrides};
 
 const SMOLLM2_DEFAULT: &str = include_str!("../../../../hparams/FT/smollm2-135m.yaml");
 
@@ -175,14 +175,7 @@ impl Ft {
                 entry_rows.push(row);
             }
         }
-        let resid = model
-            .forward(&tokens)
-            .capture([Site::ResidPre(first_layer)])
-            .stop_after(first_layer)
-            .run()?
-            .captures
-            .remove(&Site::ResidPre(first_layer))
-            .expect("captured");
+        let resid = model.forward(&tokens).resid_pre(first_layer)?;
         Ok(Batch {
             tokens,
             entries,

@@ -154,6 +154,15 @@ impl<'m> Forward<'m> {
     pub fn run(self) -> Result<ForwardOutput> {
         Pass::new(self)?.run()
     }
+
+    /// Runs up to block `layer` and returns the residual stream entering it,
+    /// `[rows, len, d]`: what [`Forward::start_at`] takes, so that an optimisation at
+    /// `layer` or above runs the blocks below it once rather than at every step.
+    pub fn resid_pre(self, layer: usize) -> Result<Tensor> {
+        let site = Site::ResidPre(layer);
+        let mut out = self.capture([site]).stop_after(layer).run()?;
+        Ok(out.captures.remove(&site).expect("captured"))
+    }
 }
 
 /// The state of one running forward pass.

@@ -1,27 +1,14 @@
-//! Throughput measurements behind `kedit bench`. Figures are printed, never asserted.
-
-use std::time::Instant;
+//! Throughput of the model runtime behind `kedit bench`: matrix products, prefill, and
+//! forward+backward from the embeddings vs from a cached residual.
 
 use candle_core::{DType, Device, Tensor, Var};
 use serde::Serialize;
 
+use crate::bench::median_seconds;
 use crate::error::Result;
 use crate::model::Model;
 use crate::rng::Rng;
 use crate::runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};
-
-/// Median wall time of `reps` runs of `f` after one warm-up, in seconds.
-pub fn median_seconds(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct MatmulFigure {
@@ -141,14 +128,7 @@ pub fn forward_backward(
         Ok(())
     };
     let from_embeddings_seconds = median_seconds(reps, || step(None))?;
-    let cached = model
-        .forward(&batch)
-        .capture([Site::ResidPre(layer)])
-        .stop_after(layer)
-        .run()?
-        .captures
-        .remove(&Site::ResidPre(layer))
-        .expect("captured");
+    let cached = model.forward(&batch).resid_pre(layer)?;
     let from_cached_residual_seconds = median_seconds(reps, || step(Some(&cached)))?;
     Ok(BackwardFigure {
         rows,
@@ -156,122 +136,5 @@ pub fn forward_backward(
         layer,
         from_embeddings_seconds,
         from_cached_residual_seconds,
-    })
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct StatsPassFigure {
-    pub layers: Vec<usize>,
-    pub docs: usize,
-    pub tokens: u64,
-    pub seconds: f64,
-    pub tokens_per_second: f64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct StatsFigure {
-    pub one: StatsPassFigure,
-    pub many: StatsPassFigure,
-    /// Time of the many-layer pass over the one-layer pass (target: < 1.5).
-    pub ratio: f64,
-    /// Seconds to add one batch of `accumulate_rows` keys to Σ k kᵀ (f32, lower half).
-    pub accumulate_rows: usize,
-    pub accumulate_seconds: f64,
-}
-
-/// One uncached key-statistics pass over the first `docs` documents (median of `reps`, each
-/// in a fresh temporary cache).
-pub fn stats_pass(
-    model: &Model,
-    corpus: &std::path::Path,
-    layers: &[usize],
-    docs: usize,
-    reps: usize,
-) -> Result<StatsPassFigure> {
-    let mut runs = Vec::new();
-    for rep in 0..reps.max(1) {
-        let dir = std::env::temp_dir().join(format!("kedit-bench-{}-{rep}", std::process::id()));
-        let cache = crate::cache::Cache::new(&dir);
-        let request = crate::stats::StatsRequest {
-            n_docs: docs,
-            checkpoint_seconds: f64::INFINITY,
-            ..crate::stats::StatsRequest::new(layers.to_vec(), corpus)
-        };
-        let result = crate::stats::key_stats(model, &request, &cache, false);
-        let _ = std::fs::remove_dir_all(&dir);
-        let stats = result?;
-        let timing = stats
-            .first()
-            .and_then(|s| s.computed)
-            .ok_or_else(|| crate::Error::invalid("the benchmark pass was read from a cache"))?;
-        runs.push((timing, stats[0].n_docs));
-    }
-    runs.sort_by(|a, b| a.0.seconds.total_cmp(&b.0.seconds));
-    let (timing, docs) = runs[runs.len() / 2];
-    Ok(StatsPassFigure {
-        layers: layers.to_vec(),
-        docs,
-        tokens: timing.tokens,
-        seconds: timing.seconds,
-        tokens_per_second: timing.tokens_per_second,
-    })
-}
-
-/// Key statistics for one layer vs several in one pass, same documents, no cache.
-pub fn stats_layers(
-    model: &Model,
-    corpus: &std::path::Path,
-    one: &[usize],
-    many: &[usize],
-    docs: usize,
-    reps: usize,
-) -> Result<StatsFigure> {
-    let one = stats_pass(model, corpus, one, docs, reps)?;
-    let many = stats_pass(model, corpus, many, docs, reps)?;
-    let rows = 16 * 128;
-    let width = model.config.d_ff;
-    let keys = Rng::new(3).normal_vec(rows * width);
-    let mut sum = crate::stats::MomentSum::zeros(width, crate::stats::Precision::F32);
-    let accumulate_seconds = median_seconds(reps, || sum.add_rows(&keys))?;
-    Ok(StatsFigure {
-        ratio: many.seconds / one.seconds,
-        one,
-        many,
-        accumulate_rows: rows,
-        accumulate_seconds,
-    })
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct TraceFigure {
-    pub facts: usize,
-    pub samples: usize,
-    pub tokens_per_pass: usize,
-    pub workers: usize,
-    /// Mean prompt length in tokens.
-    pub mean_tokens: f64,
-    pub seconds_per_fact: f64,
-}
-
-/// Seconds per fact of a full trace (hidden, MLP and attention grids) of `facts`.
-pub fn trace_facts(
-    model: &Model,
-    facts: &[crate::trace::KnownFact],
-    options: &crate::trace::TraceOptions,
-) -> Result<TraceFigure> {
-    let started = Instant::now();
-    let mut tokens = 0;
-    for f in facts {
-        let r = crate::trace::trace_prompt(model, &f.prompt, &f.subject, None, options)?;
-        tokens += r.tokens.len();
-    }
-    let n = facts.len().max(1);
-    Ok(TraceFigure {
-        facts: facts.len(),
-        samples: options.samples,
-        tokens_per_pass: options.tokens_per_pass,
-        workers: options.workers,
-        mean_tokens: tokens as f64 / n as f64,
-        seconds_per_fact: started.elapsed().as_secs_f64() / n as f64,
     })
 }
