@@ -80,6 +80,7 @@ pub fn run(
     obs: &mut dyn Observer,
 ) -> Result<()> {
     ensure_pristine(editor, "before the run")?;
+    method.prepare(editor.model(), ctx)?;
     pre_edit(editor, requests, opts, store, obs)?;
     match opts.mode {
         Mode::Single => single(editor, method, ctx, requests, opts, store, obs)?,

@@ -81,6 +81,13 @@ pub trait EditMethod: Send + Sync {
     /// How many requests one call can take (`None`: any number).
     fn max_batch(&self) -> Option<usize>;
 
+    /// Called once per run, before any edit, with the unedited model. What a method must
+    /// derive from the model it starts from (ROME's context templates) it derives here: a
+    /// resumed sequential run hands `compute` a model that already carries the earlier edits.
+    fn prepare(&self, _original: &Model, _ctx: &mut EditContext) -> Result<()> {
+        Ok(())
+    }
+
     /// Computes the edit for `requests`. The model is not changed.
     fn compute(
         &self,
