@@ -81,13 +81,6 @@ pub trait EditMethod: Send + Sync {
     /// How many requests one call can take (`None`: any number).
     fn max_batch(&self) -> Option<usize>;
 
-    /// Called once per run, before any edit, with the unedited model. What a method must
-    /// derive from the model it starts from (ROME's context templates) it derives here: a
-    /// resumed sequential run hands `compute` a model that already carries the earlier edits.
-    fn prepare(&self, _original: &Model, _ctx: &mut EditContext) -> Result<()> {
-        Ok(())
-    }
-
     /// Computes the edit for `requests`. The model is not changed.
     fn compute(
         &self,
@@ -98,6 +91,13 @@ pub trait EditMethod: Send + Sync {
 
     /// The hyper-parameters in effect, for reports.
     fn hparams_json(&self) -> serde_json::Value;
+
+    /// Called once per run, before any edit, with the unedited model. What a method must
+    /// derive from the model it starts from (ROME's context templates) it derives here: a
+    /// resumed sequential run hands `compute` a model that already carries the earlier edits.
+    fn prepare(&self, _original: &Model, _ctx: &EditContext) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A method ready to run, with the warnings its hyper-parameters raised.

@@ -310,15 +310,7 @@ impl EditMethod for Rome {
         &self.name
     }
 
-    fn max_batch(&self) -> Option<usize> {
-        Some(1)
-    }
-
-    fn hparams_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
-    }
-
-    fn prepare(&self, original: &Model, ctx: &mut EditContext) -> Result<()> {
+    fn prepare(&self, original: &Model, ctx: &EditContext) -> Result<()> {
         let spec = self.template_spec(ctx);
         let templates = context_templates(original, &spec, &ctx.cache)?;
         self.templates
@@ -326,6 +318,14 @@ impl EditMethod for Rome {
             .expect("template cache lock")
             .insert(spec, templates);
         Ok(())
+    }
+
+    fn max_batch(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    fn hparams_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
     }
 
     fn compute(
