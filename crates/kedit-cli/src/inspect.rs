@@ -1,7 +1,7 @@
 //! `kedit inspect`
 
 use anyhow::Result;
-use kedit::model::summary::ModelSummary;
+use kedit::runtime::summary::ModelSummary;
 
 use crate::output::print_json;
 use crate::ModelArg;

@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let json = dir.join("locate.json");
         let text = serde_json::to_string_pretty(&result)?;
-        kedit::model::safetensors_io::write_atomic(&json, text.as_bytes())?;
+        kedit::fsio::write_atomic(&json, text.as_bytes())?;
         files.push(json);
         for w in write_locate_pictures(&result, dir)? {
             files.extend([w.png, w.svg]);

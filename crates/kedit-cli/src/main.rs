@@ -1,9 +1,6 @@
 //! `kedit`: the command line. A thin layer over the kedit library: parse, call, print.
 
 mod bench;
-mod bench_edit;
-mod bench_eval;
-mod bench_locate;
 mod demo;
 mod edit;
 mod eval;
@@ -43,9 +40,9 @@ enum Command {
     /// Describe a model: architecture, sizes, layers, intervention sites.
     Inspect(inspect::Args),
     /// Measure throughput: matmul GFLOP/s, prefill, forward+backward.
-    Bench(bench::Args),
+    Bench(bench::runtime::Args),
     /// Measure seconds per edit of a method, phase by phase, and peak memory.
-    BenchEdit(bench_edit::Args),
+    BenchEdit(bench::edit::Args),
     /// Edit and evaluate a dataset (single, sequential or batch mode); resumable.
     Eval(eval::Args),
     /// The editing methods: names, EasyEdit alg_name, family, what each needs.
@@ -55,7 +52,7 @@ enum Command {
     /// Make one edit and show generations and metrics before and after.
     Edit(edit::Args),
     /// Time the teacher-forced metrics: batched forwards vs one forward per prompt.
-    BenchEval(bench_eval::Args),
+    BenchEval(bench::eval::Args),
     /// Second-moment statistics E[k kᵀ] of MLP keys, several layers in one cached pass.
     Stats(stats::Args),
     /// Causal tracing of one prompt: where is the fact recalled?
@@ -63,9 +60,9 @@ enum Command {
     /// Causal tracing averaged over known facts: which layer to edit.
     Locate(locate::Args),
     /// Measure key statistics: one layer vs several in one pass.
-    BenchStats(bench_locate::StatsArgs),
+    BenchStats(bench::locate::StatsArgs),
     /// Measure causal tracing: seconds per fact.
-    BenchTrace(bench_locate::TraceBenchArgs),
+    BenchTrace(bench::locate::TraceBenchArgs),
 }
 
 /// The help text of `--method`, from the method registry.
@@ -105,18 +102,18 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Inspect(a) => inspect::run(a),
-        Command::Bench(a) => bench::run(a),
-        Command::BenchEdit(a) => bench_edit::run(a),
+        Command::Bench(a) => bench::runtime::run(a),
+        Command::BenchEdit(a) => bench::edit::run(a),
         Command::Eval(a) => eval::run_cmd(a),
         Command::Edit(a) => edit::run(a),
         Command::Methods(a) => methods::run(a),
         Command::Train(a) => train::run(a),
-        Command::BenchEval(a) => bench_eval::run(a),
+        Command::BenchEval(a) => bench::eval::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Trace(a) => trace::run(a),
         Command::Locate(a) => locate::run(a),
-        Command::BenchStats(a) => bench_locate::run_stats(a),
-        Command::BenchTrace(a) => bench_locate::run_trace(a),
+        Command::BenchStats(a) => bench::locate::run_stats(a),
+        Command::BenchTrace(a) => bench::locate::run_trace(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

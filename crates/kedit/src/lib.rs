@@ -52,7 +52,6 @@
 //! ```
 
 pub mod bench;
-pub mod bench_edit;
 pub mod cache;
 pub mod data;
 pub mod edit;
@@ -60,6 +59,7 @@ pub mod editor;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;
+pub mod fsio;
 pub mod hash;
 pub mod lm;
 pub mod methods;

@@ -8,11 +8,16 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use common::smollm2;
 use kedit::cache::Cache;
+use kedit::edit::{Edit, WeightEdit};
 use kedit::editor::Editor;
+use kedit::evaluate::MetricOptions;
+use kedit::experiment::{run, Mode, RunOptions, RunStore};
 use kedit::methods::rome::key::Lookup;
 use kedit::methods::rome::moment::KeyCovariance;
+use kedit::methods::rome::templates::{context_templates, TemplateSpec};
 use kedit::methods::rome::value::{loss_at, value_star, KlAt, ValueHparams, ValuePrompts};
 use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::progress::Silent;
 use kedit::prompts::{lookup, target_ids, FactToken};
 use kedit::request::EditRequest;
 use kedit::stats::{key_stats, StatsRequest};
@@ -395,4 +400,101 @@ fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
             );
         }
     }
+}
+
+/// A resumed sequential run must edit with the context templates of the unedited model, as
+/// an uninterrupted one does. (The run store replays the earlier edits before the next one,
+/// so the model the method is handed on resume is already edited, and its templates, sampled
+/// from an edited model, differ.)
+#[test]
+fn a_resumed_sequential_rome_run_edits_as_an_uninterrupted_one() {
+    let model = smollm2();
+    let mut hp =
+        HparamsSource::read(&common::workspace().join("hparams/ROME/smollm2-135m.yaml")).unwrap();
+    // Key statistics would only add minutes; the templates are what is tested.
+    hp.set("mom2_adjustment", serde_json::json!(false));
+    let requests = [
+        eiffel(),
+        EditRequest {
+            case_id: "louvre".into(),
+            prompt: "The Louvre is located in the city of".into(),
+            subject: "The Louvre".into(),
+            target_new: "London".into(),
+            ..Default::default()
+        },
+    ];
+    // One cache for every run, as `.kedit-cache` is shared by the runs of a machine.
+    let scratch = common::Scratch::new("rome-resume");
+    let cache = Cache::new(scratch.join("cache"));
+    let opts = RunOptions {
+        mode: Mode::Sequential,
+        batch_size: 1,
+        metrics: MetricOptions {
+            fluency: false,
+            free_generation: false,
+            seed: 0,
+        },
+    };
+    let header = serde_json::json!({"method": "rome", "mode": "sequential"});
+    // A fresh method each time, as a new process has.
+    let run_into = |dir: &std::path::Path, requests: &[EditRequest]| {
+        let rome = methods::load_source("rome", Some(hp.clone()), model).unwrap();
+        let mut store = RunStore::open(dir, &header).unwrap();
+        let ctx = EditContext {
+            cache: cache.clone(),
+            ..Default::default()
+        };
+        let mut editor = Editor::new(model.clone());
+        let method = rome.method.as_ref();
+        run(
+            &mut editor,
+            method,
+            &ctx,
+            requests,
+            &opts,
+            &mut store,
+            &mut Silent,
+        )
+        .unwrap();
+        store
+    };
+    let whole = scratch.join("whole");
+    run_into(&whole, &requests);
+    let resumed = scratch.join("resumed");
+    run_into(&resumed, &requests[..1]);
+    let store = run_into(&resumed, &requests);
+    assert_eq!(store.cases.len(), 2);
+
+    let load = |path: std::path::PathBuf| -> WeightEdit {
+        Edit::load(&path).unwrap().weights().unwrap().clone()
+    };
+    let second = |dir: &std::path::Path| load(dir.join("edits/1.safetensors"));
+    let (a, b) = (second(&whole), second(&resumed));
+    assert_eq!(a.deltas.len(), b.deltas.len());
+    for ((ia, da), (ib, db)) in a.deltas.iter().zip(&b.deltas) {
+        assert_eq!(ia, ib);
+        let diff = common::max_abs_diff(
+            &da.dense(DType::F32).unwrap(),
+            &db.dense(DType::F32).unwrap(),
+        );
+        assert_eq!(
+            diff, 0.0,
+            "the resumed run's second edit of `{ia}` differs by {diff:e}"
+        );
+    }
+
+    // What makes the test bite: the edited model's own templates are not the original's.
+    let first = Edit::load(&whole.join("edits/0.safetensors")).unwrap();
+    let mut editor = Editor::new(model.clone());
+    editor.apply(&first).unwrap();
+    let spec = TemplateSpec {
+        length_params: vec![(10, 5)],
+        seed: 0,
+    };
+    let original = context_templates(model, &spec, &cache).unwrap();
+    let edited = context_templates(editor.model(), &spec, &cache).unwrap();
+    assert_ne!(
+        original, edited,
+        "the first edit leaves the templates as they were"
+    );
 }

@@ -1,6 +1,5 @@
 //! Evaluate: the metrics of a system (a plain model or an edited one) on edit requests.
 
-pub mod bench;
 pub mod metrics;
 
 pub use metrics::{evaluate, MetricOptions, Metrics};

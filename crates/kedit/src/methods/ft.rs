@@ -24,7 +24,7 @@ use crate::methods::{
 use crate::model::{Model, ParamId};
 use crate::prompts::{spaced_target, target_ids};
 use crate::request::EditRequest;
-use crate::runtime::{LogitsAt, Padding, Site, TokenBatch, WeightOverrides};
+use crate::runtime::{LogitsAt, Padding, TokenBatch, WeightOverrides};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -173,14 +173,7 @@ impl Ft {
                 entry_rows.push(row);
             }
         }
-        let resid = model
-            .forward(&tokens)
-            .capture([Site::ResidPre(first_layer)])
-            .stop_after(first_layer)
-            .run()?
-            .captures
-            .remove(&Site::ResidPre(first_layer))
-            .expect("captured");
+        let resid = model.forward(&tokens).resid_pre(first_layer)?;
         Ok(Batch {
             tokens,
             entries,

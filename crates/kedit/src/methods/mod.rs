@@ -102,11 +102,14 @@ pub trait EditMethod: Send + Sync {
     /// The hyper-parameters in effect, for reports.
     fn hparams_json(&self) -> serde_json::Value;
 
-    /// Computes, before any edit, what the method needs and can make itself (the key
-    /// statistics of its layers), reporting progress; `compute` then finds it cached.
+    /// Called once per run, before any edit, with the unedited model. What a method must
+    /// derive from the model it starts from (ROME's context templates) it derives here — a
+    /// resumed sequential run hands `compute` a system that already carries the earlier
+    /// edits — and what it needs and can make itself (key statistics of its layers) it
+    /// computes here, reporting progress; `compute` then finds both cached.
     fn prepare(
         &self,
-        _model: &Model,
+        _original: &Model,
         _ctx: &EditContext,
         _progress: &mut dyn Progress,
     ) -> Result<()> {

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::methods::hparams::HparamsSource;
 use crate::methods::registry::Registry;
-use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::request::EditRequest;

@@ -8,11 +8,12 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::model::config::{Family, ModelConfig};
 use crate::model::hf_config;
 use crate::model::hf_names::{hf_slot, HfLayout};
 use crate::model::params::Params;
-use crate::model::safetensors_io::{save_atomic, write_atomic, SafetensorFiles};
+use crate::model::safetensors_io::{save_atomic, SafetensorFiles};
 
 pub struct HfModel {
     pub config: ModelConfig,

@@ -8,7 +8,6 @@ pub mod hf_config;
 pub mod hf_names;
 pub mod params;
 pub mod safetensors_io;
-pub mod summary;
 
 use std::path::{Path, PathBuf};
 
@@ -16,8 +15,7 @@ use candle_core::{DType, Device};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::runtime::batch::TokenBatch;
-use crate::runtime::forward::Forward;
+use crate::fsio;
 use crate::tokenizer::Tokenizer;
 pub use config::{Family, ModelConfig};
 pub use params::{BlockParam, ParamId, Params};
@@ -160,38 +158,16 @@ impl Model {
         })
     }
 
-    /// Starts a forward pass over `batch`.
-    pub fn forward<'m>(&'m self, batch: &'m TokenBatch) -> Forward<'m> {
-        Forward::new(self, batch)
-    }
-
     /// Saves the model as a Hugging Face directory (config.json, model.safetensors,
     /// tokenizer files). The directory appears whole or not at all.
     pub fn save_hf(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let dir = dir.as_ref();
-        let tmp = safetensors_io::temp_sibling(dir);
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        }
-        hf::save(&tmp, &self.config, &self.params, &self.hf_config)?;
-        if let Some(tok) = &self.tokenizer {
-            tok.save_hf(&tmp)?;
-        }
-        if dir.exists() {
-            let old = dir.with_file_name(format!(
-                ".{}.old-{}",
-                dir.file_name()
-                    .map(|n| n.to_string_lossy())
-                    .unwrap_or_default(),
-                std::process::id()
-            ));
-            std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-        } else {
-            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-        }
-        Ok(())
+        fsio::replace_dir(dir.as_ref(), |tmp| {
+            hf::save(tmp, &self.config, &self.params, &self.hf_config)?;
+            match &self.tokenizer {
+                Some(tok) => tok.save_hf(tmp),
+                None => Ok(()),
+            }
+        })
     }
 }
 

@@ -10,6 +10,7 @@ use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::fsio;
 
 /// The safetensors files of a checkpoint, memory-mapped, with an index of tensor names.
 pub struct SafetensorFiles {
@@ -179,29 +180,13 @@ fn truncation(path: &Path, bytes: &[u8]) -> Option<Error> {
     ))
 }
 
-/// Writes `tensors` to `path` atomically (a temporary file renamed into place).
+/// Writes `tensors` to `path` atomically.
 pub fn save_atomic(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = temp_sibling(path);
     let map: HashMap<String, Tensor> = tensors
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.contiguous()?)))
         .collect::<Result<_>>()?;
-    candle_core::safetensors::save(&map, &tmp).map_err(|e| Error::model(&tmp, e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
-/// `dir/.name.tmp-<pid>`: same directory, so the final rename is atomic.
-pub fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
-/// Writes bytes to `path` atomically.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_sibling(path);
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    fsio::write_atomic_with(path, |tmp| {
+        candle_core::safetensors::save(&map, tmp).map_err(|e| Error::model(tmp, e.to_string()))
+    })
 }

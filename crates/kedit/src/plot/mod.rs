@@ -14,7 +14,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::safetensors_io::write_atomic;
+use crate::fsio::write_atomic;
 pub use heatmap::{Heatmap, Palette};
 pub use lines::LinePlot;
 

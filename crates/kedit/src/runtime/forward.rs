@@ -75,8 +75,16 @@ pub struct Forward<'m> {
     keep_kv: bool,
 }
 
+// Here rather than in `model`: the runtime is built on the model, not the other way round.
+impl Model {
+    /// Starts a forward pass over `batch`.
+    pub fn forward<'m>(&'m self, batch: &'m TokenBatch) -> Forward<'m> {
+        Forward::new(self, batch)
+    }
+}
+
 impl<'m> Forward<'m> {
-    pub(crate) fn new(model: &'m Model, batch: &'m TokenBatch) -> Self {
+    fn new(model: &'m Model, batch: &'m TokenBatch) -> Self {
         Forward {
             model,
             batch,
@@ -145,6 +153,15 @@ impl<'m> Forward<'m> {
 
     pub fn run(self) -> Result<ForwardOutput> {
         Pass::new(self)?.run()
+    }
+
+    /// Runs up to block `layer` and returns the residual stream entering it,
+    /// `[rows, len, d]`: what [`Forward::start_at`] takes, so that an optimisation at
+    /// `layer` or above runs the blocks below it once rather than at every step.
+    pub fn resid_pre(self, layer: usize) -> Result<Tensor> {
+        let site = Site::ResidPre(layer);
+        let mut out = self.capture([site]).stop_after(layer).run()?;
+        Ok(out.captures.remove(&site).expect("captured"))
     }
 }
 

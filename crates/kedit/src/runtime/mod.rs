@@ -7,6 +7,7 @@ pub mod kv_cache;
 pub mod nll;
 pub mod ops;
 pub mod sites;
+pub mod summary;
 pub mod threads;
 
 pub use batch::{Padding, TokenBatch};

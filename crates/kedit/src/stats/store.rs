@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::model::safetensors_io::write_atomic;
+use crate::fsio::write_atomic;
 use crate::stats::moment::Precision;
 
 /// What determines a layer's statistics, apart from the number of documents.

@@ -11,7 +11,7 @@ use candle_core::quantized::gguf_file::Value as GgufValue;
 use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
-use crate::model::safetensors_io::write_atomic;
+use crate::fsio::write_atomic;
 pub use chat::ChatMessage;
 
 #[derive(Clone)]

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::error::Result;
+use crate::fsio::write_atomic;
 use crate::hash::Fast64;
-use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
 use crate::progress::Progress;
 use crate::runtime::{Padding, TokenBatch};

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::hash::Fast64;
-use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
 use crate::runtime::{Padding, Site, TokenBatch};
 use crate::trace::known_facts::load_known_facts;

@@ -101,7 +101,10 @@ pub struct Rome {
     name: String,
     hp: RomeHparams,
     params: Vec<(usize, ParamId)>,
-    /// Context templates per template spec (EasyEdit also samples them once per process).
+    /// Context templates per template spec, sampled from the unedited model: the one given
+    /// to `prepare`, else the first one `compute` is given (EasyEdit also samples them once
+    /// per process). Never from an edited model: in sequential mode every edit would then
+    /// see other templates, and a resumed run others than an uninterrupted one.
     templates: Mutex<HashMap<TemplateSpec, Vec<String>>>,
     /// The factorised C per (layer, fingerprint of the weights below the key).
     covariances: Mutex<HashMap<(usize, u64), Arc<KeyCovariance>>>,
@@ -163,11 +166,15 @@ impl Rome {
         &self.hp
     }
 
-    fn templates(&self, model: &Model, ctx: &EditContext) -> Result<Vec<String>> {
-        let spec = TemplateSpec {
+    fn template_spec(&self, ctx: &EditContext) -> TemplateSpec {
+        TemplateSpec {
             length_params: self.hp.context_template_length_params.clone(),
             seed: self.hp.context_template_seed ^ ctx.seed,
-        };
+        }
+    }
+
+    fn templates(&self, model: &Model, ctx: &EditContext) -> Result<Vec<String>> {
+        let spec = self.template_spec(ctx);
         let mut cache = self.templates.lock().expect("template cache lock");
         if let Some(t) = cache.get(&spec) {
             return Ok(t.clone());
@@ -303,13 +310,24 @@ impl EditMethod for Rome {
         &self.name
     }
 
-    fn prepare(&self, model: &Model, ctx: &EditContext, progress: &mut dyn Progress) -> Result<()> {
+    fn prepare(
+        &self,
+        original: &Model,
+        ctx: &EditContext,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let spec = self.template_spec(ctx);
+        let templates = context_templates(original, &spec, &ctx.cache)?;
+        self.templates
+            .lock()
+            .expect("template cache lock")
+            .insert(spec, templates);
         if !self.hp.mom2_adjustment {
             return Ok(());
         }
         for &(layer, _) in &self.params {
             if let Some(request) = self.stats_request(layer, ctx)? {
-                require_key_stats(model, layer, Some(&request), &ctx.cache, progress)?;
+                require_key_stats(original, layer, Some(&request), &ctx.cache, progress)?;
             }
         }
         Ok(())

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
 use crate::error::Result;
+use crate::fsio::write_atomic;
 use crate::lm::generate::{generate, GenerateOptions, Sampling};
-use crate::model::safetensors_io::write_atomic;
 use crate::model::Model;
 
 /// The prompts generation starts from (ROME's).

@@ -150,11 +150,14 @@ fn freeze(
     let pad = model.tokenizer()?.pad_id();
     let full = TokenBatch::new(&seqs, Padding::Right, pad)?;
     // Above the last layer nothing is left to start from: then start at l itself.
-    let (start, site, resid_site) = if layer + 1 < model.config.n_layers {
-        (layer + 1, Site::ResidPre(layer + 1), Site::ResidPost(layer))
+    let (start, site) = if layer + 1 < model.config.n_layers {
+        (layer + 1, Site::ResidPre(layer + 1))
     } else {
-        (layer, Site::MlpOut(layer), Site::ResidPre(layer))
+        (layer, Site::MlpOut(layer))
     };
+    // The chunk's forward starts from the residual entering block `start`; the same pass
+    // also gives v0 and the prefix's keys and values, so it is not a separate `resid_pre`.
+    let resid_site = Site::ResidPre(start);
     let out = model
         .forward(&full)
         .capture([resid_site, Site::MlpOut(layer)])

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use kedit::bench::eval::pre_edit_metrics;
 use kedit::data::{load, Format, LoadOptions};
-use kedit::evaluate::bench::pre_edit_metrics;
 
 use crate::output::print_json;
 use crate::ModelArg;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use kedit::bench;
+use kedit::bench::locate as bench;
 use kedit::trace::{load_known_facts, TraceOptions};
 
 use crate::output::{print_json, table};

@@ -1,7 +1,7 @@
 //! `kedit bench`: throughput figures of this machine and model.
 
 use anyhow::Result;
-use kedit::bench;
+use kedit::bench::runtime as bench;
 use serde::Serialize;
 
 use crate::output::{print_json, table};

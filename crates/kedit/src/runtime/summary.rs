@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::model::{Model, SourceFormat};
-use crate::runtime::Site;
+use crate::runtime::sites::Site;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelSummary {

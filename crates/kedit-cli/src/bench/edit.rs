@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use kedit::bench_edit::edit_speed;
+use kedit::bench::edit::edit_speed;
 use kedit::data::{load, Format, LoadOptions};
 use kedit::editor::Editor;
 use kedit::methods::{EditContext, Registry};

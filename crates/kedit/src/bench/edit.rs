@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::bench::median;
 use crate::editor::Editor;
 use crate::error::Result;
 use crate::experiment::efficiency::{peak_rss_bytes, reset_peak_rss};
@@ -35,19 +36,6 @@ pub struct EditBench {
     pub median_phases: Vec<(String, f64)>,
     pub max_peak_rss_bytes: Option<u64>,
     pub edits: Vec<EditTiming>,
-}
-
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    })
 }
 
 /// Computes one edit per request (the model is not changed) and times each.
