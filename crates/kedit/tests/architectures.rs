@@ -1,4 +1,5 @@
-//! The six tiny Hugging Face models (`../shared/fixtures/tiny/<arch>`) against transformers:
+//! The six tiny Hugging Face models (`../shared/fixtures/tiny/<arch>`) and a tiny Gemma 3
+//! (`tests/fixtures/gemma3/tiny`) against transformers:
 //! every captured site, the logits, the loss and a full weight gradient, at real positions.
 
 mod common;
@@ -54,7 +55,10 @@ impl Report {
 }
 
 fn check_architecture(arch: &'static str) {
-    let dir = tiny_dir(arch);
+    check_model_dir(arch, tiny_dir(arch));
+}
+
+fn check_model_dir(arch: &'static str, dir: std::path::PathBuf) {
     let refs = load_tensors(dir.join("reference.safetensors"));
     let model = Model::load(&dir).unwrap_or_else(|e| panic!("{arch}: {e}"));
     assert!(model.tokenizer.is_none(), "{arch}: no tokenizer.json here");
@@ -172,6 +176,13 @@ fn gptj_matches_transformers() {
 #[test]
 fn gpt_neox_matches_transformers() {
     check_architecture("gpt_neox");
+}
+
+/// A tiny random Gemma 3 of our own (`tests/fixtures/gemma3/tiny`, made by
+/// scripts/reference/gemma3_reference.py): one sliding-window layer, one global one.
+#[test]
+fn gemma3_matches_transformers() {
+    check_model_dir("gemma3", gemma3_tiny_dir());
 }
 
 /// Mistral's weights are Llama's: only the sliding window differs, and it must matter.

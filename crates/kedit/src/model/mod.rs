@@ -1,11 +1,10 @@
 //! Models: loading (GGUF, Hugging Face directories), weights under canonical names, saving.
 
+pub mod arch;
 pub mod config;
 pub mod fingerprint;
 pub mod gguf;
 pub mod hf;
-pub mod hf_config;
-pub mod hf_names;
 pub mod params;
 pub mod safetensors_io;
 pub mod summary;
@@ -19,7 +18,9 @@ use crate::error::{Error, Result};
 use crate::runtime::batch::TokenBatch;
 use crate::runtime::forward::Forward;
 use crate::tokenizer::Tokenizer;
-pub use config::{Family, ModelConfig};
+/// The Hugging Face names of canonical parameters, where they used to live.
+pub use arch as hf_names;
+pub use config::{BlockLayout, Family, ModelConfig};
 pub use params::{BlockParam, ParamId, Params};
 
 /// The default model: SmolLM2-135M-Instruct, as fetched by `scripts/fetch-model`.
@@ -85,7 +86,7 @@ impl Model {
             let loaded = gguf::load(path)?;
             let tokenizer = Tokenizer::from_gguf(path, &loaded.metadata)?;
             Ok(Model {
-                hf_config: hf_config::synthesize(&loaded.config),
+                hf_config: arch::synthesize(&loaded.config),
                 config: loaded.config,
                 params: loaded.params,
                 tokenizer: Some(tokenizer),
@@ -121,7 +122,7 @@ impl Model {
             }
         }
         Ok(Model {
-            hf_config: hf_config::synthesize(&config),
+            hf_config: arch::synthesize(&config),
             config,
             params,
             tokenizer,

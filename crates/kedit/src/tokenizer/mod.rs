@@ -3,6 +3,7 @@
 
 mod chat;
 mod gguf;
+mod gguf_spm;
 
 use std::collections::HashMap;
 use std::path::Path;
