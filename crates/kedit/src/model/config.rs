@@ -106,21 +106,24 @@ pub struct ModelConfig {
     pub max_positions: usize,
     /// A key j is visible to query i only if i - window < j (Mistral).
     pub sliding_window: Option<usize>,
+    // The fields below are left out of the serialised form when unused, so that the
+    // configurations (and fingerprints: cached statistics) of the other architectures stay
+    // what they were before these fields existed.
     /// Which layers the window applies to; `None`: all of them (Gemma 3 alternates
     /// sliding-window layers with global ones).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_layers: Option<Vec<bool>>,
     /// The RoPE base of the sliding-window layers, where it differs from `rope.theta`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rope_theta: Option<f64>,
     /// Token embeddings are multiplied by this (Gemma: √d_model).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed_scale: Option<f64>,
     /// RMSNorm over each query and key head before RoPE (weights `attn.{q,k}_norm`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub qk_norm: bool,
     /// Scores are q·k times this; `None`: 1/√head_dim.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attn_scale: Option<f64>,
     pub tie_embeddings: bool,
     pub biases: Biases,
