@@ -93,6 +93,7 @@ fn tokenizer_ids_equal_transformers_on_all_47_strings() {
     println!("tokenizer: {}/47 identical", 47 - wrong.len());
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_eq!(tok.bos_id(), Some(r["bos_id"].as_u64().unwrap() as u32));
+    assert!(tok.adds_bos(), "Gemma's GGUF says add_bos_token");
 }
 
 #[test]

@@ -127,6 +127,10 @@ fn byte_level(
     };
     Ok(Tokenizer {
         inner,
+        add_bos: md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false),
         bos: name("tokenizer.ggml.bos_token_id"),
         eos: name("tokenizer.ggml.eos_token_id"),
         pad: name("tokenizer.ggml.padding_token_id"),
