@@ -10,7 +10,7 @@
 
 use serde_json::{json, Value};
 
-use super::fields::Fields;
+use super::fields::{activation_name, Fields};
 use super::{gguf_as_is, llama, Arch, GgufArch, GgufMeta, HfLayout, HfSlot};
 use crate::error::Result;
 use crate::model::config::{Activation, Biases, BlockLayout, Family, ModelConfig, NormKind, Rope};
@@ -181,7 +181,10 @@ fn synthesize(cfg: &ModelConfig) -> Value {
         "num_attention_heads": cfg.n_heads,
         "num_key_value_heads": cfg.n_kv_heads,
         "head_dim": cfg.head_dim,
-        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_activation": match cfg.activation {
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            other => activation_name(other),
+        },
         "max_position_embeddings": cfg.max_positions,
         "rms_norm_eps": cfg.norm_eps,
         "rope_parameters": {
