@@ -329,3 +329,55 @@ fn bad_gemma3_config_names_the_file_and_the_field() {
         );
     }
 }
+
+/// A GGUF holding only `metadata` (no tensors).
+fn write_gguf(
+    path: &std::path::Path,
+    metadata: &[(&str, candle_core::quantized::gguf_file::Value)],
+) {
+    let md: Vec<(&str, &candle_core::quantized::gguf_file::Value)> =
+        metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let mut f = std::fs::File::create(path).unwrap();
+    candle_core::quantized::gguf_file::write(&mut f, &md, &[]).unwrap();
+}
+
+#[test]
+fn bad_gguf_metadata_names_the_file_and_the_key() {
+    use candle_core::quantized::gguf_file::Value as V;
+    let scratch = Scratch::new("gemma3-gguf-metadata");
+    let arch = |a: &str| ("general.architecture", V::String(a.into()));
+    // (metadata, what the error must mention besides the file)
+    type Case<'a> = (Vec<(&'a str, V)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![arch("phi3")],
+            vec!["general.architecture", "phi3", "llama", "gemma3"],
+        ),
+        (
+            vec![
+                arch("gemma3"),
+                ("gemma3.embedding_length", V::String("640".into())),
+            ],
+            vec!["gemma3.embedding_length", "not an integer"],
+        ),
+        (
+            vec![
+                arch("gemma3"),
+                ("gemma3.embedding_length", V::U32(640)),
+                ("gemma3.attention.head_count", V::U32(4)),
+            ],
+            vec!["gemma3.block_count", "missing"],
+        ),
+    ];
+    for (i, (metadata, parts)) in cases.into_iter().enumerate() {
+        let path = scratch.join(&format!("case{i}.gguf"));
+        write_gguf(&path, &metadata);
+        let msg = match Model::load(&path) {
+            Ok(_) => panic!("case {i}: loaded, but an error was expected"),
+            Err(e) => e.to_string(),
+        };
+        for part in parts.iter().chain([&format!("case{i}.gguf").as_str()]) {
+            assert!(msg.contains(part), "case {i}: `{part}` not in: {msg}");
+        }
+    }
+}

@@ -133,8 +133,9 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// LLaMA-family MLPs are always gated, key = act(gate(x)) · up(x), whatever their
-    /// activation; GPT-2, GPT-J and GPT-NeoX never are: key = act(in(x)).
+    /// LLaMA-family and Gemma MLPs are always gated, key = act(gate(x)) · up(x), whatever
+    /// their activation; GPT-2, GPT-J and GPT-NeoX never are: key = act(in(x)). Each
+    /// architecture says which in its registry line.
     pub fn gated_mlp(&self) -> bool {
         arch::spec(self.family).gated_mlp
     }
