@@ -247,3 +247,30 @@ fn llama_family_mlp_stays_gated_with_a_gelu_activation() {
     let d = max_abs_diff(got, &want);
     assert!(d <= ATOL, "gated GELU key: max |Δ| {d}");
 }
+
+/// Some GPT-2 checkpoints name their tensors without the `transformer.` prefix.
+#[test]
+fn gpt2_checkpoint_without_its_prefix_loads_the_same_weights() {
+    let scratch = Scratch::new("gpt2-unprefixed");
+    std::fs::copy(
+        tiny_dir("gpt2").join("config.json"),
+        scratch.join("config.json"),
+    )
+    .unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> =
+        load_tensors(tiny_dir("gpt2").join("model.safetensors"))
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches("transformer.").to_string(), v))
+            .collect();
+    assert!(tensors.contains_key("wte.weight"));
+    candle_core::safetensors::save(&tensors, scratch.join("model.safetensors")).unwrap();
+    let a = Model::load(tiny_dir("gpt2")).unwrap();
+    let b = Model::load(scratch.path()).unwrap();
+    for (id, t) in a.params.iter() {
+        assert_eq!(
+            max_abs_diff(t, b.params.require(*id).unwrap()),
+            0.0,
+            "`{id}`"
+        );
+    }
+}

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::arch::{self, hf_slot, HfWriter};
-use crate::model::config::{Family, ModelConfig};
-use crate::model::params::Params;
+use crate::model::config::ModelConfig;
+use crate::model::params::{ParamId, Params};
 use crate::model::safetensors_io::{save_atomic, write_atomic, SafetensorFiles};
 
 pub struct HfModel {
@@ -30,15 +30,16 @@ pub fn read_config(dir: &Path) -> Result<(ModelConfig, Value)> {
 pub fn load(dir: &Path) -> Result<HfModel> {
     let (config, hf_config) = read_config(dir)?;
     let files = SafetensorFiles::open_dir(dir)?;
-    // Some GPT-2 checkpoints drop the `transformer.` prefix.
-    let unprefixed = config.family == Family::Gpt2 && !files.contains("transformer.wte.weight");
+    let embed = hf_slot(config.family, ParamId::TokenEmbed).expect("every family embeds tokens");
+    let dropped = arch::spec(config.family)
+        .hf_droppable_prefix
+        .filter(|_| !files.contains(&embed.name));
     let mut params = Params::new();
     for (id, shape) in config.param_shapes() {
         let slot = hf_slot(config.family, id).expect("every parameter of a family has a slot");
-        let name = if unprefixed {
-            slot.name.trim_start_matches("transformer.").to_string()
-        } else {
-            slot.name.clone()
+        let name = match dropped {
+            Some(prefix) => slot.name.trim_start_matches(prefix).to_string(),
+            None => slot.name.clone(),
         };
         let raw = files.get(&name)?;
         let expected = slot.layout.hf_shape(&shape);

@@ -24,6 +24,7 @@ pub static ARCH: Arch = Arch {
     parse,
     synthesize,
     hf_slot,
+    hf_droppable_prefix: None,
     gguf: Some(&GGUF),
 };
 

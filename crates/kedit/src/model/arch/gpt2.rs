@@ -17,6 +17,7 @@ pub static ARCH: Arch = Arch {
     parse: |f| parse_family(f, Family::Gpt2),
     synthesize,
     hf_slot,
+    hf_droppable_prefix: Some("transformer."),
     gguf: None,
 };
 

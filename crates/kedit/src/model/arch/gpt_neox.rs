@@ -18,6 +18,7 @@ pub static ARCH: Arch = Arch {
     parse,
     synthesize,
     hf_slot,
+    hf_droppable_prefix: None,
     gguf: None,
 };
 

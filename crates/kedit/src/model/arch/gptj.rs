@@ -16,6 +16,7 @@ pub static ARCH: Arch = Arch {
     parse: |f| gpt2::parse_family(f, Family::GptJ),
     synthesize,
     hf_slot,
+    hf_droppable_prefix: None,
     gguf: None,
 };
 

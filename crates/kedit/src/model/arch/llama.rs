@@ -19,6 +19,7 @@ pub static ARCH: Arch = Arch {
     parse: |f| parse_family(f, Family::Llama, |_| Ok(None)),
     synthesize,
     hf_slot,
+    hf_droppable_prefix: None,
     gguf: Some(&GGUF),
 };
 

@@ -45,6 +45,8 @@ pub struct Arch {
     pub synthesize: fn(&ModelConfig) -> Value,
     /// The checkpoint tensor holding a canonical parameter.
     pub hf_slot: fn(ParamId) -> Option<HfSlot>,
+    /// A prefix of those names that some checkpoints drop (GPT-2's `transformer.`).
+    pub hf_droppable_prefix: Option<&'static str>,
     pub gguf: Option<&'static GgufArch>,
 }
 

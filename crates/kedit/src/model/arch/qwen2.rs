@@ -22,5 +22,6 @@ pub static ARCH: Arch = Arch {
     },
     synthesize: llama::synthesize,
     hf_slot: llama::hf_slot,
+    hf_droppable_prefix: None,
     gguf: None,
 };
