@@ -1,4 +1,5 @@
-//! The six tiny Hugging Face models (`../shared/fixtures/tiny/<arch>`) against transformers:
+//! The six tiny Hugging Face models (`../shared/fixtures/tiny/<arch>`) and a tiny Gemma 3
+//! (`tests/fixtures/gemma3/tiny`) against transformers:
 //! every captured site, the logits, the loss and a full weight gradient, at real positions.
 
 mod common;
@@ -54,7 +55,10 @@ impl Report {
 }
 
 fn check_architecture(arch: &'static str) {
-    let dir = tiny_dir(arch);
+    check_model_dir(arch, tiny_dir(arch));
+}
+
+fn check_model_dir(arch: &'static str, dir: std::path::PathBuf) {
     let refs = load_tensors(dir.join("reference.safetensors"));
     let model = Model::load(&dir).unwrap_or_else(|e| panic!("{arch}: {e}"));
     assert!(model.tokenizer.is_none(), "{arch}: no tokenizer.json here");
@@ -174,6 +178,13 @@ fn gpt_neox_matches_transformers() {
     check_architecture("gpt_neox");
 }
 
+/// A tiny random Gemma 3 of our own (`tests/fixtures/gemma3/tiny`, made by
+/// scripts/reference/gemma3_reference.py): one sliding-window layer, one global one.
+#[test]
+fn gemma3_matches_transformers() {
+    check_model_dir("gemma3", gemma3_tiny_dir());
+}
+
 /// Mistral's weights are Llama's: only the sliding window differs, and it must matter.
 #[test]
 fn mistral_sliding_window_changes_late_positions_only() {
@@ -235,4 +246,31 @@ fn llama_family_mlp_stays_gated_with_a_gelu_activation() {
     let got = out.capture(Site::MlpKey(0)).unwrap();
     let d = max_abs_diff(got, &want);
     assert!(d <= ATOL, "gated GELU key: max |Δ| {d}");
+}
+
+/// Some GPT-2 checkpoints name their tensors without the `transformer.` prefix.
+#[test]
+fn gpt2_checkpoint_without_its_prefix_loads_the_same_weights() {
+    let scratch = Scratch::new("gpt2-unprefixed");
+    std::fs::copy(
+        tiny_dir("gpt2").join("config.json"),
+        scratch.join("config.json"),
+    )
+    .unwrap();
+    let tensors: std::collections::HashMap<String, Tensor> =
+        load_tensors(tiny_dir("gpt2").join("model.safetensors"))
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches("transformer.").to_string(), v))
+            .collect();
+    assert!(tensors.contains_key("wte.weight"));
+    candle_core::safetensors::save(&tensors, scratch.join("model.safetensors")).unwrap();
+    let a = Model::load(tiny_dir("gpt2")).unwrap();
+    let b = Model::load(scratch.path()).unwrap();
+    for (id, t) in a.params.iter() {
+        assert_eq!(
+            max_abs_diff(t, b.params.require(*id).unwrap()),
+            0.0,
+            "`{id}`"
+        );
+    }
 }

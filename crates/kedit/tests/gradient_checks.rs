@@ -137,12 +137,13 @@ fn relative_error(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn check_tiny(arch: &str) {
-    let model = Model::load(tiny_dir(arch))
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
+    check_tiny_dir(arch, tiny_dir(arch));
+}
+
+fn check_tiny_dir(arch: &str, dir: std::path::PathBuf) {
+    let model = Model::load(&dir).unwrap().to_dtype(DType::F64).unwrap();
     assert_eq!(model.dtype(), DType::F64);
-    let refs = load_tensors(tiny_dir(arch).join("reference.safetensors"));
+    let refs = load_tensors(dir.join("reference.safetensors"));
     let inp = tiny_inputs(&refs);
     let obj = Objective {
         model: &model,
@@ -197,6 +198,11 @@ fn gptj_gradients_match_finite_differences() {
 #[test]
 fn gpt_neox_gradients_match_finite_differences() {
     check_tiny("gpt_neox");
+}
+
+#[test]
+fn gemma3_gradients_match_finite_differences() {
+    check_tiny_dir("gemma3", gemma3_tiny_dir());
 }
 
 /// The real SmolLM2 in f64: a delta at layer 5's MLP output, a few coordinates.

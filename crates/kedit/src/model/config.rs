@@ -5,9 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::arch;
 use crate::model::params::{BlockParam, ParamId};
 
-/// The Hugging Face model families kedit can load.
+/// The Hugging Face model families kedit can load; each has its file under
+/// [`crate::model::arch`] and a line in its registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Family {
     Llama,
@@ -16,44 +18,22 @@ pub enum Family {
     Gpt2,
     GptJ,
     GptNeoX,
+    Gemma3,
 }
 
 impl Family {
     /// The `architectures[0]` value of a Hugging Face `config.json`.
     pub fn hf_class(self) -> &'static str {
-        match self {
-            Family::Llama => "LlamaForCausalLM",
-            Family::Mistral => "MistralForCausalLM",
-            Family::Qwen2 => "Qwen2ForCausalLM",
-            Family::Gpt2 => "GPT2LMHeadModel",
-            Family::GptJ => "GPTJForCausalLM",
-            Family::GptNeoX => "GPTNeoXForCausalLM",
-        }
+        arch::spec(self).hf_class
     }
 
     pub fn from_hf_class(class: &str) -> Option<Self> {
-        [
-            Family::Llama,
-            Family::Mistral,
-            Family::Qwen2,
-            Family::Gpt2,
-            Family::GptJ,
-            Family::GptNeoX,
-        ]
-        .into_iter()
-        .find(|f| f.hf_class() == class)
+        arch::by_hf_class(class).map(|a| a.family)
     }
 
     /// The `model_type` value of a Hugging Face `config.json`.
     pub fn model_type(self) -> &'static str {
-        match self {
-            Family::Llama => "llama",
-            Family::Mistral => "mistral",
-            Family::Qwen2 => "qwen2",
-            Family::Gpt2 => "gpt2",
-            Family::GptJ => "gptj",
-            Family::GptNeoX => "gpt_neox",
-        }
+        arch::spec(self).model_type
     }
 }
 
@@ -84,6 +64,8 @@ pub enum BlockLayout {
     ParallelSharedNorm,
     /// h += attn(norm1(h)) + mlp(norm2(h))      (GPT-NeoX `use_parallel_residual`)
     Parallel,
+    /// h += post1(attn(norm1(h))); h += post2(mlp(norm2(h)))   (Gemma 3: four norms)
+    Sandwich,
 }
 
 /// Rotary position embedding on the first `rotary_dim` dimensions of each head.
@@ -124,6 +106,25 @@ pub struct ModelConfig {
     pub max_positions: usize,
     /// A key j is visible to query i only if i - window < j (Mistral).
     pub sliding_window: Option<usize>,
+    // The fields below are left out of the serialised form when unused, so that the
+    // configurations (and fingerprints: cached statistics) of the other architectures stay
+    // what they were before these fields existed.
+    /// Which layers the window applies to; `None`: all of them (Gemma 3 alternates
+    /// sliding-window layers with global ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_layers: Option<Vec<bool>>,
+    /// The RoPE base of the sliding-window layers, where it differs from `rope.theta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rope_theta: Option<f64>,
+    /// Token embeddings are multiplied by this (Gemma: √d_model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_scale: Option<f64>,
+    /// RMSNorm over each query and key head before RoPE (weights `attn.{q,k}_norm`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub qk_norm: bool,
+    /// Scores are q·k times this; `None`: 1/√head_dim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_scale: Option<f64>,
     pub tie_embeddings: bool,
     pub biases: Biases,
     pub bos_token_id: Option<u32>,
@@ -132,10 +133,35 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
-    /// LLaMA-family MLPs are always gated, key = act(gate(x)) · up(x), whatever their
-    /// activation; GPT-2, GPT-J and GPT-NeoX never are: key = act(in(x)).
+    /// LLaMA-family and Gemma MLPs are always gated, key = act(gate(x)) · up(x), whatever
+    /// their activation; GPT-2, GPT-J and GPT-NeoX never are: key = act(in(x)). Each
+    /// architecture says which in its registry line.
     pub fn gated_mlp(&self) -> bool {
-        matches!(self.family, Family::Llama | Family::Mistral | Family::Qwen2)
+        arch::spec(self.family).gated_mlp
+    }
+
+    /// Whether layer `l` attends only within the sliding window.
+    pub fn is_sliding(&self, l: usize) -> bool {
+        self.sliding_window.is_some()
+            && self
+                .sliding_layers
+                .as_ref()
+                .is_none_or(|layers| layers.get(l).copied().unwrap_or(false))
+    }
+
+    /// The rotary embedding of layer `l`.
+    pub fn rope_at(&self, l: usize) -> Option<Rope> {
+        let rope = self.rope?;
+        match self.local_rope_theta {
+            Some(theta) if self.is_sliding(l) => Some(Rope { theta, ..rope }),
+            _ => Some(rope),
+        }
+    }
+
+    /// The factor of the attention scores.
+    pub fn query_scale(&self) -> f64 {
+        self.attn_scale
+            .unwrap_or(1.0 / (self.head_dim as f64).sqrt())
     }
 
     /// Query heads per key/value head (grouped-query attention).
@@ -191,6 +217,15 @@ impl ModelConfig {
         if self.sliding_window == Some(0) {
             return Err("sliding_window must be positive".into());
         }
+        if let Some(layers) = &self.sliding_layers {
+            if layers.len() != self.n_layers {
+                return Err(format!(
+                    "{} layer types for {} layers",
+                    layers.len(),
+                    self.n_layers
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -216,6 +251,8 @@ impl ModelConfig {
             add(AttnNormWeight, vec![d], true);
             add(AttnNormBias, vec![d], layer_norm);
             add(QWeight, vec![q, d], true);
+            add(QNormWeight, vec![self.head_dim], self.qk_norm);
+            add(KNormWeight, vec![self.head_dim], self.qk_norm);
             add(QBias, vec![q], self.biases.qkv);
             add(KWeight, vec![kv, d], true);
             add(KBias, vec![kv], self.biases.qkv);
@@ -223,6 +260,8 @@ impl ModelConfig {
             add(VBias, vec![kv], self.biases.qkv);
             add(OWeight, vec![d, q], true);
             add(OBias, vec![d], self.biases.attn_out);
+            let sandwich = self.block == BlockLayout::Sandwich;
+            add(AttnPostNormWeight, vec![d], sandwich);
             let own_mlp_norm = self.block != BlockLayout::ParallelSharedNorm;
             add(MlpNormWeight, vec![d], own_mlp_norm);
             add(MlpNormBias, vec![d], own_mlp_norm && layer_norm);
@@ -231,6 +270,7 @@ impl ModelConfig {
             add(InBias, vec![ff], self.biases.mlp);
             add(OutWeight, vec![d, ff], true);
             add(OutBias, vec![d], self.biases.mlp);
+            add(MlpPostNormWeight, vec![d], sandwich);
         }
         out.push((ParamId::FinalNormWeight, vec![d]));
         if layer_norm {

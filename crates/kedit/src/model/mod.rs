@@ -1,11 +1,10 @@
 //! Models: loading (GGUF, Hugging Face directories), weights under canonical names, saving.
 
+pub mod arch;
 pub mod config;
 pub mod fingerprint;
 pub mod gguf;
 pub mod hf;
-pub mod hf_config;
-pub mod hf_names;
 pub mod params;
 pub mod safetensors_io;
 
@@ -17,7 +16,9 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::fsio;
 use crate::tokenizer::Tokenizer;
-pub use config::{Family, ModelConfig};
+/// The Hugging Face names of canonical parameters, where they used to live.
+pub use arch as hf_names;
+pub use config::{BlockLayout, Family, ModelConfig};
 pub use params::{BlockParam, ParamId, Params};
 
 /// The default model: SmolLM2-135M-Instruct, as fetched by `scripts/fetch-model`.
@@ -83,7 +84,7 @@ impl Model {
             let loaded = gguf::load(path)?;
             let tokenizer = Tokenizer::from_gguf(path, &loaded.metadata)?;
             Ok(Model {
-                hf_config: hf_config::synthesize(&loaded.config),
+                hf_config: arch::synthesize(&loaded.config),
                 config: loaded.config,
                 params: loaded.params,
                 tokenizer: Some(tokenizer),
@@ -119,7 +120,7 @@ impl Model {
             }
         }
         Ok(Model {
-            hf_config: hf_config::synthesize(&config),
+            hf_config: arch::synthesize(&config),
             config,
             params,
             tokenizer,

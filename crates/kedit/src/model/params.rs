@@ -34,10 +34,16 @@ pub enum BlockParam {
     InBias,
     OutWeight,
     OutBias,
+    /// RMSNorm over each query / key head before RoPE (Gemma 3).
+    QNormWeight,
+    KNormWeight,
+    /// Norms of the attention and MLP outputs before they join the residual (Gemma 3).
+    AttnPostNormWeight,
+    MlpPostNormWeight,
 }
 
 impl BlockParam {
-    pub const ALL: [BlockParam; 17] = [
+    pub const ALL: [BlockParam; 21] = [
         BlockParam::AttnNormWeight,
         BlockParam::AttnNormBias,
         BlockParam::QWeight,
@@ -55,6 +61,10 @@ impl BlockParam {
         BlockParam::InBias,
         BlockParam::OutWeight,
         BlockParam::OutBias,
+        BlockParam::QNormWeight,
+        BlockParam::KNormWeight,
+        BlockParam::AttnPostNormWeight,
+        BlockParam::MlpPostNormWeight,
     ];
 
     /// The canonical name relative to `blocks.{l}.`.
@@ -78,6 +88,10 @@ impl BlockParam {
             InBias => "mlp.in_proj.bias",
             OutWeight => "mlp.out_proj.weight",
             OutBias => "mlp.out_proj.bias",
+            QNormWeight => "attn.q_norm.weight",
+            KNormWeight => "attn.k_norm.weight",
+            AttnPostNormWeight => "attn_post_norm.weight",
+            MlpPostNormWeight => "mlp_post_norm.weight",
         }
     }
 }

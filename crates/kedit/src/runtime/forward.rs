@@ -171,8 +171,13 @@ struct Pass<'m> {
     cfg: &'m ModelConfig,
     device: Device,
     dtype: DType,
-    mask: Tensor,
+    /// The attention bias of the global layers and of the sliding-window ones (each made
+    /// only when some layer needs it).
+    global_mask: Option<Tensor>,
+    local_mask: Option<Tensor>,
     rope: Option<RopeTables>,
+    /// The rotary tables of sliding-window layers with a RoPE base of their own.
+    local_rope: Option<RopeTables>,
     captures: BTreeMap<Site, Tensor>,
 }
 
@@ -230,24 +235,44 @@ impl<'m> Pass<'m> {
         };
         let dtype = model.dtype();
         let device = model.device().clone();
-        let mask = attention_mask(
-            &batch.positions,
-            &key_positions,
-            &key_valid,
-            (rows, len, key_len),
-            cfg.sliding_window,
-        );
-        let mask = host_tensor(mask, (rows, 1, len, key_len), dtype, &device)?;
-        let rope = cfg
-            .rope
-            .map(|r| RopeTables::new(r, &batch.positions, rows, len, dtype, &device))
-            .transpose()?;
+        let sliding: Vec<bool> = (0..cfg.n_layers).map(|l| cfg.is_sliding(l)).collect();
+        let mask = |window: Option<usize>| -> Result<Tensor> {
+            let m = attention_mask(
+                &batch.positions,
+                &key_positions,
+                &key_valid,
+                (rows, len, key_len),
+                window,
+            );
+            host_tensor(m, (rows, 1, len, key_len), dtype, &device)
+        };
+        let global_mask = if sliding.iter().any(|s| !s) {
+            Some(mask(None)?)
+        } else {
+            None
+        };
+        let local_mask = if sliding.iter().any(|s| *s) {
+            Some(mask(cfg.sliding_window)?)
+        } else {
+            None
+        };
+        let tables =
+            |rope: Rope| RopeTables::new(rope, &batch.positions, rows, len, dtype, &device);
+        let rope = cfg.rope.map(tables).transpose()?;
+        let local_rope = match (cfg.rope, cfg.local_rope_theta) {
+            (Some(r), Some(theta)) if sliding.iter().any(|s| *s) => {
+                Some(tables(Rope { theta, ..r })?)
+            }
+            _ => None,
+        };
         Ok(Pass {
             cfg,
             device,
             dtype,
-            mask,
+            global_mask,
+            local_mask,
             rope,
+            local_rope,
             captures: BTreeMap::new(),
             req,
         })
@@ -295,6 +320,11 @@ impl<'m> Pass<'m> {
         }
     }
 
+    /// RMSNorm with weight `w` whatever the model's norm kind (Gemma's q/k and output norms).
+    fn rms_norm(&self, x: &Tensor, w: ParamId) -> Result<Tensor> {
+        ops::rms_norm(x, self.weight(w, false)?.tensor(), self.cfg.norm_eps)
+    }
+
     /// Applies the interventions at `site`, records it if captured.
     fn site(&mut self, site: Site, mut h: Tensor) -> Result<Tensor> {
         for iv in self.req.interventions.iter().filter(|i| i.site == site) {
@@ -328,6 +358,11 @@ impl<'m> Pass<'m> {
             }
             let pos = Tensor::from_vec(batch.positions.clone(), rows * len, &self.device)?;
             h = (h + pos_table.index_select(&pos, 0)?)?;
+        }
+        if let Some(scale) = self.cfg.embed_scale {
+            // candle rounds the factor to the tensor's type, as transformers does with its
+            // `embed_scale` buffer.
+            h = (h * scale)?;
         }
         let h = h.reshape((rows, len, self.cfg.d_model))?;
         self.site(Site::Embed, h)
@@ -393,6 +428,12 @@ impl<'m> Pass<'m> {
                 let out = self.mlp(l, &m)?;
                 ((h + attn)? + out)?
             }
+            BlockLayout::Sandwich => {
+                let mid = (h + self.rms_norm(&attn, p(AttnPostNormWeight))?)?;
+                let m = self.norm(&mid, p(MlpNormWeight), p(MlpNormBias))?;
+                let out = self.mlp(l, &m)?;
+                (mid + self.rms_norm(&out, p(MlpPostNormWeight))?)?
+            }
         };
         Ok((next, kv))
     }
@@ -427,11 +468,24 @@ impl<'m> Pass<'m> {
         let v = self
             .linear(x, p(VWeight), Some(p(VBias)))?
             .reshape((rows, len, kvh, hd))?;
-        let (q, k) = match &self.rope {
+        let (q, k) = if cfg.qk_norm {
+            (
+                self.rms_norm(&q, p(QNormWeight))?,
+                self.rms_norm(&k, p(KNormWeight))?,
+            )
+        } else {
+            (q, k)
+        };
+        let sliding = cfg.is_sliding(l);
+        let rope = match &self.local_rope {
+            Some(local) if sliding => Some(local),
+            _ => self.rope.as_ref(),
+        };
+        let (q, k) = match rope {
             Some(r) => (r.apply(&q)?, r.apply(&k)?),
             None => (q, k),
         };
-        let q = (q.transpose(1, 2)?.contiguous()? * (1.0 / (hd as f64).sqrt()))?;
+        let q = (q.transpose(1, 2)?.contiguous()? * cfg.query_scale())?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let new = LayerKv {
@@ -456,7 +510,7 @@ impl<'m> Pass<'m> {
         let scores = q
             .matmul(&k_all.transpose(2, 3)?.contiguous()?)?
             .reshape((rows, h, len, key_len))?
-            .broadcast_add(&self.mask)?;
+            .broadcast_add(self.mask_of(sliding))?;
         let probs = ops::softmax_last(&scores)?.reshape((rows, kvh, group * len, key_len))?;
         let out = probs
             .matmul(&v_all)?
@@ -465,6 +519,15 @@ impl<'m> Pass<'m> {
             .reshape((rows, len, h * hd))?;
         let out = self.linear(&out, p(OWeight), Some(p(OBias)))?;
         Ok((out, new))
+    }
+
+    fn mask_of(&self, sliding: bool) -> &Tensor {
+        let mask = if sliding {
+            &self.local_mask
+        } else {
+            &self.global_mask
+        };
+        mask.as_ref().expect("made for every kind of layer present")
     }
 
     fn head(&mut self, h: &Tensor) -> Result<Tensor> {

@@ -62,8 +62,12 @@ impl ModelSummary {
             ),
             block: format!("{:?}", c.block),
             rope: c.rope.map(|r| {
+                let local = match c.local_rope_theta {
+                    Some(t) => format!(" (sliding-window layers: theta {t})"),
+                    None => String::new(),
+                };
                 format!(
-                    "theta {}, rotary dims {}{}",
+                    "theta {}, rotary dims {}{}{local}",
                     r.theta,
                     r.rotary_dim,
                     if r.interleaved { ", interleaved" } else { "" }

@@ -1,4 +1,5 @@
-//! A byte-level BPE tokenizer rebuilt from GGUF metadata.
+//! Tokenizers rebuilt from GGUF metadata: byte-level BPE here, SentencePiece in
+//! `gguf_spm.rs`.
 //!
 //! candle's own GGUF tokenizer ignores the `tokenizer.ggml.pre` pre-tokenizer and gives
 //! wrong ids for SmolLM2 (`pre = smollm`, which splits digits individually). This builds
@@ -20,7 +21,7 @@ use super::Tokenizer;
 use crate::error::{Error, Result};
 
 /// GGUF token type of control (special) tokens.
-const CONTROL: i32 = 3;
+pub(super) const CONTROL: i32 = 3;
 
 fn strings(path: &Path, md: &HashMap<String, Value>, key: &str) -> Result<Vec<String>> {
     let v = md
@@ -59,13 +60,30 @@ pub(super) fn build(path: &Path, md: &HashMap<String, Value>) -> Result<Tokenize
         .and_then(|v| v.to_string().ok())
         .map(String::as_str)
         .unwrap_or("");
-    if model != "gpt2" {
-        return Err(Error::model(
-            path,
-            format!("metadata `tokenizer.ggml.model` is `{model}`; only byte-level BPE (`gpt2`) is supported"),
-        ));
-    }
     let tokens = strings(path, md, "tokenizer.ggml.tokens")?;
+    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type").map(Value::to_vec) {
+        Some(Ok(list)) => list.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
+        _ => vec![1; tokens.len()],
+    };
+    match model {
+        "gpt2" => byte_level(path, md, tokens, &types),
+        "llama" => super::gguf_spm::build(path, md, tokens, &types),
+        other => Err(Error::model(
+            path,
+            format!(
+                "metadata `tokenizer.ggml.model` is `{other}`; supported: byte-level BPE \
+                 (`gpt2`) and SentencePiece BPE (`llama`)"
+            ),
+        )),
+    }
+}
+
+fn byte_level(
+    path: &Path,
+    md: &HashMap<String, Value>,
+    tokens: Vec<String>,
+    types: &[i32],
+) -> Result<Tokenizer> {
     let merges_raw = strings(path, md, "tokenizer.ggml.merges")?;
     let mut merges = Vec::with_capacity(merges_raw.len());
     for (i, m) in merges_raw.iter().enumerate() {
@@ -77,10 +95,6 @@ pub(super) fn build(path: &Path, md: &HashMap<String, Value>) -> Result<Tokenize
         })?;
         merges.push((a.to_string(), b.to_string()));
     }
-    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type").map(Value::to_vec) {
-        Some(Ok(list)) => list.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),
-        _ => vec![1; tokens.len()],
-    };
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
         .enumerate()
@@ -100,7 +114,7 @@ pub(super) fn build(path: &Path, md: &HashMap<String, Value>) -> Result<Tokenize
     inner.with_decoder(Some(ByteLevelDecoder::default()));
     let specials: Vec<AddedToken> = tokens
         .iter()
-        .zip(&types)
+        .zip(types)
         .filter(|(_, &ty)| ty == CONTROL)
         .map(|(t, _)| AddedToken::from(t.clone(), true))
         .collect();
@@ -113,6 +127,10 @@ pub(super) fn build(path: &Path, md: &HashMap<String, Value>) -> Result<Tokenize
     };
     Ok(Tokenizer {
         inner,
+        add_bos: md
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(|v| v.to_bool().ok())
+            .unwrap_or(false),
         bos: name("tokenizer.ggml.bos_token_id"),
         eos: name("tokenizer.ggml.eos_token_id"),
         pad: name("tokenizer.ggml.padding_token_id"),

@@ -3,6 +3,7 @@
 
 mod chat;
 mod gguf;
+mod gguf_spm;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -20,6 +21,8 @@ pub struct Tokenizer {
     bos: Option<String>,
     eos: Option<String>,
     pad: Option<String>,
+    /// The model was trained with a BOS token first (Gemma); see [`Tokenizer::adds_bos`].
+    add_bos: bool,
     chat_template: Option<String>,
 }
 
@@ -81,6 +84,10 @@ impl Tokenizer {
         };
         Ok(Tokenizer {
             inner,
+            add_bos: cfg
+                .get("add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
             bos: special("bos_token"),
             eos: special("eos_token"),
             pad: special("pad_token"),
@@ -123,6 +130,14 @@ impl Tokenizer {
 
     pub fn bos_id(&self) -> Option<u32> {
         self.bos.as_deref().and_then(|t| self.token_id(t))
+    }
+
+    /// Whether the model expects its BOS token before every text, as its own tokenizer
+    /// would add it (`tokenizer.ggml.add_bos_token`, `add_bos_token`). [`Tokenizer::encode`]
+    /// never adds it, so that encodings concatenate; callers that start a sequence prepend
+    /// [`Tokenizer::bos_id`] when this is true.
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos_id().is_some()
     }
 
     pub fn eos_id(&self) -> Option<u32> {
@@ -171,7 +186,7 @@ impl Tokenizer {
             "bos_token": self.bos,
             "eos_token": self.eos,
             "pad_token": self.pad,
-            "add_bos_token": false,
+            "add_bos_token": self.add_bos,
             "clean_up_tokenization_spaces": false,
             "chat_template": self.chat_template,
         });

@@ -154,6 +154,24 @@ pub fn ids_of(t: &Tensor) -> Vec<u32> {
         .collect()
 }
 
+/// Fixtures of this crate (`tests/fixtures/`), made by `scripts/reference/`.
+pub fn own_fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// The tiny random Gemma 3 (config.json, model.safetensors, reference.safetensors).
+pub fn gemma3_tiny_dir() -> PathBuf {
+    own_fixture("gemma3/tiny")
+}
+
+/// Gemma 3 270M as fetched by `scripts/fetch-model gemma3`, if it has been.
+pub fn gemma3_path() -> Option<PathBuf> {
+    let p = workspace().join("models/gemma-3-270m-q4_k_m.gguf");
+    p.exists().then_some(p)
+}
+
 /// The six tiny Hugging Face models under `fixtures/tiny/`.
 pub const TINY_ARCHS: [&str; 6] = ["llama", "qwen2", "mistral", "gpt2", "gptj", "gpt_neox"];
 
