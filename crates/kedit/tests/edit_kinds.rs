@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, Tensor};
-use common::{data, smollm2};
+use common::{data, smollm2, zsre_dev};
 use kedit::data::{load, Format, LoadOptions};
 use kedit::edit::{
     AdaptorEdit, AdaptorPositions, ContextEdit, Edit, MemoryEdit, MemoryRecord, Router,
@@ -29,19 +29,6 @@ use kedit::model::ParamId;
 use kedit::progress::Silent;
 use kedit::request::EditRequest;
 use kedit::{Model, Result, Site, TokenBatch};
-
-fn zsre(n: usize) -> Vec<EditRequest> {
-    load(
-        &data("zsre/zsre_mend_eval_portability_gpt4.dev.json"),
-        Format::Zsre,
-        &LoadOptions {
-            limit: Some(n),
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .requests
-}
 
 fn metric_options() -> MetricOptions {
     MetricOptions {
@@ -229,7 +216,7 @@ fn reliability(store: &RunStore) -> (f64, f64) {
 
 #[test]
 fn every_kind_of_edit_runs_in_every_mode_and_edits() {
-    let requests = zsre(3);
+    let requests = zsre_dev(3);
     let methods: Vec<Box<dyn EditMethod>> = vec![
         Box::new(ToyCodebook),
         Box::new(ToyMemory { threshold: 0.5 }),
@@ -261,7 +248,7 @@ fn every_kind_of_edit_runs_in_every_mode_and_edits() {
 /// on the plain model.
 #[test]
 fn a_memory_leaves_unrouted_inputs_exactly_as_they_were() {
-    let requests = zsre(2);
+    let requests = zsre_dev(2);
     let store = run_mode(&ToyMemory { threshold: 0.5 }, &requests, Mode::Single);
     for case in store.cases.values() {
         let post = case.post.as_ref().unwrap();
@@ -274,7 +261,7 @@ fn a_memory_leaves_unrouted_inputs_exactly_as_they_were() {
 /// The codebook grows edit by edit: a sequential method sees the entries already there.
 #[test]
 fn an_adaptor_method_sees_the_system_as_currently_edited() {
-    let requests = zsre(2);
+    let requests = zsre_dev(2);
     let mut editor = Editor::new(smollm2().clone());
     let ctx = EditContext::default();
     for (i, r) in requests.iter().enumerate() {
@@ -292,7 +279,7 @@ fn an_adaptor_method_sees_the_system_as_currently_edited() {
 
 #[test]
 fn saved_edits_of_every_kind_reload_and_give_identical_metrics() {
-    let requests = zsre(2);
+    let requests = zsre_dev(2);
     let refs: Vec<&EditRequest> = requests.iter().collect();
     let dir = std::env::temp_dir().join(format!("kedit-kinds-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -337,7 +324,7 @@ fn saved_edits_of_every_kind_reload_and_give_identical_metrics() {
 /// where an uninterrupted one ends.
 #[test]
 fn a_sequential_run_of_memory_edits_resumes_from_saved_edits() {
-    let requests = zsre(2);
+    let requests = zsre_dev(2);
     let dir = std::env::temp_dir().join(format!("kedit-kinds-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "toy-memory", "mode": "sequential"});
@@ -545,7 +532,7 @@ fn a_trained_method_writes_a_checkpoint_and_hparams_that_load_it() {
         TrainJob {
             method: "toy-memory",
             train: train_set,
-            val: zsre(20),
+            val: zsre_dev(20),
             hparams: None,
             out_dir: &out,
             seed: 0,
@@ -583,8 +570,8 @@ fn a_trained_method_writes_a_checkpoint_and_hparams_that_load_it() {
         model,
         TrainJob {
             method: "rome",
-            train: zsre(2),
-            val: zsre(2),
+            train: zsre_dev(2),
+            val: zsre_dev(2),
             hparams: None,
             out_dir: Path::new(&out),
             seed: 0,

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::Tensor;
-use common::{data, smollm2};
+use common::{data, smollm2, zsre_dev};
 use kedit::data::{load, Format, LoadOptions};
 use kedit::edit::{Delta, WeightEdit};
 use kedit::editor::Editor;
@@ -16,19 +16,6 @@ use kedit::experiment::{run, Mode, RunOptions, RunStore};
 use kedit::methods::{self, Computed, EditContext, EditMethod};
 use kedit::request::EditRequest;
 use kedit::{Error, ParamId};
-
-fn zsre(n: usize) -> Vec<EditRequest> {
-    load(
-        &data("zsre/zsre_mend_eval_portability_gpt4.dev.json"),
-        Format::Zsre,
-        &LoadOptions {
-            limit: Some(n),
-            ..Default::default()
-        },
-    )
-    .unwrap()
-    .requests
-}
 
 /// Fluency sampling is covered by the metric tests; here it would only add minutes.
 fn options(mode: Mode, batch_size: usize) -> RunOptions {
@@ -78,7 +65,7 @@ fn ft_m() -> Box<dyn EditMethod> {
 
 #[test]
 fn single_mode_ft_m_edits_reliably_and_reverts_exactly() {
-    let requests = zsre(3);
+    let requests = zsre_dev(3);
     let (store, _) = run_mode(ft_m().as_ref(), &requests, options(Mode::Single, 1));
     assert_eq!(store.cases.len(), 3);
     let post: Vec<_> = store
@@ -102,7 +89,7 @@ fn single_mode_ft_m_edits_reliably_and_reverts_exactly() {
 
 #[test]
 fn sequential_mode_reports_after_own_edit_and_after_all_edits() {
-    let requests = zsre(3);
+    let requests = zsre_dev(3);
     let (store, _) = run_mode(ft_m().as_ref(), &requests, options(Mode::Sequential, 1));
     assert_eq!(store.cases.len(), 3);
     assert_eq!(store.after_all.len(), 3);
@@ -120,7 +107,7 @@ fn sequential_mode_reports_after_own_edit_and_after_all_edits() {
 
 #[test]
 fn batch_mode_edits_all_requests_in_one_call() {
-    let requests = zsre(3);
+    let requests = zsre_dev(3);
     let counting = Counting::new(ft_m());
     let (store, _) = run_mode(&counting, &requests, options(Mode::Batch, 3));
     assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
@@ -145,7 +132,7 @@ fn batch_mode_edits_all_requests_in_one_call() {
 
 #[test]
 fn refused_edits_are_recorded_and_leave_the_model_pristine() {
-    let requests = zsre(2);
+    let requests = zsre_dev(2);
     for (method, why) in [
         (Refusing::Compute, "compute failed"),
         (Refusing::NanDelta, "NaN"),
@@ -161,7 +148,7 @@ fn refused_edits_are_recorded_and_leave_the_model_pristine() {
 
 #[test]
 fn a_rerun_resumes_and_a_different_config_is_refused() {
-    let requests = zsre(2);
+    let requests = zsre_dev(2);
     let dir = std::env::temp_dir().join(format!("kedit-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "ft-m", "data": "zsre", "mode": "single"});
@@ -282,7 +269,7 @@ impl EditMethod for Refusing {
 /// finished, and ends where an uninterrupted run ends.
 #[test]
 fn an_interrupted_sequential_run_resumes_from_saved_edits() {
-    let requests = zsre(2);
+    let requests = zsre_dev(2);
     let dir = std::env::temp_dir().join(format!("kedit-seq-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "ft-m", "mode": "sequential"});

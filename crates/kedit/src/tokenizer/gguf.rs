@@ -121,11 +121,21 @@ fn byte_level(
     inner
         .add_special_tokens(specials)
         .map_err(|e| Error::model(path, format!("cannot add special tokens: {e}")))?;
+    Ok(with_metadata(inner, md, &tokens))
+}
+
+/// The tokenizer with what GGUF metadata says around the model: BOS/EOS/padding tokens,
+/// whether a BOS goes first, the chat template.
+pub(super) fn with_metadata(
+    inner: tokenizers::Tokenizer,
+    md: &HashMap<String, Value>,
+    tokens: &[String],
+) -> Tokenizer {
     let name = |key: &str| -> Option<String> {
         let id = md.get(key)?.to_u32().ok()? as usize;
         tokens.get(id).cloned()
     };
-    Ok(Tokenizer {
+    Tokenizer {
         inner,
         add_bos: md
             .get("tokenizer.ggml.add_bos_token")
@@ -138,5 +148,5 @@ fn byte_level(
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned(),
-    })
+    }
 }

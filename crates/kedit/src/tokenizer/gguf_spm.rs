@@ -20,7 +20,7 @@ use tokenizers::normalizers::replace::Replace;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
-use super::gguf::CONTROL;
+use super::gguf::{with_metadata, CONTROL};
 use super::Tokenizer;
 use crate::error::{Error, Result};
 
@@ -154,24 +154,7 @@ pub(super) fn build(
         .map(|(t, _)| AddedToken::from(t.clone(), false).normalized(false))
         .collect();
     inner.add_tokens(user).map_err(bad)?;
-    let name = |key: &str| -> Option<String> {
-        let id = md.get(key)?.to_u32().ok()? as usize;
-        tokens.get(id).cloned()
-    };
-    Ok(Tokenizer {
-        inner,
-        add_bos: md
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.to_bool().ok())
-            .unwrap_or(false),
-        bos: name("tokenizer.ggml.bos_token_id"),
-        eos: name("tokenizer.ggml.eos_token_id"),
-        pad: name("tokenizer.ggml.padding_token_id"),
-        chat_template: md
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned(),
-    })
+    Ok(with_metadata(inner, md, &tokens))
 }
 
 #[cfg(test)]

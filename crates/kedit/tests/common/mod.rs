@@ -35,6 +35,22 @@ pub fn data(rel: &str) -> PathBuf {
     shared().join("data").join(rel)
 }
 
+/// The first `n` records of the ZsRE dev file (MEND's, with GPT-4 portability questions).
+pub fn zsre_dev(n: usize) -> Vec<kedit::request::EditRequest> {
+    use kedit::data::{load, Format, LoadOptions};
+    let opts = LoadOptions {
+        limit: Some(n),
+        ..Default::default()
+    };
+    load(
+        &data("zsre/zsre_mend_eval_portability_gpt4.dev.json"),
+        Format::Zsre,
+        &opts,
+    )
+    .unwrap()
+    .requests
+}
+
 pub fn model_path() -> PathBuf {
     let p = workspace()
         .join("models")
