@@ -6,8 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::Tensor;
-use common::{data, smollm2, zsre_dev};
-use kedit::data::{load, Format, LoadOptions};
+use common::{smollm2, zsre_dev};
 use kedit::edit::{Delta, WeightEdit};
 use kedit::editor::Editor;
 use kedit::evaluate::MetricOptions;
