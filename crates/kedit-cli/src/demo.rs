@@ -39,7 +39,7 @@ fn show_beliefs(lm: &dyn LanguageModel, prompts: &[&str]) -> Result<()> {
     let tok = lm.tokenizer()?;
     let ids: Vec<Vec<u32>> = prompts
         .iter()
-        .map(|p| tok.encode(p))
+        .map(|p| tok.encode_input(p))
         .collect::<Result<_, _>>()?;
     let opts = GenerateOptions {
         max_new_tokens: 12,
@@ -103,7 +103,7 @@ pub fn run(args: Args) -> Result<()> {
     let tok = editor.tokenizer()?;
     let mut rows = Vec::new();
     for (kind, prompt) in PROBES {
-        let ids = tok.encode(prompt)?;
+        let ids = tok.encode_input(prompt)?;
         let top = &top_next_tokens(&editor, &ids, 1)?[0];
         rows.push(vec![
             kind.to_string(),

@@ -53,7 +53,7 @@ fn greedy(lm: &dyn LanguageModel, prompts: &[String]) -> Result<Vec<String>> {
     let tok = lm.tokenizer()?;
     let ids = prompts
         .iter()
-        .map(|p| tok.encode(p))
+        .map(|p| tok.encode_input(p))
         .collect::<Result<Vec<_>, _>>()?;
     let opts = GenerateOptions {
         max_new_tokens: 20,

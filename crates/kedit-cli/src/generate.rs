@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         args.prompt.clone()
     };
-    let ids = tok.encode(&prompt)?;
+    let ids = tok.encode_input(&prompt)?;
     let sampling = match args.top_k {
         Some(k) => Sampling::TopK {
             k,

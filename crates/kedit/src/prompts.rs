@@ -104,12 +104,12 @@ pub fn lookup(
     let (prefix, suffix) = template
         .split_once("{}")
         .ok_or_else(|| Error::invalid(format!("the template `{template}` has no `{{}}`")))?;
-    let ids = tok.encode(&format!("{prefix}{subject}{suffix}"))?;
+    let ids = tok.encode_input(&format!("{prefix}{subject}{suffix}"))?;
     if ids.is_empty() {
         return Err(Error::invalid("the prompt tokenises to nothing"));
     }
-    let prefix_len = tok.encode(prefix)?.len();
-    let with_subject = tok.encode(&format!("{prefix}{subject}"))?.len();
+    let prefix_len = tok.encode_input(prefix)?.len();
+    let with_subject = tok.encode_input(&format!("{prefix}{subject}"))?.len();
     let last = ids.len() - 1;
     let index = match strategy {
         FactToken::Last => last,

@@ -381,3 +381,56 @@ fn bad_gguf_metadata_names_the_file_and_the_key() {
         }
     }
 }
+
+/// Gemma expects its BOS first (as transformers' tokenizer adds it); SmolLM2 does not.
+/// Model inputs — metric rows, prompts, ROME's lookups — start with it; fragments that
+/// continue a sequence do not; an edited system's context goes after it.
+#[test]
+fn model_inputs_start_with_bos_where_the_model_expects_it() {
+    use kedit::edit::{ContextEdit, Edit};
+    use kedit::editor::Editor;
+    use kedit::evaluate::metrics::teacher_forced::{tokenise, Pair};
+    use kedit::lm::LanguageModel;
+    let smol = smollm2().tokenizer().unwrap();
+    assert!(!smol.adds_bos());
+    assert_eq!(
+        smol.encode_input("The capital of France is").unwrap(),
+        smol.encode("The capital of France is").unwrap()
+    );
+    let Some(m) = gemma3() else { return };
+    let tok = m.tokenizer().unwrap();
+    let bos = tok.bos_id().unwrap();
+    assert!(tok.adds_bos());
+    let prompt = "The capital of France is";
+    let input = tok.encode_input(prompt).unwrap();
+    assert_eq!(input[0], bos);
+    assert_eq!(&input[1..], tok.encode(prompt).unwrap().as_slice());
+    let row = tokenise(m, &Pair::new(prompt, "Paris")).unwrap();
+    assert_eq!(row.ids[0], bos);
+    assert_eq!(row.prompt_len, input.len());
+    let (_, index) = kedit::prompts::lookup(
+        tok,
+        "{} is located in",
+        "The Eiffel Tower",
+        kedit::prompts::FactToken::SubjectLast,
+    )
+    .unwrap();
+    let subject = tok.encode("The Eiffel Tower").unwrap();
+    assert_eq!(index, subject.len(), "BOS, then the subject's tokens");
+
+    let mut editor = Editor::new(m.clone());
+    let context = "Fact: Paris is in Italy.\n";
+    editor
+        .apply(&Edit::Context(ContextEdit {
+            prefix: context.into(),
+            meta: Default::default(),
+        }))
+        .unwrap();
+    let by_hand: Vec<u32> = std::iter::once(bos)
+        .chain(tok.encode(context).unwrap())
+        .chain(input[1..].iter().copied())
+        .collect();
+    let edited = editor.next_logits(&[input.clone()]).unwrap();
+    let plain = m.next_logits(&[by_hand]).unwrap();
+    assert_eq!(max_abs_diff(&edited, &plain), 0.0);
+}

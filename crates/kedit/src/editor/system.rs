@@ -36,15 +36,19 @@ impl Editor {
             return Ok((ids.to_vec(), 0));
         }
         let tok = self.model().tokenizer()?;
-        let prompt = tok.decode(&ids[..prompt_len], false)?;
+        let prompt = tok.decode(&ids[..prompt_len], true)?;
         let prefix = self.prefix_for(&prompt);
         if prefix.is_empty() {
             return Ok((ids.to_vec(), 0));
         }
-        let mut out = tok.encode(&prefix)?;
-        let added = out.len();
-        out.extend_from_slice(ids);
-        Ok((out, added))
+        // The prefix goes after a leading BOS, which stays first.
+        let bos = tok
+            .bos_id()
+            .filter(|b| tok.adds_bos() && ids.first() == Some(b));
+        let (head, rest) = ids.split_at(usize::from(bos.is_some()));
+        let added = tok.encode(&prefix)?;
+        let out: Vec<u32> = head.iter().chain(&added).chain(rest).copied().collect();
+        Ok((out, added.len()))
     }
 
     fn adaptor_hooks(&self, ends: &PromptEnds) -> Result<Vec<Intervention>> {

@@ -139,16 +139,16 @@ impl Ft {
             let target = target_ids(tok, &r.target_new)?;
             match self.hp.objective_optimization {
                 Objective::PromptLast => {
-                    let ids = tok.encode(&r.prompt)?;
+                    let ids = tok.encode_input(&r.prompt)?;
                     spans.push((vec![ids.len() - 1; target.len()], target));
                     seqs.push(ids);
                 }
                 Objective::TargetNew => {
                     // As EasyEdit: tokenise prompt + target as one text; the prompt's own
                     // token count marks where the target starts.
-                    let n_prompt = tok.encode(&r.prompt)?.len();
+                    let n_prompt = tok.encode_input(&r.prompt)?.len();
                     let ids =
-                        tok.encode(&format!("{}{}", r.prompt, spaced_target(&r.target_new)))?;
+                        tok.encode_input(&format!("{}{}", r.prompt, spaced_target(&r.target_new)))?;
                     if ids.len() <= n_prompt {
                         return Err(Error::invalid(format!(
                             "case {}: the target adds no tokens",

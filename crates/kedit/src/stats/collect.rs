@@ -248,9 +248,9 @@ fn first_tokens(model: &Model, text: &str, max_len: usize) -> Result<Vec<u32>> {
     let tok = model.tokenizer()?;
     let margin = 16;
     let cut = prefix(text, (max_len + margin) * 16);
-    let mut ids = tok.encode(cut)?;
+    let mut ids = tok.encode_input(cut)?;
     if cut.len() < text.len() && ids.len() < max_len + margin {
-        ids = tok.encode(text)?;
+        ids = tok.encode_input(text)?;
     }
     ids.truncate(max_len);
     Ok(ids)

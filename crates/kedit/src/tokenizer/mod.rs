@@ -102,6 +102,19 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of a text that starts a model input: with the BOS token first when the
+    /// model expects one (Gemma; as its own tokenizer adds it), else as [`Tokenizer::encode`].
+    /// Fragments that continue a sequence (a target, an answer) use `encode`.
+    pub fn encode_input(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = self.encode(text)?;
+        if let (true, Some(bos)) = (self.add_bos, self.bos_id()) {
+            if ids.first() != Some(&bos) {
+                ids.insert(0, bos);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Token ids of many texts (parallel inside the tokenizers library).
     pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         let encs = self

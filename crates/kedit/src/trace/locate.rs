@@ -160,7 +160,7 @@ fn select<'f>(
         }
         let prompts: Vec<Vec<u32>> = chunk
             .iter()
-            .map(|f| tok.encode(&f.prompt))
+            .map(|f| tok.encode_input(&f.prompt))
             .collect::<Result<_>>()?;
         let batch = TokenBatch::new(&prompts, Padding::Left, tok.pad_id())?;
         let predicted = model

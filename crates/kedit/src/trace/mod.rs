@@ -155,7 +155,7 @@ pub fn trace_prompt(
 ) -> Result<TraceResult> {
     let started = Instant::now();
     let tok = model.tokenizer()?;
-    let ids = tok.encode(prompt)?;
+    let ids = tok.encode_input(prompt)?;
     if ids.is_empty() {
         return Err(Error::invalid("the prompt is empty"));
     }

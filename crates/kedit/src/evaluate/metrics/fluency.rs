@@ -68,7 +68,7 @@ pub fn sample_texts(lm: &dyn LanguageModel, prompts: &[(String, u64)]) -> Result
     let tok = lm.tokenizer()?;
     let ids = prompts
         .iter()
-        .map(|(p, _)| tok.encode(p))
+        .map(|(p, _)| tok.encode_input(p))
         .collect::<Result<Vec<_>>>()?;
     let mut order: Vec<usize> = (0..prompts.len()).filter(|&i| !ids[i].is_empty()).collect();
     order.sort_by_key(|&i| ids[i].len());

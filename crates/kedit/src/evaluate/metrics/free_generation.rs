@@ -30,7 +30,7 @@ pub fn exact_match(lm: &dyn LanguageModel, probes: &[Probe]) -> Result<Vec<f64>>
     let tok = lm.tokenizer()?;
     let mut jobs = Vec::with_capacity(probes.len());
     for p in probes {
-        let ids = tok.encode(&p.prompt)?;
+        let ids = tok.encode_input(&p.prompt)?;
         let mut budget = 0;
         for a in &p.answers {
             budget = budget.max(tok.encode(&format!(" {}", a.trim_start()))?.len());

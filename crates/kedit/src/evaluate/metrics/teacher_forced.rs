@@ -32,8 +32,8 @@ impl Pair {
 /// joint string relative to the parts, never the other way, but be defensive).
 pub fn tokenise(lm: &dyn LanguageModel, pair: &Pair) -> Result<ScoreRow> {
     let tok = lm.tokenizer()?;
-    let ids = tok.encode(&format!("{} {}", pair.prompt, pair.answer))?;
-    let prompt_len = tok.encode(&pair.prompt)?.len().min(ids.len());
+    let ids = tok.encode_input(&format!("{} {}", pair.prompt, pair.answer))?;
+    let prompt_len = tok.encode_input(&pair.prompt)?.len().min(ids.len());
     Ok(ScoreRow { ids, prompt_len })
 }
 

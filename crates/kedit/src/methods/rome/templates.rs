@@ -71,7 +71,7 @@ fn generate_templates(model: &Model, spec: &TemplateSpec) -> Result<Vec<String>>
         let per_start = n / STARTS.len();
         let mut prompts = Vec::new();
         for s in STARTS {
-            let ids = tok.encode(s)?;
+            let ids = tok.encode_input(s)?;
             prompts.extend(std::iter::repeat_n(ids, per_start));
         }
         if prompts.is_empty() {
