@@ -430,7 +430,7 @@ fn model_inputs_start_with_bos_where_the_model_expects_it() {
         .chain(tok.encode(context).unwrap())
         .chain(input[1..].iter().copied())
         .collect();
-    let edited = editor.next_logits(&[input.clone()]).unwrap();
+    let edited = editor.next_logits(std::slice::from_ref(&input)).unwrap();
     let plain = m.next_logits(&[by_hand]).unwrap();
     assert_eq!(max_abs_diff(&edited, &plain), 0.0);
 }
