@@ -4,6 +4,7 @@
 //! block below `l` and block `l` up to (not including) its MLP output projection. Hashing
 //! exactly those weights means an edited model never reuses stale statistics, while an edit
 //! of layer `l`'s output projection (what ROME changes) keeps layer `l`'s statistics valid.
+//! Whether the tokenizer puts a BOS first is hashed too: it changes every key of a text.
 
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
@@ -59,12 +60,18 @@ impl Model {
             }
         }
         let config = serde_json::to_string(&self.config).expect("configs always serialise");
+        let bos_first = self.tokenizer.as_ref().is_some_and(|t| t.adds_bos());
         Ok(layers
             .iter()
             .map(|&l| {
                 let mut h = Fast64::new();
                 h.str(&config);
                 h.u64(l as u64);
+                // Texts become keys through the tokenizer: a BOS put first changes every key.
+                // (Only hashed when present, so earlier fingerprints stay valid.)
+                if bos_first {
+                    h.str("bos-first");
+                }
                 for (id, th) in tensor_hashes
                     .iter()
                     .filter(|(id, _)| determines_keys_of(*id, l))
