@@ -6,9 +6,11 @@ use anyhow::Result;
 use kedit::editor::Editor;
 use kedit::evaluate::{evaluate, MetricOptions};
 use kedit::experiment::summary::summarize;
+use kedit::fsio;
 use kedit::generate::{generate, GenerateOptions};
 use kedit::lm::LanguageModel;
 use kedit::methods::{EditContext, Registry};
+use kedit::model::SAVED_MODEL_MARKER;
 use kedit::request::EditRequest;
 
 use crate::output::table;
@@ -44,9 +46,13 @@ pub struct Args {
     /// Save the edit (safetensors; any kind of edit).
     #[arg(long)]
     save_edit: Option<PathBuf>,
-    /// Save the edited model as a Hugging Face directory.
+    /// Save the edited model as a Hugging Face directory (a new or empty one, or one kedit
+    /// saved before, with --overwrite).
     #[arg(long)]
     save_model: Option<PathBuf>,
+    /// Let --save-model replace a model directory kedit saved before.
+    #[arg(long, requires = "save_model")]
+    overwrite: bool,
 }
 
 fn greedy(lm: &dyn LanguageModel, prompts: &[String]) -> Result<Vec<String>> {
@@ -66,6 +72,13 @@ fn greedy(lm: &dyn LanguageModel, prompts: &[String]) -> Result<Vec<String>> {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    // Outputs are checked before minutes of work, not after.
+    if let Some(path) = &args.save_edit {
+        fsio::check_writable_file(path)?;
+    }
+    if let Some(dir) = &args.save_model {
+        fsio::check_owned_dir(dir, SAVED_MODEL_MARKER, args.overwrite)?;
+    }
     let model = args.model.load()?;
     let loaded = Registry::builtin().load(&args.method, args.hparams.as_deref(), &model)?;
     for w in &loaded.warnings {
@@ -146,7 +159,7 @@ pub fn run(args: Args) -> Result<()> {
         println!("saved the edit to {}", path.display());
     }
     if let Some(dir) = &args.save_model {
-        editor.save_model(dir)?;
+        editor.save_model(dir, args.overwrite)?;
         println!("saved the edited model to {}", dir.display());
     }
     Ok(())

@@ -12,6 +12,7 @@ use kedit::experiment::summary::Scores;
 use kedit::experiment::{run, Mode, RunOptions, RunStore};
 use kedit::methods::{EditContext, Registry};
 
+use crate::bounds;
 use crate::output::table;
 use crate::progress::Bars;
 use crate::ModelArg;
@@ -35,13 +36,13 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     format: String,
     /// Use only the first N records.
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::count(1, bounds::MAX_RECORDS))]
     limit: Option<usize>,
     /// single, sequential or batch.
     #[arg(long, default_value = "single")]
     mode: String,
     /// Requests per method call in batch mode.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = bounds::count(1, 100_000))]
     batch_size: usize,
     /// Text corpus for key statistics (ROME), when none are cached.
     #[arg(long)]
@@ -111,6 +112,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         model: model.source.path.display().to_string(),
         model_fingerprint: format!("{:016x}", model.fingerprint()?),
         data: args.data.display().to_string(),
+        data_sha256: kedit::hash::sha256_file(&args.data)?,
         format: format!("{:?}", data.format).to_ascii_lowercase(),
         limit: args.limit,
         skip_invalid: args.skip_invalid,
@@ -120,6 +122,16 @@ pub fn run_cmd(args: Args) -> Result<()> {
         fluency: !args.no_fluency,
         free_generation: !args.no_free_generation,
     };
+    let opts = RunOptions {
+        mode,
+        batch_size,
+        metrics: MetricOptions {
+            seed: args.seed,
+            fluency: !args.no_fluency,
+            free_generation: !args.no_free_generation,
+        },
+    };
+    opts.check(loaded.as_ref().map(|l| l.method.as_ref()))?;
     let mut store = RunStore::open(&args.out, &serde_json::to_value(&config)?)?;
     if !store.cases.is_empty() {
         eprintln!(
@@ -134,15 +146,6 @@ pub fn run_cmd(args: Args) -> Result<()> {
         corpus: args.corpus.clone(),
         seed: args.seed,
         ..Default::default()
-    };
-    let opts = RunOptions {
-        mode,
-        batch_size,
-        metrics: MetricOptions {
-            seed: args.seed,
-            fluency: !args.no_fluency,
-            free_generation: !args.no_free_generation,
-        },
     };
     let mut bar = Bars::default();
     match &loaded {
@@ -162,8 +165,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
     let identical = after == config.model_fingerprint;
     let summary = build_summary(&store, &config, identical);
     let path = args.out.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary)?)
-        .with_context(|| format!("writing {}", path.display()))?;
+    kedit::fsio::write_atomic(&path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
     print_summary(&summary);
     if !identical {
         bail!("the weights after the run differ from the original ones (fingerprint {after})");
@@ -206,12 +208,22 @@ fn scores_row(name: &str, s: &Scores) -> Vec<String> {
     ]
 }
 
+/// What ran on what, and how many cases were edited and refused.
+fn headline(s: &RunSummary) -> String {
+    format!(
+        "{} on {} — {:?} mode, {} cases: {} edited, {} refused",
+        s.method,
+        s.data,
+        s.mode,
+        s.n,
+        s.n.saturating_sub(s.refused),
+        s.refused
+    )
+}
+
 /// The summary as papers print it: ×100 (fluency: entropy ×100).
 pub fn print_summary(s: &RunSummary) {
-    println!(
-        "\n{} on {} — {:?} mode, {} cases edited, {} refused",
-        s.method, s.data, s.mode, s.n, s.refused
-    );
+    println!("\n{}", headline(s));
     let mut rows = vec![scores_row("pre-edit", &s.pre)];
     if s.n > 0 {
         rows.push(scores_row("post-edit", &s.post));
@@ -254,5 +266,41 @@ pub fn print_summary(s: &RunSummary) {
     );
     for (i, e) in s.errors.iter().take(5) {
         println!("case {i} refused: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kedit::experiment::report::build_summary;
+    use kedit::experiment::store::{CaseRecord, EditOutcome};
+
+    #[test]
+    fn cases_that_were_all_refused_are_not_called_edited() {
+        let mut store = kedit::experiment::RunStore::in_memory();
+        for i in 0..2 {
+            store
+                .put_case(CaseRecord {
+                    index: i,
+                    case_id: i.to_string(),
+                    prompt: "p".into(),
+                    target_new: "t".into(),
+                    pre: Default::default(),
+                    post: None,
+                    edit: EditOutcome {
+                        error: Some("subject not in prompt".into()),
+                        ..Default::default()
+                    },
+                })
+                .unwrap();
+        }
+        let config: RunConfig = serde_json::from_value(serde_json::json!({
+            "kedit_version": "0", "method": "rome", "hparams_origin": "", "hparams": null,
+            "model": "m", "model_fingerprint": "0", "data": "d", "format": "zsre",
+            "limit": null, "skip_invalid": false, "mode": "single", "batch_size": 1, "seed": 0
+        }))
+        .unwrap();
+        let line = headline(&build_summary(&store, &config, true));
+        assert!(line.contains("2 cases: 0 edited, 2 refused"), "{line}");
     }
 }

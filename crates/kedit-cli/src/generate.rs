@@ -5,6 +5,7 @@ use kedit::generate::{generate, GenerateOptions, Sampling};
 use kedit::tokenizer::ChatMessage;
 use serde::Serialize;
 
+use crate::bounds;
 use crate::output::print_json;
 use crate::ModelArg;
 
@@ -15,12 +16,12 @@ pub struct Args {
     /// The prompt text.
     #[arg(long)]
     prompt: String,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = bounds::count(1, bounds::MAX_TOKENS))]
     max_new_tokens: usize,
     /// Sample among the k most likely tokens instead of greedy decoding.
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::count(1, 1 << 24))]
     top_k: Option<usize>,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = bounds::real(1e-3, 100.0))]
     temperature: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use kedit::trace::locate::{locate, LocateOptions, TokenClass};
 use kedit::trace::pictures::write_locate_pictures;
 use kedit::trace::{load_known_facts, Kind, TraceOptions};
 
+use crate::bounds;
 use crate::output::{print_json, table};
 use crate::progress::bars_unless;
 use crate::trace::{TraceArgs, DEFAULT_FACTS};
@@ -20,7 +21,7 @@ pub struct Args {
     #[arg(long, default_value = DEFAULT_FACTS)]
     data: PathBuf,
     /// Facts to trace.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = bounds::count(1, 100_000))]
     limit: usize,
     /// Trace every fact, not only those the model knows.
     #[arg(long)]
@@ -36,6 +37,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(dir) = &args.out {
+        kedit::fsio::check_writable_dir(dir)?;
+    }
     let workers = args.trace.start_workers();
     let model = args.model.load()?;
     let facts = load_known_facts(&args.data)?;
@@ -55,6 +59,16 @@ pub fn run(args: Args) -> Result<()> {
         Some(&cache),
         &mut *bars_unless(args.json),
     )?;
+    if result.traced == 0 {
+        bail!(
+            "{}: none of the {} facts examined was traced ({} known to the model, {}); \
+             nothing was written — raise --limit or pass --all",
+            args.data.display(),
+            result.scanned,
+            result.known,
+            result.selection
+        );
+    }
     let mut files = Vec::new();
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -1,6 +1,7 @@
 //! `kedit`: the command line. A thin layer over the kedit library: parse, call, print.
 
 mod bench;
+mod bounds;
 mod demo;
 mod edit;
 mod eval;

@@ -7,6 +7,7 @@ use kedit::cache::Cache;
 use kedit::stats::{key_stats, Precision, StatsRequest};
 use serde::Serialize;
 
+use crate::bounds;
 use crate::output::{print_json, table};
 use crate::progress::bars_unless;
 use crate::ModelArg;
@@ -22,16 +23,16 @@ pub struct Args {
     #[arg(long)]
     corpus: PathBuf,
     /// Documents to use (fewer if the corpus has fewer).
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = bounds::count(1, bounds::MAX_RECORDS))]
     docs: usize,
     /// Tokens kept from the start of each document.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, value_parser = bounds::count(1, bounds::MAX_TOKENS))]
     max_len: usize,
     /// Accumulation type: f32 (ROME's and EasyEdit's) or f64.
     #[arg(long, default_value_t = Precision::F32)]
     precision: Precision,
     /// Documents per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = bounds::count(1, 4096))]
     batch_size: usize,
     /// The cache directory [default: $KEDIT_CACHE, else .kedit-cache at the workspace root].
     #[arg(long)]
@@ -55,9 +56,26 @@ pub fn parse_layers(s: &str) -> Result<Vec<usize>, String> {
                 if a > b {
                     return Err(bad());
                 }
+                if b >= bounds::MAX_LAYERS {
+                    return Err(format!(
+                        "`{part}`: no model has {} layers (at most {})",
+                        b + 1,
+                        bounds::MAX_LAYERS
+                    ));
+                }
                 out.extend(a..=b);
             }
-            None => out.push(part.parse().map_err(|_| bad())?),
+            None => {
+                let layer: usize = part.parse().map_err(|_| bad())?;
+                if layer >= bounds::MAX_LAYERS {
+                    return Err(format!(
+                        "`{part}`: no model has {} layers (at most {})",
+                        layer + 1,
+                        bounds::MAX_LAYERS
+                    ));
+                }
+                out.push(layer);
+            }
         }
     }
     if out.is_empty() {
@@ -85,8 +103,8 @@ struct Row {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let model = args.model.load()?;
     let layers = parse_layers(&args.layers).map_err(anyhow::Error::msg)?;
+    let model = args.model.load()?;
     let request = StatsRequest {
         n_docs: args.docs,
         max_len: args.max_len,

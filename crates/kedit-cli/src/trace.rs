@@ -7,6 +7,7 @@ use kedit::trace::pictures::write_trace_pictures;
 use kedit::trace::{cached_subject_embedding_std, trace_prompt, Kind, TraceOptions};
 use kedit::Model;
 
+use crate::bounds;
 use crate::output::{print_json, table, visible};
 use crate::stats::cache_of;
 use crate::ModelArg;
@@ -15,26 +16,26 @@ use crate::ModelArg;
 #[derive(clap::Args, Clone, Debug)]
 pub struct TraceArgs {
     /// Corrupted runs (noise samples).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = bounds::count(1, 10_000))]
     samples: usize,
     /// Noise standard deviation, in units of σ.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, value_parser = bounds::real(0.0, 1000.0))]
     noise: f64,
     /// σ itself [default: the std of subject-token embeddings over --facts, cached].
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::real(1e-12, 1e6))]
     sigma: Option<f64>,
     /// Layers restored together for MLP and attention.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = bounds::count(1, bounds::MAX_LAYERS))]
     window: usize,
     /// Seed of the noise.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Tokens whose restorations share one forward pass (more rows, fewer passes).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = bounds::count(1, 256))]
     tokens_per_pass: usize,
     /// Threads running forward passes [default: one per core, each with single-threaded
     /// tensor ops].
-    #[arg(long)]
+    #[arg(long, value_parser = bounds::count(1, 256))]
     workers: Option<usize>,
     /// The cache directory [default: $KEDIT_CACHE, else .kedit-cache at the workspace root].
     #[arg(long)]
@@ -118,6 +119,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(dir) = &args.out {
+        kedit::fsio::check_writable_dir(dir)?;
+    }
     let workers = args.trace.start_workers();
     let model = args.model.load()?;
     let options = TraceOptions {

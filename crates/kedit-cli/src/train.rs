@@ -33,10 +33,10 @@ pub struct Args {
     #[arg(long, default_value = "auto")]
     format: Format,
     /// Use only the first N records of each training file.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count(1, crate::bounds::MAX_RECORDS))]
     limit: Option<usize>,
     /// Use only the first N validation records.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::bounds::count(1, crate::bounds::MAX_RECORDS))]
     val_limit: Option<usize>,
     #[arg(long, default_value_t = 0)]
     seed: u64,

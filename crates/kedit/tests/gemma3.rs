@@ -209,7 +209,7 @@ fn tiny_gemma3_saves_and_reloads_exactly() {
     assert_eq!(original.config.family, Family::Gemma3);
     let scratch = Scratch::new("gemma3-round-trip");
     let out = scratch.join("tiny");
-    original.save_hf(&out).unwrap();
+    original.save_hf(&out, false).unwrap();
     let reloaded = Model::load(&out).unwrap();
     assert_eq!(original.config, reloaded.config);
     for (id, t) in original.params.iter() {

@@ -93,7 +93,7 @@ fn tiny_models_save_and_reload_exactly_in_their_original_hf_layouts() {
     for arch in TINY_ARCHS {
         let original = Model::load(tiny_dir(arch)).unwrap();
         let out = scratch.join(arch);
-        original.save_hf(&out).unwrap();
+        original.save_hf(&out, false).unwrap();
         let reloaded = Model::load(&out).unwrap();
         assert_same_weights(&original, &reloaded, arch);
         let refs = load_tensors(tiny_dir(arch).join("reference.safetensors"));
@@ -131,7 +131,7 @@ fn models_built_in_memory_save_a_config_of_their_own_family() {
         let loaded = Model::load(tiny_dir(arch)).unwrap();
         let built = Model::from_parts(loaded.config.clone(), loaded.params.clone(), None).unwrap();
         let out = scratch.join(arch);
-        built.save_hf(&out).unwrap();
+        built.save_hf(&out, false).unwrap();
         let reloaded = Model::load(&out).unwrap();
         assert_same_weights(&loaded, &reloaded, arch);
         assert_same_tensor_bytes(
@@ -146,7 +146,7 @@ fn smollm2_saves_as_hf_directory_with_tokenizer_and_reloads_exactly() {
     let original = smollm2();
     let scratch = Scratch::new("round-trip-smollm2");
     let out = scratch.join("smollm2");
-    original.save_hf(&out).unwrap();
+    original.save_hf(&out, false).unwrap();
     for file in [
         "config.json",
         "model.safetensors",

@@ -25,7 +25,7 @@ pub struct Args {
     data: PathBuf,
     #[arg(long, default_value = "auto")]
     format: Format,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = crate::bounds::count(1, 100_000))]
     limit: usize,
     /// Corpus for key statistics (methods that need them).
     #[arg(long)]

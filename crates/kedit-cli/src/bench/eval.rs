@@ -18,7 +18,7 @@ pub struct Args {
     data: Option<PathBuf>,
     #[arg(long, default_value = "auto")]
     format: String,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = crate::bounds::count(1, 100_000))]
     limit: usize,
     #[arg(long)]
     json: bool,

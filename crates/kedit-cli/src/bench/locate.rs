@@ -21,7 +21,7 @@ pub struct StatsArgs {
     )]
     corpus: PathBuf,
     /// Documents per pass.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::bounds::count(1, 100_000))]
     docs: usize,
     /// The single layer.
     #[arg(long, default_value = "5")]
@@ -30,7 +30,7 @@ pub struct StatsArgs {
     #[arg(long, default_value = "3-7")]
     many: String,
     /// Repetitions (the median is reported).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::bounds::count(1, 1000))]
     reps: usize,
     /// Print JSON.
     #[arg(long)]
@@ -79,7 +79,7 @@ pub struct TraceBenchArgs {
     #[arg(long, default_value = DEFAULT_FACTS)]
     data: PathBuf,
     /// Facts traced (the first ones of the file).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::bounds::count(1, 10_000))]
     facts: usize,
     #[command(flatten)]
     trace: TraceArgs,

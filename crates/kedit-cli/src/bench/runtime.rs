@@ -12,7 +12,7 @@ pub struct Args {
     #[command(flatten)]
     model: ModelArg,
     /// Repetitions per figure (the median is reported).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::bounds::count(1, 1000))]
     reps: usize,
     #[arg(long)]
     json: bool,

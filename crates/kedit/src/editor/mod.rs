@@ -263,16 +263,17 @@ impl Editor {
         self.model.params.require(id)
     }
 
-    /// Saves the edited model as a Hugging Face directory. Refused while the system holds
-    /// edits that live outside the weights: a model directory cannot carry them.
-    pub fn save_model(&self, dir: &std::path::Path) -> Result<()> {
+    /// Saves the edited model as a Hugging Face directory (see [`Model::save_hf`] for what
+    /// `overwrite` allows). Refused while the system holds edits that live outside the
+    /// weights: a model directory cannot carry them.
+    pub fn save_model(&self, dir: &std::path::Path, overwrite: bool) -> Result<()> {
         if !self.extras.is_empty() {
             return Err(Error::invalid(
                 "the edited system holds adaptor, memory or context edits, which a model \
                  directory cannot carry; save the edits themselves instead (--save-edit)",
             ));
         }
-        self.model.save_hf(dir)
+        self.model.save_hf(dir, overwrite)
     }
 
     /// True when the weights are bit-identical to the original ones and no adaptor,

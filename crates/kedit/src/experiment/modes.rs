@@ -56,6 +56,29 @@ pub struct RunOptions {
     pub metrics: MetricOptions,
 }
 
+impl RunOptions {
+    /// Refuses options that cannot run, before any work (callers that keep a run
+    /// directory call it before opening one, so that nothing is written for them).
+    pub fn check(&self, method: Option<&dyn EditMethod>) -> Result<()> {
+        if self.mode != Mode::Batch {
+            return Ok(());
+        }
+        let size = self.batch_size;
+        if size == 0 {
+            return Err(Error::config("--batch-size must be at least 1"));
+        }
+        if let Some(max) = method.and_then(|m| m.max_batch()) {
+            if size > max {
+                return Err(Error::config(format!(
+                    "{} edits at most {max} request(s) per call; --batch-size {size} is too large",
+                    method.map_or("", |m| m.name()),
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Cases evaluated together before any edit (bounded so progress shows and memory stays
 /// small; the forwards inside are chunked by tokens anyway).
 const PRE_CHUNK: usize = 16;
@@ -108,6 +131,7 @@ pub fn run(
     store: &mut RunStore,
     progress: &mut dyn Progress,
 ) -> Result<()> {
+    opts.check(Some(method))?;
     ensure_pristine(editor, "before the run")?;
     method.prepare(editor.model(), ctx, progress)?;
     pre_edit(editor, requests, opts, store, progress)?;
@@ -268,17 +292,6 @@ impl Session<'_> {
 
     fn batch(&mut self, store: &mut RunStore) -> Result<()> {
         let size = self.opts.batch_size;
-        if size == 0 {
-            return Err(Error::config("--batch-size must be at least 1"));
-        }
-        if let Some(max) = self.method.max_batch() {
-            if size > max {
-                return Err(Error::config(format!(
-                    "{} edits at most {max} request(s) per call; --batch-size {size} is too large",
-                    self.method.name(),
-                )));
-            }
-        }
         let all: Vec<usize> = (0..self.requests.len()).collect();
         let done = all.iter().filter(|i| store.cases.contains_key(i)).count();
         self.progress.phase("edits (batch)", all.len(), done);

@@ -18,6 +18,9 @@ pub struct RunConfig {
     pub model: String,
     pub model_fingerprint: String,
     pub data: String,
+    /// The data file's contents: a resume over a changed file is refused.
+    #[serde(default)]
+    pub data_sha256: String,
     pub format: String,
     pub limit: Option<usize>,
     pub skip_invalid: bool,

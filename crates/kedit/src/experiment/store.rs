@@ -1,6 +1,8 @@
 //! A run's records, in memory and (for the command line) in a run directory:
 //!
-//! - `run.json`: the run's configuration; a rerun must match it (resume) or is refused;
+//! - `run.json`: the run's configuration, with fingerprints of the model's weights, the data
+//!   file's contents and the hyper-parameters; a rerun must match it (resume) or is refused,
+//!   naming what changed;
 //! - `pre.jsonl`: one line per case, the pre-edit metrics (computed once, cached);
 //! - `cases.jsonl`: one line per case once it is edited and evaluated ([`CaseRecord`]);
 //! - `after_all.jsonl`: sequential mode, each case evaluated after all edits;
@@ -8,7 +10,8 @@
 //!   rebuild the accumulated model without recomputing them.
 //!
 //! Lines are appended and flushed one at a time; a torn last line (an interrupted write)
-//! is ignored on reading.
+//! is ignored on reading. The directory is created with the first record, so that a
+//! configuration refused before any work leaves nothing behind.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -66,6 +69,8 @@ struct IndexedMetrics {
 
 pub struct RunStore {
     dir: Option<PathBuf>,
+    /// `run.json`, until the directory is created by the first record.
+    pending_header: Option<Value>,
     pub pre: BTreeMap<usize, Metrics>,
     pub cases: BTreeMap<usize, CaseRecord>,
     pub after_all: BTreeMap<usize, Metrics>,
@@ -81,36 +86,46 @@ impl RunStore {
     pub fn in_memory() -> Self {
         RunStore {
             dir: None,
+            pending_header: None,
             pre: BTreeMap::new(),
             cases: BTreeMap::new(),
             after_all: BTreeMap::new(),
         }
     }
 
-    /// Opens (or creates) a run directory for the configuration `header`. An existing
-    /// directory of a different configuration is refused, naming the keys that differ.
+    /// Opens a run directory for the configuration `header`, to resume it, or prepares a
+    /// new one (created with its first record). An existing run of a different
+    /// configuration is refused, naming what differs; one that never recorded anything is
+    /// simply taken over.
     pub fn open(dir: &Path, header: &Value) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::invalid(format!(
+                "{}: is a file; the run directory (--out) must be a directory",
+                dir.display()
+            )));
+        }
+        crate::fsio::check_writable_dir(dir)?;
         let path = dir.join(HEADER);
+        let mut pending_header = Some(header.clone());
         if path.exists() {
             let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
             let old: Value = serde_json::from_str(&text)
                 .map_err(|e| Error::model(&path, format!("not valid JSON: {e}")))?;
             let differ = differing_keys(&old, header);
-            if !differ.is_empty() {
+            if differ.is_empty() {
+                pending_header = None;
+            } else if has_records(dir) {
                 return Err(Error::config(format!(
-                    "{} holds a run with another configuration (differs in: {}); \
-                     use another --out directory",
+                    "{} holds a run with another configuration, so it cannot be resumed: {}; \
+                     use another --out directory (or remove this one to start again)",
                     dir.display(),
-                    differ.join(", ")
+                    describe_changes(&old, header, &differ)
                 )));
             }
-        } else {
-            let text = serde_json::to_string_pretty(header).expect("JSON values serialise");
-            std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         }
         let mut store = RunStore {
             dir: Some(dir.to_path_buf()),
+            pending_header,
             ..RunStore::in_memory()
         };
         for m in read_lines::<IndexedMetrics>(&dir.join(PRE))? {
@@ -166,7 +181,8 @@ impl RunStore {
     }
 
     /// Keeps an applied edit for a later resume (run directories only).
-    pub fn save_edit(&self, index: usize, edit: &Edit) -> Result<()> {
+    pub fn save_edit(&mut self, index: usize, edit: &Edit) -> Result<()> {
+        self.ensure_dir()?;
         let Some(dir) = &self.dir else { return Ok(()) };
         let edits = dir.join("edits");
         std::fs::create_dir_all(&edits).map_err(|e| Error::io(&edits, e))?;
@@ -185,7 +201,20 @@ impl RunStore {
         }
     }
 
-    fn append(&self, file: &str, value: &impl Serialize) -> Result<()> {
+    /// Creates the run directory and its `run.json` (once, with the first record).
+    fn ensure_dir(&mut self) -> Result<()> {
+        let (Some(dir), Some(header)) = (&self.dir, &self.pending_header) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let text = serde_json::to_string_pretty(header).expect("JSON values serialise");
+        crate::fsio::write_atomic(&dir.join(HEADER), text.as_bytes())?;
+        self.pending_header = None;
+        Ok(())
+    }
+
+    fn append(&mut self, file: &str, value: &impl Serialize) -> Result<()> {
+        self.ensure_dir()?;
         let Some(dir) = &self.dir else { return Ok(()) };
         let path = dir.join(file);
         let mut line = serde_json::to_string(value).expect("records serialise");
@@ -211,7 +240,7 @@ fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     let mut text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     if !text.is_empty() && !text.ends_with('\n') {
         text.truncate(text.rfind('\n').map_or(0, |i| i + 1));
-        std::fs::write(path, &text).map_err(|e| Error::io(path, e))?;
+        crate::fsio::write_atomic(path, text.as_bytes())?;
     }
     text.lines()
         .enumerate()
@@ -220,6 +249,49 @@ fn read_lines<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
             serde_json::from_str(line).map_err(|e| Error::record(path, i, "(line)", e.to_string()))
         })
         .collect()
+}
+
+/// Whether a run directory holds any record (a run that never got that far may be taken
+/// over by another configuration: there is nothing of it to keep).
+fn has_records(dir: &Path) -> bool {
+    [PRE, CASES, AFTER_ALL]
+        .iter()
+        .any(|f| std::fs::metadata(dir.join(f)).is_ok_and(|m| m.len() > 0))
+        || dir.join("edits").is_dir()
+}
+
+/// What changed between two configurations, in words: fingerprints named for what they
+/// fingerprint, short values shown before and after.
+fn describe_changes(old: &Value, new: &Value, keys: &[String]) -> String {
+    let show = |v: Option<&Value>| -> String {
+        match v {
+            None => "(not recorded)".into(),
+            Some(v) => {
+                let s = v.to_string();
+                if s.chars().count() > 60 {
+                    format!("{}…", s.chars().take(60).collect::<String>())
+                } else {
+                    s
+                }
+            }
+        }
+    };
+    keys.iter()
+        .map(|k| {
+            let what = match k.as_str() {
+                "model_fingerprint" => "the model's weights changed (model_fingerprint)".into(),
+                "data_sha256" => "the data file's contents changed (data_sha256)".into(),
+                "hparams" => "the hyper-parameters changed (hparams)".into(),
+                other => format!("`{other}` changed"),
+            };
+            format!(
+                "{what}: {} → {}",
+                show(old.get(k.as_str())),
+                show(new.get(k.as_str()))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn differing_keys(old: &Value, new: &Value) -> Vec<String> {
@@ -277,6 +349,28 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("method"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_run_is_created_with_its_first_record_and_a_changed_data_file_refused() {
+        let dir = std::env::temp_dir().join(format!("kedit-store-lazy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let bad = serde_json::json!({"batch_size": 0, "data_sha256": "aa"});
+        drop(RunStore::open(&dir, &bad).unwrap());
+        assert!(!dir.exists(), "opening alone creates nothing");
+        // A run.json without records (left by an older build) is taken over.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(HEADER), bad.to_string()).unwrap();
+        let good = serde_json::json!({"batch_size": 1, "data_sha256": "aa"});
+        let mut store = RunStore::open(&dir, &good).unwrap();
+        store.put_pre(0, "a", Metrics::default()).unwrap();
+        let text = std::fs::read_to_string(dir.join(HEADER)).unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), good);
+        let changed = serde_json::json!({"batch_size": 1, "data_sha256": "bb"});
+        let err = RunStore::open(&dir, &changed).err().unwrap().to_string();
+        assert!(err.contains("the data file's contents changed"), "{err}");
+        assert!(err.contains("\"aa\" → \"bb\""), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

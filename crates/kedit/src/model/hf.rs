@@ -77,9 +77,14 @@ pub fn to_hf_tensors(cfg: &ModelConfig, params: &Params) -> Result<BTreeMap<Stri
     writer.finish(cfg)
 }
 
-/// Writes `config.json` and `model.safetensors` into `dir` (each file atomically).
-pub fn save(dir: &Path, cfg: &ModelConfig, params: &Params, hf_config: &Value) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// Writes `config.json` and `model.safetensors` into the existing directory `dir` (each
+/// file atomically); returns the names of the files written.
+pub fn save(
+    dir: &Path,
+    cfg: &ModelConfig,
+    params: &Params,
+    hf_config: &Value,
+) -> Result<Vec<String>> {
     let tensors = to_hf_tensors(cfg, params)?;
     let tensors = tensors
         .into_iter()
@@ -92,5 +97,6 @@ pub fn save(dir: &Path, cfg: &ModelConfig, params: &Params, hf_config: &Value) -
         obj.insert("dtype".into(), Value::String("float32".into()));
     }
     let text = serde_json::to_string_pretty(&config).expect("JSON values always serialise");
-    write_atomic(&dir.join("config.json"), text.as_bytes())
+    write_atomic(&dir.join("config.json"), text.as_bytes())?;
+    Ok(vec!["model.safetensors".into(), "config.json".into()])
 }

@@ -7,6 +7,7 @@ pub mod gguf;
 pub mod hf;
 pub mod params;
 pub mod safetensors_io;
+pub mod safetensors_write;
 
 use std::path::{Path, PathBuf};
 
@@ -160,16 +161,67 @@ impl Model {
     }
 
     /// Saves the model as a Hugging Face directory (config.json, model.safetensors,
-    /// tokenizer files). The directory appears whole or not at all.
-    pub fn save_hf(&self, dir: impl AsRef<Path>) -> Result<()> {
-        fsio::replace_dir(dir.as_ref(), |tmp| {
-            hf::save(tmp, &self.config, &self.params, &self.hf_config)?;
-            match &self.tokenizer {
-                Some(tok) => tok.save_hf(tmp),
-                None => Ok(()),
+    /// tokenizer files, and [`SAVED_MODEL_MARKER`], which marks the directory as kedit's).
+    ///
+    /// A directory holding anything else is refused, whatever `overwrite` says: it is
+    /// somebody's. A kedit model directory is replaced only with `overwrite`, file by file,
+    /// each file atomically; files the new model does not need are then removed.
+    pub fn save_hf(&self, dir: impl AsRef<Path>, overwrite: bool) -> Result<()> {
+        let dir = dir.as_ref();
+        fsio::check_owned_dir(dir, SAVED_MODEL_MARKER, overwrite)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let marker = dir.join(SAVED_MODEL_MARKER);
+        let old_files = saved_files(&marker);
+        // The marker goes first: a directory left by a killed save is still recognisably
+        // ours, so that the rerun may replace it.
+        write_marker(&marker, &old_files)?;
+        let mut files = hf::save(dir, &self.config, &self.params, &self.hf_config)?;
+        if let Some(tok) = &self.tokenizer {
+            files.extend(tok.save_hf(dir)?);
+        }
+        for stale in old_files.iter().filter(|f| !files.contains(f)) {
+            if is_plain_name(stale) {
+                let _ = std::fs::remove_file(dir.join(stale));
             }
-        })
+        }
+        write_marker(&marker, &files)
     }
+}
+
+/// The file that marks a directory as a model saved by kedit, listing the files it wrote.
+pub const SAVED_MODEL_MARKER: &str = "kedit-model.json";
+
+fn write_marker(path: &Path, files: &[String]) -> Result<()> {
+    let text = serde_json::json!({
+        "written_by": format!("kedit {}", env!("CARGO_PKG_VERSION")),
+        "files": files,
+    });
+    fsio::write_atomic(path, text.to_string().as_bytes())
+}
+
+/// The files a marker lists (none when it is missing or unreadable).
+fn saved_files(marker: &Path) -> Vec<String> {
+    std::fs::read(marker)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.get("files")?
+                .as_array()?
+                .iter()
+                .map(|f| f.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A file name without directories: a marker edited by hand must not make us delete
+/// anything outside the model directory.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name != SAVED_MODEL_MARKER
+        && !name.contains(['/', '\\'])
 }
 
 /// Where the default model lives: `$KEDIT_MODEL`, else `models/` at the workspace root

@@ -10,7 +10,6 @@ use memmap2::Mmap;
 use safetensors::{Dtype as StDtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::fsio;
 
 /// The safetensors files of a checkpoint, memory-mapped, with an index of tensor names.
 pub struct SafetensorFiles {
@@ -180,13 +179,9 @@ fn truncation(path: &Path, bytes: &[u8]) -> Option<Error> {
     ))
 }
 
-/// Writes `tensors` to `path` atomically.
+/// Writes `tensors` to `path` atomically, with the `{"format": "pt"}` metadata that
+/// transformers expects of a checkpoint.
 pub fn save_atomic(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let map: HashMap<String, Tensor> = tensors
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.contiguous()?)))
-        .collect::<Result<_>>()?;
-    fsio::write_atomic_with(path, |tmp| {
-        candle_core::safetensors::save(&map, tmp).map_err(|e| Error::model(tmp, e.to_string()))
-    })
+    let metadata = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+    crate::model::safetensors_write::write(path, tensors, &metadata)
 }

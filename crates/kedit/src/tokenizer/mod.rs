@@ -190,8 +190,8 @@ impl Tokenizer {
         )
     }
 
-    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
-    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`; returns their names.
+    pub fn save_hf(&self, dir: &Path) -> Result<Vec<String>> {
         let text = self.inner.to_string(true).map_err(tok_err)?;
         write_atomic(&dir.join("tokenizer.json"), text.as_bytes())?;
         let config = json!({
@@ -204,6 +204,10 @@ impl Tokenizer {
             "chat_template": self.chat_template,
         });
         let text = serde_json::to_string_pretty(&config).expect("JSON values always serialise");
-        write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())
+        write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())?;
+        Ok(vec![
+            "tokenizer.json".into(),
+            "tokenizer_config.json".into(),
+        ])
     }
 }
