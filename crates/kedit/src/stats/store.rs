@@ -7,14 +7,13 @@
 //! documents is the same whatever the target, so an interrupted run resumes from it and a
 //! finished one can later be extended to more documents.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::fsio::write_atomic;
 use crate::stats::moment::Precision;
 
 /// What determines a layer's statistics, apart from the number of documents.
@@ -87,10 +86,11 @@ pub fn save(
     n_tokens: u64,
     corpus: &Path,
 ) -> Result<()> {
-    let meta = key.metadata(n_docs, n_tokens, corpus);
-    let bytes = safetensors::serialize([(name, tensor)], Some(meta))
-        .map_err(|e| Error::model(path, format!("cannot serialise statistics: {e}")))?;
-    write_atomic(path, &bytes)
+    // Sorted metadata: the same statistics make the same bytes, run after run.
+    let meta: BTreeMap<String, String> =
+        key.metadata(n_docs, n_tokens, corpus).into_iter().collect();
+    let tensors = BTreeMap::from([(name.to_string(), tensor.clone())]);
+    crate::model::safetensors_write::write(path, &tensors, &meta)
 }
 
 /// Reads a file written by `save`; `None` when it does not exist. A corrupt file is an
