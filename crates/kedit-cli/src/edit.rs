@@ -93,6 +93,8 @@ pub fn run(args: Args) -> Result<()> {
         rephrase: args.rephrase.clone(),
         ..Default::default()
     };
+    // Refused before any work (a target too long, a subject not in the prompt, …).
+    loaded.method.check_request(&model, &request)?;
     let prompts: Vec<String> = std::iter::once(args.prompt.clone())
         .chain(args.rephrase.iter().cloned())
         .collect();

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+use crate::model::Model;
+
 /// A prompt with the answer the metrics score, plus other accepted spellings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Probe {
@@ -52,4 +55,59 @@ pub struct EditRequest {
     /// Prompts for free generation (fluency, consistency).
     #[serde(default)]
     pub generation_prompts: Vec<String>,
+}
+
+/// The longest prompt a request may have, in tokens (dataset prompts are under 200; a
+/// WikiBio passage is the longest).
+pub const MAX_PROMPT_TOKENS: usize = 512;
+/// The longest target, in tokens (dataset targets are under 100: a WikiBio sentence is the
+/// longest; a thousand-word target would be optimised for minutes).
+pub const MAX_TARGET_TOKENS: usize = 128;
+/// The longest subject, in tokens.
+pub const MAX_SUBJECT_TOKENS: usize = 128;
+
+impl EditRequest {
+    /// Refuses, before any work, a request no method should spend time on: an empty prompt
+    /// or target; a prompt, target or subject longer than [`MAX_PROMPT_TOKENS`],
+    /// [`MAX_TARGET_TOKENS`] or [`MAX_SUBJECT_TOKENS`]; a prompt and target that, with the
+    /// `extra` tokens a method puts in front of them (ROME's context templates), do not fit
+    /// the model's context.
+    pub fn check_size(&self, model: &Model, extra: usize) -> Result<()> {
+        if self.prompt.trim().is_empty() {
+            return Err(Error::invalid("the prompt is empty"));
+        }
+        if self.target_new.trim().is_empty() {
+            return Err(Error::invalid("the target is empty"));
+        }
+        let tok = model.tokenizer()?;
+        let count = |what: &str, text: &str, max: usize| -> Result<usize> {
+            let n = tok.encode(text)?.len();
+            if n > max {
+                return Err(Error::invalid(format!(
+                    "the {what} is {n} tokens long; at most {max} are accepted"
+                )));
+            }
+            Ok(n)
+        };
+        let prompt = count("prompt", &self.prompt, MAX_PROMPT_TOKENS)?;
+        let target = count("target", &self.target_new, MAX_TARGET_TOKENS)?;
+        if !self.subject.is_empty() {
+            count("subject", &self.subject, MAX_SUBJECT_TOKENS)?;
+        }
+        let context = model.config.max_positions;
+        // +1: a BOS token the model may put first.
+        let needed = prompt + target + extra + 1;
+        if needed > context {
+            return Err(Error::invalid(format!(
+                "the prompt and target ({prompt} + {target} tokens{}) do not fit the model's \
+                 context of {context} tokens",
+                if extra > 0 {
+                    format!(", + {extra} of context templates")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+        Ok(())
+    }
 }

@@ -135,6 +135,7 @@ fn refused_edits_are_recorded_and_leave_the_model_pristine() {
     for (method, why) in [
         (Refusing::Compute, "compute failed"),
         (Refusing::NanDelta, "NaN"),
+        (Refusing::ZeroDelta, "changes no weight"),
     ] {
         let (store, _) = run_mode(&method, &requests, options(Mode::Single, 1));
         for r in store.cases.values() {
@@ -229,6 +230,8 @@ impl EditMethod for Counting {
 enum Refusing {
     Compute,
     NanDelta,
+    /// An edit whose every delta is zero: it would change nothing.
+    ZeroDelta,
 }
 
 impl EditMethod for Refusing {
@@ -246,12 +249,16 @@ impl EditMethod for Refusing {
     ) -> kedit::Result<Computed> {
         match self {
             Refusing::Compute => Err(Error::invalid("compute failed on purpose")),
-            Refusing::NanDelta => {
+            Refusing::NanDelta | Refusing::ZeroDelta => {
                 let id = ParamId::mlp_out(3);
                 let w = system.model().params.require(id)?;
-                let nan = Tensor::full(f32::NAN, w.dims(), w.device())?;
+                let value = match self {
+                    Refusing::NanDelta => f32::NAN,
+                    _ => 0.0,
+                };
+                let delta = Tensor::full(value, w.dims(), w.device())?;
                 let mut edit = WeightEdit::new();
-                edit.push(id, Delta::Dense(nan));
+                edit.push(id, Delta::Dense(delta));
                 Ok(Computed {
                     edit: edit.into(),
                     report: Default::default(),

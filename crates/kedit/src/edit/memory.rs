@@ -49,6 +49,11 @@ impl MemoryEdit {
         if self.records.is_empty() {
             return Err(Error::EditRefused("the memory edit has no record".into()));
         }
+        if let Some(i) = self.records.iter().position(|r| r.context.is_empty()) {
+            return Err(Error::EditRefused(format!(
+                "record {i} of the memory edit has an empty context: it would change nothing"
+            )));
+        }
         match self.router {
             Router::WordOverlap { threshold } if !(0.0..=1.0).contains(&threshold) => {
                 Err(Error::EditRefused(format!(

@@ -188,6 +188,7 @@ impl Editor {
             return Err(Error::EditRefused("the edit changes no weight".into()));
         }
         let mut record = AppliedEdit::of_kind("weights");
+        let mut changed = false;
         for (id, delta) in &edit.deltas {
             let w = self.model.params.require(*id)?.clone();
             if delta.shape()? != w.dims() {
@@ -216,9 +217,19 @@ impl Editor {
                     "`{id}` would have NaN or Inf entries"
                 )));
             }
+            changed = changed || !tensors_identical(&updated, &w)?;
             self.model.params.replace(*id, updated)?;
             record.params.push(id.to_string());
             record.relative_norms.push(ratio);
+        }
+        if !changed {
+            // A success that changes nothing would be reported as an edit (FT at lr 0, a
+            // clamp of 0): refuse it like any other edit that cannot be made.
+            return Err(Error::EditRefused(
+                "the edit changes no weight: every delta is zero, or too small to change a \
+                 weight once added"
+                    .into(),
+            ));
         }
         Ok(record)
     }
@@ -301,28 +312,32 @@ pub fn params_identical(a: &Params, b: &Params) -> Result<bool> {
         if ia != ib || ta.dims() != tb.dims() || ta.dtype() != tb.dtype() {
             return Ok(false);
         }
-        if ta.id() == tb.id() {
-            continue;
-        }
-        let bits = |t: &Tensor| -> Result<Vec<u8>> {
-            let t = t.flatten_all()?;
-            Ok(match t.dtype() {
-                candle_core::DType::F64 => t
-                    .to_vec1::<f64>()?
-                    .iter()
-                    .flat_map(|x| x.to_bits().to_le_bytes())
-                    .collect(),
-                _ => t
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()?
-                    .iter()
-                    .flat_map(|x| x.to_bits().to_le_bytes())
-                    .collect(),
-            })
-        };
-        if bits(ta)? != bits(tb)? {
+        if !tensors_identical(ta, tb)? {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Bitwise equality of two tensors (shape, type and every bit of every entry).
+pub fn tensors_identical(a: &Tensor, b: &Tensor) -> Result<bool> {
+    if a.dims() != b.dims() || a.dtype() != b.dtype() {
+        return Ok(false);
+    }
+    if a.id() == b.id() {
+        return Ok(true);
+    }
+    let bits = |t: &Tensor| -> Result<Vec<u64>> {
+        let t = t.flatten_all()?;
+        Ok(match t.dtype() {
+            candle_core::DType::F64 => t.to_vec1::<f64>()?.iter().map(|x| x.to_bits()).collect(),
+            _ => t
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|x| u64::from(x.to_bits()))
+                .collect(),
+        })
+    };
+    Ok(bits(a)? == bits(b)?)
 }

@@ -9,8 +9,9 @@
 //! - **batch**: one method call per `batch_size` requests, evaluated together, reverted.
 //!
 //! Pre-edit metrics are computed once per case (batched across cases) before any edit and
-//! kept in the store. A refused edit (an error from `compute` or `apply`) is recorded on
-//! its cases; the editor leaves the model as it was.
+//! kept in the store. A refused edit (a request the method's `check_request` refuses, an
+//! error from `compute`, or an edit `apply` refuses, such as one that changes no weight) is
+//! recorded on its cases; the editor leaves the model as it was.
 
 use std::time::Instant;
 
@@ -201,7 +202,11 @@ impl Session<'_> {
         let batch: Vec<EditRequest> = indices.iter().map(|&i| requests[i].clone()).collect();
         reset_peak_rss();
         let start = Instant::now();
-        let computed = self.method.compute(self.editor, &batch, self.ctx);
+        // Requests the method cannot edit are refused before any work.
+        let computed = batch
+            .iter()
+            .try_for_each(|r| self.method.check_request(self.editor.model(), r))
+            .and_then(|()| self.method.compute(self.editor, &batch, self.ctx));
         let mut outcome = EditOutcome {
             batch_size: indices.len(),
             ..Default::default()

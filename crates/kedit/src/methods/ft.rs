@@ -16,10 +16,13 @@ use crate::edit::{Delta, WeightEdit};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::methods::adam::Adam;
-use crate::methods::hparams::{lenient_f64, lenient_optional_f64, resolve_module, HparamsSource};
+use crate::methods::hparams::{
+    lenient_f64, lenient_optional_f64, HparamsSource, MAX_FACTOR, MAX_LR, MAX_STEPS, MAX_STOP_LOSS,
+};
 use crate::methods::loss::mean_row_nll;
 use crate::methods::{
-    filter_warnings, Computed, EditContext, EditMethod, LoadedMethod, MethodReport,
+    check_subject_request, filter_warnings, Computed, EditContext, EditMethod, LoadedMethod,
+    MethodReport,
 };
 use crate::model::{Model, ParamId};
 use crate::prompts::{spaced_target, target_ids};
@@ -58,6 +61,43 @@ pub struct FtHparams {
     pub early_stop_loss: f64,
 }
 
+/// The most requests one training batch may hold.
+pub const MAX_BATCH_SIZE: usize = 1024;
+
+impl FtHparams {
+    /// Every key against its range (see `docs/reliability.md`); the parameters trained.
+    fn check(&self, source: &HparamsSource, model: &Model) -> Result<Vec<ParamId>> {
+        source.check_layers("layers", &self.layers, model)?;
+        let params = source.resolve_modules(
+            "rewrite_module_tmp",
+            &self.rewrite_module_tmp,
+            &self.layers,
+            model,
+        )?;
+        source
+            .check("num_steps", self.num_steps as f64)
+            .in_range(1.0, MAX_STEPS as f64)?;
+        source.check("lr", self.lr).positive()?.at_most(MAX_LR)?;
+        source
+            .check("weight_decay", self.weight_decay)
+            .in_range(0.0, MAX_FACTOR)?;
+        source
+            .check("kl_factor", self.kl_factor)
+            .in_range(0.0, MAX_FACTOR)?;
+        if let Some(eps) = self.norm_constraint {
+            // 0 would freeze every weight; `false` (or no key) means no constraint.
+            source.check("norm_constraint", eps).positive()?;
+        }
+        source
+            .check("batch_size", self.batch_size as f64)
+            .in_range(1.0, MAX_BATCH_SIZE as f64)?;
+        source
+            .check("early_stop_loss", self.early_stop_loss)
+            .in_range(0.0, MAX_STOP_LOSS)?;
+        Ok(params)
+    }
+}
+
 fn default_batch_size() -> usize {
     64
 }
@@ -81,18 +121,7 @@ impl Ft {
             "ft-m" => hp.objective_optimization = Objective::TargetNew,
             _ => {}
         }
-        if hp.layers.is_empty() || hp.num_steps == 0 || hp.batch_size == 0 {
-            return Err(Error::config(format!(
-                "{}: `layers`, `num_steps` and `batch_size` must be non-empty / positive",
-                source.origin.display()
-            )));
-        }
-        let params = hp
-            .layers
-            .iter()
-            .map(|&l| resolve_module(model, "rewrite_module_tmp", &hp.rewrite_module_tmp, l))
-            .collect::<Result<Vec<_>>>()
-            .map_err(|e| Error::config(format!("{}: {e}", source.origin.display())))?;
+        let params = hp.check(&source, model)?;
         let display = match hp.objective_optimization {
             Objective::PromptLast => "FT-L",
             Objective::TargetNew => "FT-M",
@@ -197,6 +226,12 @@ impl EditMethod for Ft {
         serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
     }
 
+    /// As ROME: FT trains on the prompt, but a subject the prompt does not hold means the
+    /// request is not what it says.
+    fn check_request(&self, model: &Model, request: &EditRequest) -> Result<()> {
+        check_subject_request(model, request, 0)
+    }
+
     fn compute(
         &self,
         system: &Editor,
@@ -204,6 +239,12 @@ impl EditMethod for Ft {
         _ctx: &EditContext,
     ) -> Result<Computed> {
         let model = system.model();
+        if requests.is_empty() {
+            return Err(Error::invalid("no request to edit"));
+        }
+        for r in requests {
+            self.check_request(model, r)?;
+        }
         let mut report = MethodReport::default();
         let first_layer = self
             .hp

@@ -21,6 +21,7 @@ use crate::editor::Editor;
 use crate::error::Result;
 use crate::model::Model;
 use crate::progress::Progress;
+use crate::prompts::subject_template;
 use crate::request::EditRequest;
 pub use hparams::HparamsSource;
 pub use registry::{MethodFamily, MethodSpec, Need, Registry};
@@ -102,6 +103,13 @@ pub trait EditMethod: Send + Sync {
     /// The hyper-parameters in effect, for reports.
     fn hparams_json(&self) -> serde_json::Value;
 
+    /// Refuses, before any work, a request this method cannot edit; `compute` makes the
+    /// same check first. The default refuses what no method should spend time on
+    /// ([`EditRequest::check_size`]: empty, too long, beyond the model's context).
+    fn check_request(&self, model: &Model, request: &EditRequest) -> Result<()> {
+        request.check_size(model, 0)
+    }
+
     /// Called once per run, before any edit, with the unedited model. What a method must
     /// derive from the model it starts from (ROME's context templates) it derives here — a
     /// resumed sequential run hands `compute` a system that already carries the earlier
@@ -121,6 +129,15 @@ pub trait EditMethod: Send + Sync {
     fn missing_statistics(&self, _model: &Model, _ctx: &EditContext) -> Result<Option<String>> {
         Ok(None)
     }
+}
+
+/// The request check of methods that edit at the subject's tokens (ROME, FT): the sizes
+/// ([`EditRequest::check_size`], with `extra` tokens the method puts in front), and a
+/// subject that occurs in the prompt ([`subject_template`]).
+pub fn check_subject_request(model: &Model, request: &EditRequest, extra: usize) -> Result<()> {
+    request.check_size(model, extra)?;
+    subject_template(&request.prompt, &request.subject)?;
+    Ok(())
 }
 
 /// A method ready to run, with the warnings its hyper-parameters raised.

@@ -23,9 +23,12 @@ use crate::cache::Cache;
 use crate::edit::{Delta, WeightEdit};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
-use crate::methods::hparams::{lenient_f64, resolve_module, HparamsSource};
+use crate::methods::hparams::{
+    lenient_f64, HparamsSource, MAX_FACTOR, MAX_LR, MAX_STEPS, MAX_STOP_LOSS,
+};
 use crate::methods::{
-    filter_warnings, Computed, EditContext, EditMethod, LoadedMethod, MethodReport,
+    check_subject_request, filter_warnings, Computed, EditContext, EditMethod, LoadedMethod,
+    MethodReport,
 };
 use crate::model::{BlockParam, Model, ParamId};
 use crate::progress::{Progress, Silent};
@@ -84,6 +87,73 @@ pub struct RomeHparams {
     pub context_template_seed: u64,
 }
 
+/// The most documents `mom2_n_samples` may ask for.
+pub const MAX_MOM2_SAMPLES: usize = 10_000_000;
+
+impl RomeHparams {
+    /// Every key against its range (see `docs/reliability.md`); the rewritten parameters
+    /// by layer.
+    fn check(&self, source: &HparamsSource, model: &Model) -> Result<Vec<(usize, ParamId)>> {
+        source.check_layers("layers", &self.layers, model)?;
+        let ids = source.resolve_modules(
+            "rewrite_module_tmp",
+            &self.rewrite_module_tmp,
+            &self.layers,
+            model,
+        )?;
+        let mut params = Vec::new();
+        for (&l, id) in self.layers.iter().zip(ids) {
+            if id != ParamId::mlp_out(l) {
+                return Err(source.error(
+                    "rewrite_module_tmp",
+                    &format!(" names `{id}`; ROME rewrites the MLP output projection"),
+                ));
+            }
+            params.push((l, id));
+        }
+        source
+            .check("v_num_grad_steps", self.v_num_grad_steps as f64)
+            .in_range(1.0, MAX_STEPS as f64)?;
+        source
+            .check("v_lr", self.v_lr)
+            .positive()?
+            .at_most(MAX_LR)?;
+        source
+            .check("v_weight_decay", self.v_weight_decay)
+            .in_range(0.0, MAX_FACTOR)?;
+        // 0 would clamp δ to nothing: v* = v₀ and the update would change nothing.
+        source
+            .check("clamp_norm_factor", self.clamp_norm_factor)
+            .positive()?;
+        source
+            .check("kl_factor", self.kl_factor)
+            .in_range(0.0, MAX_FACTOR)?;
+        templates::check_length_params(&self.context_template_length_params)
+            .map_err(|e| source.error("context_template_length_params", &format!(": {e}")))?;
+        if self.mom2_dataset.trim().is_empty() {
+            return Err(source.error(
+                "mom2_dataset",
+                " is empty (a corpus file, or a name such as \"wikipedia\": cached statistics)",
+            ));
+        }
+        source
+            .check("mom2_n_samples", self.mom2_n_samples as f64)
+            .in_range(1.0, MAX_MOM2_SAMPLES as f64)?;
+        self.mom2_dtype
+            .parse::<Precision>()
+            .map_err(|e| source.error("mom2_dtype", &format!(": {e}")))?;
+        source
+            .check("v_early_stop_loss", self.v_early_stop_loss)
+            .in_range(0.0, MAX_STOP_LOSS)?;
+        if let Some(nll) = self.v_early_stop_nll {
+            source
+                .check("v_early_stop_nll", nll)
+                .in_range(0.0, MAX_STOP_LOSS)?;
+        }
+        Ok(params)
+    }
+}
+
 fn default_mom2_dataset() -> String {
     "wikipedia".into()
 }
@@ -116,24 +186,7 @@ impl Rome {
         if name == "r-rome" {
             hp.enable_random_prefix_keys = true;
         }
-        if hp.layers.is_empty() || hp.v_num_grad_steps == 0 {
-            return Err(Error::config(format!(
-                "{}: `layers` must be non-empty and `v_num_grad_steps` positive",
-                source.origin.display()
-            )));
-        }
-        let mut params = Vec::new();
-        for &l in &hp.layers {
-            let id = resolve_module(model, "rewrite_module_tmp", &hp.rewrite_module_tmp, l)
-                .map_err(|e| Error::config(format!("{}: {e}", source.origin.display())))?;
-            if id != ParamId::mlp_out(l) {
-                return Err(Error::config(format!(
-                    "{}: ROME rewrites the MLP output projection; `rewrite_module_tmp` names `{id}`",
-                    source.origin.display()
-                )));
-            }
-            params.push((l, id));
-        }
+        let mut params = hp.check(&source, model)?;
         params.sort_by_key(|(l, _)| *l);
         let display = if hp.enable_random_prefix_keys {
             "R-ROME"
@@ -149,6 +202,14 @@ impl Rome {
                 )
             }),
         );
+        let last = model.config.n_layers - 1;
+        if let Some(l) = hp.v_loss_layer.filter(|&l| l != last) {
+            warnings.push(format!(
+                "{}: `v_loss_layer: {l}` is ignored: the loss is read at the final logits \
+                 (after layer {last})",
+                source.origin.display()
+            ));
+        }
         Ok(LoadedMethod {
             warnings,
             hparams_origin: source.origin.clone(),
@@ -358,6 +419,19 @@ impl EditMethod for Rome {
         serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
     }
 
+    /// The subject must occur in the prompt; the prompt and target, behind the longest
+    /// context template, must fit the model's context.
+    fn check_request(&self, model: &Model, request: &EditRequest) -> Result<()> {
+        let longest = self
+            .hp
+            .context_template_length_params
+            .iter()
+            .map(|&(len, _)| len + 2) // + ". "
+            .max()
+            .unwrap_or(0);
+        check_subject_request(model, request, longest)
+    }
+
     fn compute(
         &self,
         system: &Editor,
@@ -373,6 +447,7 @@ impl EditMethod for Rome {
                 requests.len()
             )));
         };
+        self.check_request(model, r)?;
         let mut edit = WeightEdit::new();
         // Several layers are edited in order, each on the model the previous ones changed.
         let mut current = model.clone();

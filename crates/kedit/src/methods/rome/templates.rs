@@ -24,6 +24,36 @@ pub struct TemplateSpec {
     pub seed: u64,
 }
 
+/// The longest context template, in tokens.
+pub const MAX_TEMPLATE_TOKENS: usize = 64;
+/// The most context templates, over all `(length, count)` pairs (each is a prompt of every
+/// v* step).
+pub const MAX_TEMPLATES: usize = 100;
+
+/// Refuses `(length, count)` pairs beyond [`MAX_TEMPLATE_TOKENS`] and [`MAX_TEMPLATES`]
+/// (a length of 100 000 would generate for minutes and hold gigabytes).
+pub fn check_length_params(length_params: &[(usize, usize)]) -> std::result::Result<(), String> {
+    let mut total = 0usize;
+    for (i, &(len, n)) in length_params.iter().enumerate() {
+        if !(1..=MAX_TEMPLATE_TOKENS).contains(&len) {
+            return Err(format!(
+                "[{len}, {n}] (entry {i}): a template length must be between 1 and \
+                 {MAX_TEMPLATE_TOKENS} tokens"
+            ));
+        }
+        if n > MAX_TEMPLATES {
+            return Err(format!(
+                "[{len}, {n}] (entry {i}): at most {MAX_TEMPLATES} templates in all"
+            ));
+        }
+        total += n;
+    }
+    if total > MAX_TEMPLATES {
+        return Err(format!("{total} templates in all; at most {MAX_TEMPLATES}"));
+    }
+    Ok(())
+}
+
 /// What the counts of `length_params` sample in fact, where that is not what they say: each
 /// count is split over the five starts with integer division (as ROME and EasyEdit do), so
 /// a count that is not a multiple of five samples fewer templates, and one below five none.
@@ -116,5 +146,21 @@ mod tests {
             "{}",
             w[1]
         );
+    }
+
+    #[test]
+    fn template_lengths_and_counts_are_bounded() {
+        assert!(check_length_params(&[]).is_ok());
+        assert!(check_length_params(&[(5, 10), (10, 10)]).is_ok());
+        assert!(check_length_params(&[(64, 100)]).is_ok());
+        for bad in [
+            vec![(0, 5)],
+            vec![(65, 5)],
+            vec![(10, 101)],
+            vec![(5, 60), (10, 60)],
+        ] {
+            let err = check_length_params(&bad).unwrap_err();
+            assert!(err.contains("64") || err.contains("100"), "{err}");
+        }
     }
 }
