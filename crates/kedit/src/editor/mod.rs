@@ -269,6 +269,13 @@ impl Editor {
         self.applied.clear();
     }
 
+    /// The model as it was before any edit (the weights are shared, not copied).
+    pub fn original_model(&self) -> Model {
+        let mut model = self.model.clone();
+        model.params = self.original.clone();
+        model
+    }
+
     /// A weight by canonical name.
     pub fn param(&self, id: ParamId) -> Result<&Tensor> {
         self.model.params.require(id)

@@ -8,6 +8,7 @@ pub mod adam;
 pub mod ft;
 pub mod hparams;
 pub mod loss;
+pub mod memit;
 pub mod registry;
 pub mod rome;
 pub mod train;

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::methods::hparams::{builtin, HparamsSource};
 use crate::methods::train::TrainFn;
-use crate::methods::{ft, rome, LoadedMethod};
+use crate::methods::{ft, memit, rome, LoadedMethod};
 use crate::model::{Family, Model};
 
 /// EasyEdit's taxonomy of editing methods (plus fine-tuning baselines).
@@ -101,6 +101,12 @@ const ROME_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/ROME/smollm2-135m.yaml"),
 }];
 
+const MEMIT_SHIPPED: &[Shipped] = &[Shipped {
+    path: "MEMIT/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/MEMIT/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -156,6 +162,17 @@ const BUILTIN: &[MethodSpec] = &[
         load: rome::Rome::load,
         trainer: None,
         without_statistics: Some("mom2_adjustment: false"),
+    },
+    MethodSpec {
+        name: "memit",
+        alg_name: "MEMIT",
+        family: MethodFamily::LocateThenEdit,
+        summary: "batches of facts spread over several MLP layers (Meng et al. 2023)",
+        needs: &[Need::KeyStatistics],
+        shipped: MEMIT_SHIPPED,
+        load: memit::Memit::load,
+        trainer: None,
+        without_statistics: None,
     },
 ];
 

@@ -16,23 +16,29 @@ pub struct Lookup {
 /// The keys `[n, d_ff]` of `blocks.{layer}.mlp.key` at each prompt's looked-up token, in one
 /// batched forward pass that stops after `layer`.
 pub fn keys_at(model: &Model, layer: usize, prompts: &[Lookup]) -> Result<Tensor> {
+    at_lookups(model, Site::MlpKey(layer), prompts)
+}
+
+/// The activations `[n, width]` at `site` at each prompt's looked-up token, in one batched
+/// forward pass that stops after the site's layer.
+pub fn at_lookups(model: &Model, site: Site, prompts: &[Lookup]) -> Result<Tensor> {
     let seqs: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let pad = model.tokenizer()?.pad_id();
     let batch = TokenBatch::new(&seqs, Padding::Right, pad)?;
-    let out = model
-        .forward(&batch)
-        .capture([Site::MlpKey(layer)])
-        .stop_after(layer)
-        .run()?;
-    let keys = out.capture(Site::MlpKey(layer))?;
-    let (rows, len, width) = keys.dims3()?;
+    let mut forward = model.forward(&batch).capture([site]);
+    if let Some(layer) = site.layer() {
+        forward = forward.stop_after(layer);
+    }
+    let out = forward.run()?;
+    let acts = out.capture(site)?;
+    let (rows, len, width) = acts.dims3()?;
     let idx: Vec<u32> = prompts
         .iter()
         .enumerate()
         .map(|(b, p)| (b * len + batch.index(b, p.index)) as u32)
         .collect();
     let idx = Tensor::new(idx.as_slice(), model.device())?;
-    Ok(keys.reshape((rows * len, width))?.index_select(&idx, 0)?)
+    Ok(acts.reshape((rows * len, width))?.index_select(&idx, 0)?)
 }
 
 /// k* = the mean over context templates of the key at the subject's looked-up token.

@@ -93,7 +93,12 @@ pub const MAX_MOM2_SAMPLES: usize = 10_000_000;
 impl RomeHparams {
     /// Every key against its range (see `docs/reliability.md`); the rewritten parameters
     /// by layer.
-    fn check(&self, source: &HparamsSource, model: &Model) -> Result<Vec<(usize, ParamId)>> {
+    /// Checks every key's range; returns the edited (layer, parameter) pairs.
+    pub(crate) fn check(
+        &self,
+        source: &HparamsSource,
+        model: &Model,
+    ) -> Result<Vec<(usize, ParamId)>> {
         source.check_layers("layers", &self.layers, model)?;
         let ids = source.resolve_modules(
             "rewrite_module_tmp",
@@ -167,6 +172,14 @@ fn default_v_early_stop() -> f64 {
     5e-2
 }
 
+/// A request's prompts as ROME and MEMIT optimise and read them.
+pub(crate) struct RequestPrompts {
+    pub rewriting: Vec<Lookup>,
+    pub kl: Vec<Lookup>,
+    pub plain: Vec<Lookup>,
+    pub target: Vec<u32>,
+}
+
 pub struct Rome {
     name: String,
     hp: RomeHparams,
@@ -223,6 +236,17 @@ impl Rome {
         })
     }
 
+    /// A ROME over checked hyper-parameters, for methods built on its parts (MEMIT).
+    pub(crate) fn with_hparams(name: &str, hp: RomeHparams, params: Vec<(usize, ParamId)>) -> Rome {
+        Rome {
+            name: name.into(),
+            hp,
+            params,
+            templates: Mutex::new(HashMap::new()),
+            covariances: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn hparams(&self) -> &RomeHparams {
         &self.hp
     }
@@ -234,7 +258,7 @@ impl Rome {
         }
     }
 
-    fn templates(&self, model: &Model, ctx: &EditContext) -> Result<Vec<String>> {
+    pub(crate) fn templates(&self, model: &Model, ctx: &EditContext) -> Result<Vec<String>> {
         let spec = self.template_spec(ctx);
         let mut cache = self.templates.lock().expect("template cache lock");
         if let Some(t) = cache.get(&spec) {
@@ -248,6 +272,15 @@ impl Rome {
     /// The corpus and sample count for C: `--corpus` (the context's), else `mom2_dataset`
     /// when it names a file; `None` means "use whatever statistics are cached".
     fn stats_request(&self, layer: usize, ctx: &EditContext) -> Result<Option<StatsRequest>> {
+        self.stats_request_for(vec![layer], ctx)
+    }
+
+    /// [`Self::stats_request`] for several layers, computed in one pass.
+    pub(crate) fn stats_request_for(
+        &self,
+        layers: Vec<usize>,
+        ctx: &EditContext,
+    ) -> Result<Option<StatsRequest>> {
         let corpus: Option<PathBuf> = ctx
             .corpus
             .clone()
@@ -255,7 +288,7 @@ impl Rome {
         let Some(corpus) = corpus else {
             return Ok(None);
         };
-        let mut request = StatsRequest::new(vec![layer], corpus);
+        let mut request = StatsRequest::new(layers, corpus);
         request.n_docs = self.hp.mom2_n_samples;
         request.precision = self.hp.mom2_dtype.parse::<Precision>()?;
         Ok(Some(request))
@@ -291,16 +324,31 @@ impl Rome {
         Ok(Some(c))
     }
 
-    /// Edits one request at one layer of `model`.
-    fn edit_layer(
+    /// The settings of the v* optimisation (MEMIT's z* uses the same).
+    pub(crate) fn value_hparams(&self) -> ValueHparams {
+        ValueHparams {
+            steps: self.hp.v_num_grad_steps,
+            lr: self.hp.v_lr,
+            weight_decay: self.hp.v_weight_decay,
+            clamp_norm_factor: self.hp.clamp_norm_factor,
+            kl_factor: self.hp.kl_factor,
+            kl_at: self.hp.kl_at,
+            early_stop_loss: self.hp.v_early_stop_loss,
+            early_stop_nll: self.hp.v_early_stop_nll.unwrap_or(0.0),
+            groups: value::DEFAULT_GROUPS,
+        }
+    }
+
+    /// A request's prompts, tokenised with their looked-up subject tokens: the context
+    /// templates filled with the prompt (the rewriting prompts; the bare prompt first), the
+    /// KL prompt "{subject} is a", the bare prompt, and the target's tokens.
+    pub(crate) fn request_prompts(
         &self,
         model: &Model,
         r: &EditRequest,
-        layer: usize,
-        param: ParamId,
         ctx: &EditContext,
         report: &mut MethodReport,
-    ) -> Result<Delta> {
+    ) -> Result<RequestPrompts> {
         let tok = model.tokenizer()?;
         let prompt = subject_template(&r.prompt, &r.subject)?;
         let target = target_ids(tok, &r.target_new)?;
@@ -315,9 +363,30 @@ impl Rome {
                 })
                 .collect()
         };
-        let rewriting = lookups(&contexts)?;
-        let kl = lookups(&["{} is a".to_string()])?;
-        let plain = lookups(std::slice::from_ref(&prompt))?;
+        Ok(RequestPrompts {
+            rewriting: lookups(&contexts)?,
+            kl: lookups(&["{} is a".to_string()])?,
+            plain: lookups(std::slice::from_ref(&prompt))?,
+            target,
+        })
+    }
+
+    /// Edits one request at one layer of `model`.
+    fn edit_layer(
+        &self,
+        model: &Model,
+        r: &EditRequest,
+        layer: usize,
+        param: ParamId,
+        ctx: &EditContext,
+        report: &mut MethodReport,
+    ) -> Result<Delta> {
+        let RequestPrompts {
+            rewriting,
+            kl,
+            plain,
+            target,
+        } = self.request_prompts(model, r, ctx, report)?;
 
         let covariance = report.timed("statistics", |report| {
             self.key_covariance(model, layer, ctx, report)
@@ -330,17 +399,7 @@ impl Rome {
             };
             Ok((k_star, update::left_vector(&direction)?))
         })?;
-        let vh = ValueHparams {
-            steps: self.hp.v_num_grad_steps,
-            lr: self.hp.v_lr,
-            weight_decay: self.hp.v_weight_decay,
-            clamp_norm_factor: self.hp.clamp_norm_factor,
-            kl_factor: self.hp.kl_factor,
-            kl_at: self.hp.kl_at,
-            early_stop_loss: self.hp.v_early_stop_loss,
-            early_stop_nll: self.hp.v_early_stop_nll.unwrap_or(0.0),
-            groups: value::DEFAULT_GROUPS,
-        };
+        let vh = self.value_hparams();
         let v = report.timed("value", |report| {
             let prompts = ValuePrompts {
                 layer,

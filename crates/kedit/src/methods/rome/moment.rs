@@ -22,25 +22,32 @@ pub struct KeyCovariance {
     pub n_tokens: u64,
 }
 
+/// C as an f64 matrix; non-finite statistics are refused, naming their file.
+pub fn moment_matrix(stats: &KeyStats) -> Result<Mat<f64>> {
+    let d = stats.moment.dim(0)?;
+    let flat = stats
+        .moment
+        .to_dtype(DType::F64)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    if flat.iter().any(|x| !x.is_finite()) {
+        return Err(Error::EditRefused(format!(
+            "the key statistics of layer {} ({}) hold non-finite values",
+            stats.layer,
+            stats.path.display()
+        )));
+    }
+    Ok(Mat::from_fn(d, d, |i, j| flat[i * d + j]))
+}
+
 impl KeyCovariance {
     pub fn from_stats(stats: &KeyStats) -> Result<Self> {
-        let d = stats.moment.dim(0)?;
-        let flat = stats
-            .moment
-            .to_dtype(DType::F64)?
-            .flatten_all()?
-            .to_vec1::<f64>()?;
-        if flat.iter().any(|x| !x.is_finite()) {
-            return Err(Error::EditRefused(format!(
-                "the key statistics of layer {} ({}) hold non-finite values",
-                stats.layer,
-                stats.path.display()
-            )));
-        }
-        let mean_diagonal = (0..d).map(|i| flat[i * d + i]).sum::<f64>() / d as f64;
+        let moment = moment_matrix(stats)?;
+        let d = moment.nrows();
+        let mean_diagonal = (0..d).map(|i| moment[(i, i)]).sum::<f64>() / d as f64;
         for ridge in std::iter::once(0.0).chain((-8..=-2).map(|e| 10f64.powi(e) * mean_diagonal)) {
             let c = Mat::from_fn(d, d, |i, j| {
-                flat[i * d + j] + if i == j { ridge } else { 0.0 }
+                moment[(i, j)] + if i == j { ridge } else { 0.0 }
             });
             if let Ok(llt) = c.llt(Side::Lower) {
                 return Ok(KeyCovariance {

@@ -1,0 +1,307 @@
+//! MEMIT (Meng et al., 2023): many facts at once, spread over several layers.
+//!
+//! For a batch of requests and edited layers l₁ < … < l_L (MLP output projections):
+//! 1. z*: for each request, the residual stream after the last edited layer that makes the
+//!    model say the target — found by ROME's own v* optimisation at that layer (adding δ to
+//!    the MLP output there is adding it to the residual: z* = h + δ);
+//! 2. for each layer in ascending order, on the model the lower layers already changed:
+//!    the keys K (each request's key at its subject, averaged over the context templates),
+//!    the residual still missing R = (z* − h)/(layers left), and ΔW = R Kᵀ(λC + KKᵀ)⁻¹
+//!    ([`spread`]), C the layer's key statistics of the unedited model, λ =
+//!    `mom2_update_weight`.
+//!
+//! The hyper-parameters are EasyEdit's MEMIT file: ROME's keys plus `mom2_update_weight`
+//! (and `layer_selection: all`); MEMIT's fixed context templates (five of ten tokens and
+//! the bare prompt) are the default when `context_template_length_params` is absent.
+
+pub mod spread;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Tensor};
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+
+use crate::edit::WeightEdit;
+use crate::editor::Editor;
+use crate::error::{Error, Result};
+use crate::methods::hparams::{lenient_f64, HparamsSource};
+use crate::methods::rome::key::{at_lookups, keys_at, Lookup};
+use crate::methods::rome::moment::moment_matrix;
+use crate::methods::rome::value::{value_star, ValuePrompts};
+use crate::methods::rome::{RequestPrompts, Rome, RomeHparams};
+use crate::methods::{
+    check_subject_request, filter_warnings, Computed, EditContext, EditMethod, LoadedMethod,
+    MethodReport,
+};
+use crate::model::{Model, ParamId};
+use crate::progress::{Progress, Silent};
+use crate::request::EditRequest;
+use crate::runtime::Site;
+use crate::stats::{cached_key_stats, key_stats, require_key_stats};
+use spread::spread_update;
+
+/// MEMIT's own keys, beside ROME's.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemitExtra {
+    /// λ: how strongly the keys the corpus statistics describe are kept in place.
+    #[serde(deserialize_with = "lenient_f64")]
+    pub mom2_update_weight: f64,
+    /// EasyEdit's `layer_selection`; only `all` (every layer in `layers`) exists.
+    #[serde(default)]
+    pub layer_selection: Option<String>,
+}
+
+/// Prompts read per forward pass when collecting keys and residuals.
+const PROMPTS_PER_PASS: usize = 96;
+
+pub struct Memit {
+    name: String,
+    /// ROME's parts: context templates, prompts, the v* optimisation, statistics requests.
+    rome: Rome,
+    extra: MemitExtra,
+    /// Edited (layer, parameter), ascending.
+    params: Vec<(usize, ParamId)>,
+    /// C per layer, of the unedited model. Edits below a layer change its keys, but MEMIT
+    /// keeps the statistics of the model it started from (so does EasyEdit): recomputing them
+    /// after every batch would cost minutes and would let a stream of edits drift its prior.
+    moments: Mutex<HashMap<usize, Arc<Mat<f64>>>>,
+}
+
+impl Memit {
+    pub fn load(name: &str, mut source: HparamsSource, model: &Model) -> Result<LoadedMethod> {
+        if source.value.get("context_template_length_params").is_none() {
+            source.set(
+                "context_template_length_params",
+                serde_json::json!([[10, 5]]),
+            );
+        }
+        let (hp, unknown_rome): (RomeHparams, Vec<String>) = source.deserialize()?;
+        let (extra, unknown_extra): (MemitExtra, Vec<String>) = source.deserialize()?;
+        let unknown: Vec<String> = unknown_rome
+            .into_iter()
+            .filter(|k| unknown_extra.contains(k))
+            .collect();
+        let mut params = hp.check(&source, model)?;
+        params.sort_by_key(|(l, _)| *l);
+        source
+            .check("mom2_update_weight", extra.mom2_update_weight)
+            .in_range(0.0, 1e12)?;
+        if !hp.mom2_adjustment {
+            return Err(source.error(
+                "mom2_adjustment",
+                " is false; MEMIT solves with the key statistics C (λC + KKᵀ) and needs them",
+            ));
+        }
+        if let Some(sel) = extra.layer_selection.as_deref().filter(|s| *s != "all") {
+            return Err(source.error(
+                "layer_selection",
+                &format!(" is \"{sel}\"; only \"all\" (every layer in `layers`) exists"),
+            ));
+        }
+        let warnings = filter_warnings(&source.origin, unknown);
+        Ok(LoadedMethod {
+            warnings,
+            hparams_origin: source.origin.clone(),
+            method: Box::new(Memit {
+                name: "MEMIT".into(),
+                rome: Rome::with_hparams(name, hp, params.clone()),
+                extra,
+                params,
+                moments: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    fn layers(&self) -> Vec<usize> {
+        self.params.iter().map(|&(l, _)| l).collect()
+    }
+
+    /// C of `layer` from the unedited model (cached by `prepare`, else read or computed now).
+    fn moment(&self, system: &Editor, layer: usize, ctx: &EditContext) -> Result<Arc<Mat<f64>>> {
+        if let Some(m) = self.moments.lock().expect("lock").get(&layer) {
+            return Ok(m.clone());
+        }
+        let request = self.rome.stats_request_for(vec![layer], ctx)?;
+        let original = system.original_model();
+        let stats = require_key_stats(&original, layer, request.as_ref(), &ctx.cache, &mut Silent)?;
+        let m = Arc::new(moment_matrix(&stats)?);
+        self.moments.lock().expect("lock").insert(layer, m.clone());
+        Ok(m)
+    }
+}
+
+/// `f` over `prompts` in passes of at most [`PROMPTS_PER_PASS`], rows concatenated.
+fn in_passes(prompts: &[Lookup], f: impl Fn(&[Lookup]) -> Result<Tensor>) -> Result<Tensor> {
+    let parts = prompts
+        .chunks(PROMPTS_PER_PASS)
+        .map(f)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+impl EditMethod for Memit {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn prepare(
+        &self,
+        original: &Model,
+        ctx: &EditContext,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        // Context templates and every layer's C in one pass over the corpus.
+        self.rome.templates(original, ctx)?;
+        let stats = match self.rome.stats_request_for(self.layers(), ctx)? {
+            Some(request) => key_stats(original, &request, &ctx.cache, progress)?,
+            None => self
+                .layers()
+                .into_iter()
+                .filter_map(|l| cached_key_stats(original, l, None, &ctx.cache).transpose())
+                .collect::<Result<Vec<_>>>()?,
+        };
+        let mut moments = self.moments.lock().expect("lock");
+        for s in &stats {
+            moments.insert(s.layer, Arc::new(moment_matrix(s)?));
+        }
+        Ok(())
+    }
+
+    fn missing_statistics(&self, model: &Model, ctx: &EditContext) -> Result<Option<String>> {
+        if self.rome.stats_request_for(self.layers(), ctx)?.is_some() {
+            return Ok(None);
+        }
+        for layer in self.layers() {
+            if cached_key_stats(model, layer, None, &ctx.cache)?.is_none() {
+                return Ok(Some(format!(
+                    "no key statistics of layer {layer} are cached and no corpus is given \
+                     (`mom2_dataset: {}` is not a file)",
+                    self.rome.hparams().mom2_dataset
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    fn max_batch(&self) -> Option<usize> {
+        None
+    }
+
+    fn hparams_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self.rome.hparams()).expect("hyper-parameters serialise");
+        if let (Some(map), Ok(serde_json::Value::Object(extra))) =
+            (v.as_object_mut(), serde_json::to_value(&self.extra))
+        {
+            map.extend(extra);
+        }
+        v
+    }
+
+    fn check_request(&self, model: &Model, request: &EditRequest) -> Result<()> {
+        let longest = self
+            .rome
+            .hparams()
+            .context_template_length_params
+            .iter()
+            .map(|&(len, _)| len + 2)
+            .max()
+            .unwrap_or(0);
+        check_subject_request(model, request, longest)
+    }
+
+    fn compute(
+        &self,
+        system: &Editor,
+        requests: &[EditRequest],
+        ctx: &EditContext,
+    ) -> Result<Computed> {
+        let model = system.model();
+        let mut report = MethodReport::default();
+        if requests.is_empty() {
+            return Err(Error::invalid("MEMIT was given no request"));
+        }
+        for r in requests {
+            self.check_request(model, r)?;
+        }
+        let prompts: Vec<RequestPrompts> = requests
+            .iter()
+            .map(|r| self.rome.request_prompts(model, r, ctx, &mut report))
+            .collect::<Result<_>>()?;
+        let &(last, _) = self.params.last().expect("layers are checked non-empty");
+        let plain: Vec<Lookup> = prompts.iter().map(|p| p.plain[0].clone()).collect();
+        let residual = |m: &Model| -> Result<Tensor> {
+            Ok(
+                in_passes(&plain, |ps| at_lookups(m, Site::ResidPost(last), ps))?
+                    .to_dtype(DType::F64)?,
+            )
+        };
+
+        // 1. z* for every request at the last edited layer.
+        let vh = self.rome.value_hparams();
+        let deltas = report.timed("z", |report| {
+            let mut deltas = Vec::with_capacity(prompts.len());
+            for p in &prompts {
+                let v = value_star(
+                    model,
+                    &ValuePrompts {
+                        layer: last,
+                        rewriting: &p.rewriting,
+                        target: &p.target,
+                        kl: &p.kl,
+                    },
+                    &vh,
+                    &mut report.log,
+                )?;
+                deltas.push(v.delta.to_dtype(DType::F64)?);
+            }
+            Ok(Tensor::stack(&deltas, 0)?)
+        })?;
+        let z = (residual(model)? + deltas)?;
+
+        // 2. Each layer takes its share of what is still missing.
+        let templates = prompts[0].rewriting.len();
+        let rewriting: Vec<Lookup> = prompts.iter().flat_map(|p| p.rewriting.clone()).collect();
+        if prompts.iter().any(|p| p.rewriting.len() != templates) {
+            return Err(Error::invalid(
+                "every request must have as many rewriting prompts",
+            ));
+        }
+        let mut current = model.clone();
+        let mut edit = WeightEdit::new();
+        for (i, &(layer, param)) in self.params.iter().enumerate() {
+            let c = report.timed("statistics", |_| self.moment(system, layer, ctx))?;
+            let keys = report.timed("keys", |_| {
+                let all = in_passes(&rewriting, |ps| keys_at(&current, layer, ps))?;
+                let d_ff = all.dim(1)?;
+                Ok(all
+                    .to_dtype(DType::F64)?
+                    .reshape((requests.len(), templates, d_ff))?
+                    .mean(1)?)
+            })?;
+            let resid = report.timed("residuals", |_| {
+                Ok(((&z - residual(&current)?)? / (self.params.len() - i) as f64)?)
+            })?;
+            let delta = report.timed("solve", |_| {
+                spread_update(
+                    &keys,
+                    &resid,
+                    &c,
+                    self.extra.mom2_update_weight,
+                    model.dtype(),
+                )
+            })?;
+            let updated = delta.added_to(current.params.require(param)?)?;
+            current.params.replace(param, updated)?;
+            edit.push(param, delta);
+        }
+        edit.meta.insert("method".into(), self.name.clone());
+        edit.meta
+            .insert("requests".into(), requests.len().to_string());
+        Ok(Computed {
+            edit: edit.into(),
+            report,
+        })
+    }
+}

@@ -1,0 +1,147 @@
+//! MEMIT on the real SmolLM2: a batch of facts in one call, spread over five layers.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::smollm2;
+use kedit::cache::Cache;
+use kedit::edit::Edit;
+use kedit::editor::Editor;
+use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::request::EditRequest;
+use kedit::TokenBatch;
+
+fn request(id: &str, prompt: &str, subject: &str, target: &str) -> EditRequest {
+    EditRequest {
+        case_id: id.into(),
+        prompt: prompt.into(),
+        subject: subject.into(),
+        target_new: target.into(),
+        ..Default::default()
+    }
+}
+
+fn top1(e: &Editor, prompt: &str) -> String {
+    let tok = e.model().tokenizer().unwrap();
+    let ids = tok.encode(prompt).unwrap();
+    let logits = e
+        .model()
+        .forward(&TokenBatch::single(&ids))
+        .run()
+        .unwrap()
+        .logits
+        .unwrap();
+    let id = logits
+        .squeeze(0)
+        .unwrap()
+        .argmax(0)
+        .unwrap()
+        .to_scalar::<u32>()
+        .unwrap();
+    tok.decode(&[id], false).unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kedit-memit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The shipped file with C from 200 documents of the small test corpus (seconds, not the
+/// minutes of the shipped 100,000-document setting).
+fn hparams(dir: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> PathBuf {
+    let mut hp =
+        HparamsSource::read(&common::workspace().join("hparams/MEMIT/smollm2-135m.yaml")).unwrap();
+    let corpus = common::data("corpus/wikitext2_test.txt");
+    hp.set(
+        "mom2_dataset",
+        serde_json::json!(corpus.display().to_string()),
+    );
+    hp.set("mom2_n_samples", serde_json::json!(200));
+    for (k, v) in extra {
+        hp.set(k, v.clone());
+    }
+    let path = dir.join("memit.json");
+    std::fs::write(&path, serde_json::to_string(&hp.value).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn memit_writes_a_batch_of_facts_in_one_call_and_reverts() {
+    let dir = scratch("batch");
+    let model = smollm2().clone();
+    let memit = methods::load("memit", Some(&hparams(&dir, &[])), &model).unwrap();
+    let ctx = EditContext {
+        cache: Cache::new(dir.join("cache")),
+        ..Default::default()
+    };
+    let requests = [
+        request(
+            "eiffel",
+            "The Eiffel Tower is located in the city of",
+            "The Eiffel Tower",
+            "Rome",
+        ),
+        request(
+            "louvre",
+            "The Louvre museum is located in the city of",
+            "The Louvre museum",
+            "Tokyo",
+        ),
+    ];
+    let mut editor = Editor::new(model);
+    memit
+        .method
+        .prepare(editor.model(), &ctx, &mut kedit::progress::Silent)
+        .unwrap();
+    let computed = memit.method.compute(&editor, &requests, &ctx).unwrap();
+    let Edit::Weights(w) = &computed.edit else {
+        panic!("MEMIT makes a weight edit")
+    };
+    assert_eq!(w.deltas.len(), 5, "one delta per edited layer");
+    editor.apply(&computed.edit).unwrap();
+    assert_eq!(
+        top1(&editor, "The Eiffel Tower is located in the city of"),
+        " Rome"
+    );
+    assert_eq!(
+        top1(&editor, "The Louvre museum is located in the city of"),
+        " Tokyo"
+    );
+    editor.revert_all();
+    assert!(editor.is_pristine().unwrap());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn memit_refuses_bad_settings_at_load_naming_the_key() {
+    let dir = scratch("bad");
+    let model = smollm2().clone();
+    for (key, value, says) in [
+        (
+            "mom2_update_weight",
+            serde_json::json!(-1),
+            "mom2_update_weight",
+        ),
+        (
+            "mom2_adjustment",
+            serde_json::json!(false),
+            "mom2_adjustment",
+        ),
+        (
+            "layer_selection",
+            serde_json::json!("random"),
+            "layer_selection",
+        ),
+        ("layers", serde_json::json!([3, 40]), "layers"),
+    ] {
+        let e = methods::load("memit", Some(&hparams(&dir, &[(key, value)])), &model)
+            .err()
+            .unwrap_or_else(|| panic!("{key} accepted"))
+            .to_string();
+        assert!(e.contains(says), "{key}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
