@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 use crate::model::hf_names::canonical_of;
 use crate::model::{Model, ParamId};
 
+/// The largest hyper-parameter file read (EasyEdit's are under 2 KB).
+pub const MAX_HPARAMS_BYTES: usize = 1 << 18;
+
 /// A hyper-parameter file, read.
 #[derive(Clone, Debug)]
 pub struct HparamsSource {
@@ -28,6 +31,16 @@ impl HparamsSource {
     }
 
     pub fn parse(origin: &Path, text: &str) -> Result<Self> {
+        // The YAML parser takes ~100 times a deeply nested file's size in memory: a
+        // hostile file must not get that far. Real files are a few kilobytes.
+        if text.len() > MAX_HPARAMS_BYTES {
+            return Err(Error::config(format!(
+                "{}: {} bytes; a hyper-parameter file of more than {MAX_HPARAMS_BYTES} bytes \
+                 is refused",
+                origin.display(),
+                text.len()
+            )));
+        }
         let value: Value = if origin.extension().is_some_and(|e| e == "json") {
             serde_json::from_str(text)
                 .map_err(|e| Error::config(format!("{}: invalid JSON: {e}", origin.display())))?
