@@ -126,6 +126,24 @@ impl GgufDoc {
     }
 }
 
+/// GGUF's number of the Q8_0 type.
+const Q8_0: u32 = 8;
+
+/// `x` (a multiple of 32 values) as Q8_0 blocks: an f16 scale and 32 signed bytes each.
+fn q8_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 32 * 34);
+    for block in x.chunks(32) {
+        let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = max / 127.0;
+        out.extend(half::f16::from_f32(d).to_le_bytes());
+        for v in block {
+            let q = if d > 0.0 { (v / d).round() } else { 0.0 };
+            out.push(q as i8 as u8);
+        }
+    }
+    out
+}
+
 fn strings(list: &[&str]) -> Value {
     Value::Array(list.iter().map(|s| Value::String(s.to_string())).collect())
 }
@@ -142,13 +160,20 @@ pub fn tiny_doc() -> Result<GgufDoc> {
     for (id, shape) in cfg.param_shapes() {
         let name = (names.tensor)(id).expect("every llama parameter has a GGUF name");
         let t = model.params.require(id)?.flatten_all()?.to_vec1::<f32>()?;
+        // The embedding and the MLP's output as Q8_0, as in real files: candle's
+        // quantised readers meet hostile shapes too.
+        let quantised = name == "token_embd.weight" || name.ends_with("ffn_down.weight");
         tensors.push(TensorEntry {
             name,
             dims: shape.iter().rev().map(|&d| d as u64).collect(),
-            dtype: 0,
+            dtype: if quantised { Q8_0 } else { 0 },
             offset: data.len() as u64,
         });
-        data.extend(t.iter().flat_map(|x| x.to_le_bytes()));
+        if quantised {
+            data.extend(q8_0(&t));
+        } else {
+            data.extend(t.iter().flat_map(|x| x.to_le_bytes()));
+        }
         while data.len() % 32 != 0 {
             data.push(0);
         }

@@ -19,13 +19,13 @@ pub const TOKENS: &[&str] = &[
 ];
 pub const MERGES: &[&str] = &["a b", "Ġ a"];
 
-/// A random LLaMA-architecture model: width 8, 2 heads (1 key/value head), feed-forward
-/// 16, vocabulary 32, context 64, `n_layers` blocks.
+/// A random LLaMA-architecture model: width 32, 2 heads (1 key/value head), feed-forward
+/// 32, vocabulary 32, context 64, `n_layers` blocks.
 pub fn llama(n_layers: usize) -> Result<Model> {
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
-        "hidden_size": 8,
-        "intermediate_size": 16,
+        "hidden_size": 32,
+        "intermediate_size": 32,
         "num_hidden_layers": n_layers,
         "num_attention_heads": 2,
         "num_key_value_heads": 1,
