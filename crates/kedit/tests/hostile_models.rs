@@ -369,3 +369,24 @@ fn an_oversized_hyper_parameter_file_is_refused_before_parsing() {
     let err = HparamsSource::parse(Path::new("wide.yaml"), &text).unwrap_err();
     assert_mentions(&err.to_string(), &["wide.yaml", "bytes"]);
 }
+
+#[test]
+fn a_sentencepiece_token_of_a_megabyte_is_refused_not_a_hang() {
+    // Deriving SentencePiece merges costs the square of a token's length.
+    let scratch = Scratch::new("hostile-token");
+    let path = gguf_with(&scratch, "token.gguf", |d| {
+        set(d, "tokenizer.ggml.model", GgufValue::String("llama".into()));
+        let mut tokens: Vec<GgufValue> = kedit::fuzz::tiny::TOKENS
+            .iter()
+            .map(|t| GgufValue::String(t.to_string()))
+            .collect();
+        tokens[5] = GgufValue::String("ab".repeat(500_000));
+        let scores = vec![GgufValue::F32(0.0); tokens.len()];
+        set(d, "tokenizer.ggml.tokens", GgufValue::Array(tokens));
+        set(d, "tokenizer.ggml.scores", GgufValue::Array(scores));
+    });
+    let start = std::time::Instant::now();
+    let msg = load_error(&path);
+    assert_mentions(&msg, &["token.gguf", "tokenizer.ggml.tokens[5]"]);
+    assert!(start.elapsed().as_secs() < 10);
+}

@@ -284,9 +284,35 @@ pub fn json_value(rng: &mut Rng, v: &mut Value) {
     }
 }
 
-/// `v` mutated `1..=max` times.
+/// The most bytes a mutated document may take as compact JSON: repeated mutations
+/// (huge arrays of deeply nested arrays) would otherwise grow it without bound.
+pub const MAX_DOCUMENT_BYTES: u64 = 1 << 20;
+
+/// The size of `v` as compact JSON, counted without building it.
+pub fn json_size(v: &Value) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    serde_json::to_writer(&mut c, v).expect("JSON values serialise");
+    c.0
+}
+
+/// `v` mutated `1..=max` times; a mutation that takes it over [`MAX_DOCUMENT_BYTES`] is
+/// undone.
 pub fn json_many(rng: &mut Rng, v: &mut Value, max: usize) {
     for _ in 0..1 + below(rng, max) {
+        let before = v.clone();
         json_value(rng, v);
+        if json_size(v) > MAX_DOCUMENT_BYTES {
+            *v = before;
+        }
     }
 }
