@@ -51,7 +51,8 @@ fn mutate_header(rng: &mut Rng, header: &mut Value) {
         return;
     }
     let name = &names[below(rng, names.len())];
-    let Some(info) = map.get_mut(name) else {
+    // An earlier mutation may have made the entry something other than an object.
+    let Some(info) = map.get_mut(name).filter(|i| i.is_object()) else {
         return;
     };
     match below(rng, 6) {

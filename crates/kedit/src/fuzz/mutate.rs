@@ -247,9 +247,11 @@ pub fn json_value(rng: &mut Rng, v: &mut Value) {
                     if a.is_empty() || chance(rng, 0.3) {
                         json!([])
                     } else {
-                        // Huge array of one element repeated.
+                        // Huge array of one element repeated, within the size bound.
                         let x = a[0].clone();
-                        Value::Array(vec![x; 1 + below(rng, 5000)])
+                        let most = MAX_DOCUMENT_BYTES / json_size(&x).max(1);
+                        let n = (1 + below(rng, 5000)).min(most.max(1) as usize);
+                        Value::Array(vec![x; n])
                     }
                 }
                 Value::Object(m) => {
