@@ -1,10 +1,12 @@
 //! `kedit`: the command line. A thin layer over the kedit library: parse, call, print.
 
+mod alloc;
 mod bench;
 mod bounds;
 mod demo;
 mod edit;
 mod eval;
+mod fuzz;
 mod generate;
 mod inspect;
 mod locate;
@@ -64,7 +66,13 @@ enum Command {
     BenchStats(bench::locate::StatsArgs),
     /// Measure causal tracing: seconds per fact.
     BenchTrace(bench::locate::TraceBenchArgs),
+    /// Fuzz every input format (model files, hyper-parameters, datasets): each case must
+    /// end in a result or a typed error, within a memory bound.
+    Fuzz(fuzz::Args),
 }
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 /// The help text of `--method`, from the method registry.
 pub fn method_help() -> String {
@@ -115,6 +123,7 @@ fn main() {
         Command::Locate(a) => locate::run(a),
         Command::BenchStats(a) => bench::locate::run_stats(a),
         Command::BenchTrace(a) => bench::locate::run_trace(a),
+        Command::Fuzz(a) => fuzz::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -60,6 +60,7 @@ pub mod error;
 pub mod evaluate;
 pub mod experiment;
 pub mod fsio;
+pub mod fuzz;
 pub mod hash;
 pub mod lm;
 pub mod methods;

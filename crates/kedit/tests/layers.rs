@@ -26,7 +26,7 @@ const LAYERS: [&[&str]; 14] = [
     &["editor"],
     &["evaluate", "methods"],
     &["experiment"],
-    &["bench"],
+    &["bench", "fuzz"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -82,6 +82,18 @@ pub fn generate_with(
     if seeds.len() != prompts.len() {
         return Err(Error::invalid("one seed per prompt is required"));
     }
+    let context = model.config.max_positions;
+    if let Some(p) = prompts
+        .iter()
+        .find(|p| p.len().saturating_add(opts.max_new_tokens) > context)
+    {
+        return Err(Error::invalid(format!(
+            "a prompt of {} tokens and up to {} new tokens exceed the model's context length \
+             ({context}, max_position_embeddings / context_length)",
+            p.len(),
+            opts.max_new_tokens
+        )));
+    }
     let eos = model
         .config
         .eos_token_id

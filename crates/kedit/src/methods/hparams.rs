@@ -28,6 +28,8 @@ pub const MAX_LR: f64 = 1e6;
 pub const MAX_FACTOR: f64 = 1e3;
 /// The largest early-stopping loss (nats): above it no step would ever be taken.
 pub const MAX_STOP_LOSS: f64 = 10.0;
+/// The largest hyper-parameter file read (EasyEdit's are under 2 KB).
+pub const MAX_HPARAMS_BYTES: usize = 1 << 18;
 
 /// A hyper-parameter file, read.
 #[derive(Clone, Debug)]
@@ -48,6 +50,16 @@ impl HparamsSource {
     /// silently keep one of the values) and a non-finite number (`.nan`, `.inf`) are errors
     /// naming the key.
     pub fn parse(origin: &Path, text: &str) -> Result<Self> {
+        // The YAML parser takes ~100 times a deeply nested file's size in memory: a
+        // hostile file must not get that far. Real files are a few kilobytes.
+        if text.len() > MAX_HPARAMS_BYTES {
+            return Err(Error::config(format!(
+                "{}: {} bytes; a hyper-parameter file of more than {MAX_HPARAMS_BYTES} bytes \
+                 is refused",
+                origin.display(),
+                text.len()
+            )));
+        }
         let value: Value = if origin.extension().is_some_and(|e| e == "json") {
             serde_json::from_str::<Strict>(text)
                 .map_err(|e| Error::config(format!("{}: invalid JSON: {e}", origin.display())))?

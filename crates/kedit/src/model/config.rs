@@ -184,21 +184,49 @@ impl ModelConfig {
         )
     }
 
-    /// Checks the numbers fit together, so that the forward pass never meets a shape error.
+    /// Checks the numbers fit together, so that the forward pass never meets a shape error,
+    /// and that each is within what any real model uses, so that a hostile file cannot
+    /// make kedit allocate without bound or compute garbage (a NaN RoPE base, a zero
+    /// epsilon) without a word.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("d_model", self.d_model),
-            ("n_layers", self.n_layers),
-            ("n_heads", self.n_heads),
-            ("n_kv_heads", self.n_kv_heads),
-            ("head_dim", self.head_dim),
-            ("d_ff", self.d_ff),
+        let counts = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("d_model", self.d_model, MAX_WIDTH),
+            ("n_layers", self.n_layers, MAX_LAYERS),
+            ("n_heads", self.n_heads, MAX_HEADS),
+            ("n_kv_heads", self.n_kv_heads, MAX_HEADS),
+            ("head_dim", self.head_dim, MAX_WIDTH),
+            ("d_ff", self.d_ff, MAX_WIDTH),
+            ("max_positions", self.max_positions, MAX_POSITIONS),
         ];
-        for (name, v) in positive {
-            if v == 0 {
-                return Err(format!("`{name}` must be positive"));
-            }
+        for (name, v, max) in counts {
+            check_count(name, v, max)?;
+        }
+        check_real("norm_eps (RMS/layer-norm epsilon)", self.norm_eps, 0.0, 1.0)?;
+        if let Some(r) = self.rope {
+            check_real("rope_theta (RoPE base)", r.theta, 1.0, MAX_ROPE_THETA)?;
+        }
+        if let Some(t) = self.local_rope_theta {
+            check_real("local_rope_theta (RoPE base)", t, 1.0, MAX_ROPE_THETA)?;
+        }
+        if let Some(s) = self.embed_scale {
+            check_real("embed_scale", s, 0.0, 1e6)?;
+        }
+        if let Some(s) = self.attn_scale {
+            check_real("attn_scale (query_pre_attn_scalar^-1/2)", s, 0.0, 1e6)?;
+        }
+        if let Some(w) = self.sliding_window {
+            check_count("sliding_window", w, usize::MAX)?;
+        }
+        if self
+            .n_heads
+            .checked_mul(self.head_dim)
+            .is_none_or(|q| q > MAX_WIDTH)
+        {
+            return Err(format!(
+                "n_heads × head_dim ({} × {}) exceeds {MAX_WIDTH}",
+                self.n_heads, self.head_dim
+            ));
         }
         if self.n_heads % self.n_kv_heads != 0 {
             return Err(format!(
@@ -228,6 +256,95 @@ impl ModelConfig {
         }
         Ok(())
     }
+}
+
+/// Bounds on sizes and counts, far above any released model (Llama 3 405B: width 16 384,
+/// 126 layers, 128 heads, feed-forward 53 248; vocabularies reach 262 144; contexts
+/// 10 million tokens), checked before anything is allocated from them.
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_WIDTH: usize = 1 << 20;
+pub const MAX_LAYERS: usize = 4096;
+pub const MAX_HEADS: usize = 4096;
+pub const MAX_POSITIONS: usize = 1 << 26;
+pub const MAX_ROPE_THETA: f64 = 1e12;
+
+/// A count must be positive and at most `max`.
+pub fn check_count(name: &str, v: usize, max: usize) -> Result<(), String> {
+    if v == 0 {
+        return Err(format!("`{name}` must be positive"));
+    }
+    if v > max {
+        return Err(format!(
+            "`{name}` is {v}; more than {max} is not a real model"
+        ));
+    }
+    Ok(())
+}
+
+/// A real number must be finite and in `(lo, hi]`.
+pub fn check_real(name: &str, v: f64, lo: f64, hi: f64) -> Result<(), String> {
+    if !v.is_finite() || v <= lo || v > hi {
+        return Err(format!(
+            "`{name}` is {v}; it must be a finite number above {lo} and at most {hi}"
+        ));
+    }
+    Ok(())
+}
+
+impl ModelConfig {
+    /// The number of weights of every parameter together, computed without allocating
+    /// (the configuration must have passed [`ModelConfig::validate`]).
+    pub fn param_count(&self) -> u64 {
+        let one_layer = ModelConfig {
+            n_layers: 1,
+            sliding_layers: None,
+            ..self.clone()
+        };
+        let count = |shapes: &[(ParamId, Vec<usize>)], layer: bool| -> u64 {
+            shapes
+                .iter()
+                .filter(|(id, _)| matches!(id, ParamId::Block(..)) == layer)
+                .map(|(_, s)| s.iter().map(|&d| d as u64).product::<u64>())
+                .sum()
+        };
+        let shapes = one_layer.param_shapes();
+        count(&shapes, false) + self.n_layers as u64 * count(&shapes, true)
+    }
+
+    /// Refuses a model whose weights (as f32) could not fit in this machine's memory, or
+    /// that needs more weights than `file_len` bytes can hold at `min_bits` bits each:
+    /// checked before any tensor is read.
+    pub fn check_fits(&self, file_len: u64, min_bits: u64) -> Result<(), String> {
+        let n = self.param_count();
+        let needs = n.saturating_mul(min_bits) / 8;
+        if needs > file_len {
+            return Err(format!(
+                "{}: {n} weights need at least {needs} bytes, but the weights take {file_len} \
+                 bytes: the sizes in the configuration do not match the tensors",
+                self.describe()
+            ));
+        }
+        let f32_bytes = n.saturating_mul(4);
+        if let Some(mem) = memory_bytes() {
+            if f32_bytes > mem {
+                return Err(format!(
+                    "{}: {n} weights need {:.1} GiB as f32; this machine has {:.1} GiB",
+                    self.describe(),
+                    f32_bytes as f64 / (1u64 << 30) as f64,
+                    mem as f64 / (1u64 << 30) as f64
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// This machine's memory (`MemTotal` of `/proc/meminfo`), where known.
+fn memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
 }
 
 impl ModelConfig {

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -13,6 +13,7 @@ use candle_core::Device;
 use crate::error::{Error, Result};
 use crate::model::arch::{self, GgufMeta};
 use crate::model::config::ModelConfig;
+use crate::model::gguf_header;
 use crate::model::params::{ParamId, Params};
 
 /// What a GGUF file holds, read and checked.
@@ -67,6 +68,7 @@ fn check_extents<'a>(
             continue;
         };
         let dtype = info.ggml_dtype;
+        // Bounded by the header walk: no overflow.
         let size = (info.shape.elem_count() / dtype.block_size() * dtype.type_size()) as u64;
         let start = content.tensor_data_offset.saturating_add(info.offset);
         let end = start.saturating_add(size);
@@ -93,6 +95,11 @@ pub fn load(path: &Path) -> Result<GgufModel> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut reader = BufReader::new(file);
+    // Every length in the header is checked against the file before candle reads it.
+    let header = gguf_header::scan(path, &mut reader, file_len)?;
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
     let content = Content::read(&mut reader).map_err(|e| header_error(path, file_len, &e))?;
     let name = content
         .metadata
@@ -107,7 +114,13 @@ pub fn load(path: &Path) -> Result<GgufModel> {
         arch: &name,
     };
     let config = (spec.parse)(&meta)?;
-    config.validate().map_err(|m| Error::model(path, m))?;
+    config
+        .validate()
+        .map_err(|m| Error::model(path, format!("invalid model configuration: {m}")))?;
+    // The weights must be in the file: at least 2 bits each (Q2_K, the smallest type).
+    config
+        .check_fits(file_len.saturating_sub(header.tensor_data_offset), 2)
+        .map_err(|m| Error::model(path, m))?;
     let names: Vec<(ParamId, Vec<usize>, String)> = config
         .param_shapes()
         .into_iter()

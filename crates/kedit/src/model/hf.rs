@@ -31,6 +31,10 @@ pub fn read_config(dir: &Path) -> Result<(ModelConfig, Value)> {
 pub fn load(dir: &Path) -> Result<HfModel> {
     let (config, hf_config) = read_config(dir)?;
     let files = SafetensorFiles::open_dir(dir)?;
+    // The weights must be in the files: at least 2 bytes each (f16 and bf16).
+    config
+        .check_fits(files.total_bytes(), 16)
+        .map_err(|m| Error::model(dir.join("config.json"), m))?;
     let embed = hf_slot(config.family, ParamId::TokenEmbed).expect("every family embeds tokens");
     let dropped = arch::spec(config.family)
         .hf_droppable_prefix

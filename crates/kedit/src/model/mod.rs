@@ -4,6 +4,7 @@ pub mod arch;
 pub mod config;
 pub mod fingerprint;
 pub mod gguf;
+pub mod gguf_header;
 pub mod hf;
 pub mod params;
 pub mod safetensors_io;

@@ -46,6 +46,20 @@ impl SafetensorFiles {
                         format!("`weight_map.{name}` is not a file name"),
                     )
                 })?;
+                // A file named inside a model's files must stay inside its directory.
+                let plain = !file.is_empty()
+                    && Path::new(file)
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !plain {
+                    return Err(Error::model(
+                        &index_path,
+                        format!(
+                            "`weight_map.{name}` names the file `{file}`, which is not a file \
+                             inside the model directory (no absolute paths, no `..`)"
+                        ),
+                    ));
+                }
                 if !shards.iter().any(|s| s == file) {
                     shards.push(file.to_string());
                 }
@@ -75,6 +89,11 @@ impl SafetensorFiles {
             files.push((path, mmap));
         }
         Ok(SafetensorFiles { files, index })
+    }
+
+    /// The bytes of every file together.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|(_, m)| m.len() as u64).sum()
     }
 
     pub fn contains(&self, name: &str) -> bool {

@@ -217,6 +217,21 @@ impl<'m> Pass<'m> {
                 )));
             }
         }
+        // Positions beyond the model's context: refused before any attention is sized.
+        let last = batch
+            .positions
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |p| p as usize + 1);
+        if last > cfg.max_positions || len > cfg.max_positions {
+            return Err(Error::invalid(format!(
+                "a sequence of {} positions is longer than the model's context length \
+                 ({}, max_position_embeddings / context_length)",
+                last.max(len),
+                cfg.max_positions
+            )));
+        }
         let (key_positions, key_valid, key_len) = match req.prefix {
             Some(p) => {
                 if p.rows != rows {

@@ -24,6 +24,9 @@ use super::gguf::{with_metadata, CONTROL};
 use super::Tokenizer;
 use crate::error::{Error, Result};
 
+/// The longest SentencePiece token read (bytes).
+const MAX_TOKEN_BYTES: usize = 4096;
+
 /// GGUF token type of user-defined tokens.
 const USER_DEFINED: i32 = 4;
 const SPACE: &str = "\u{2581}";
@@ -69,6 +72,22 @@ pub(super) fn build(
     tokens: Vec<String>,
     types: &[i32],
 ) -> Result<Tokenizer> {
+    // Deriving merges costs the square of a token's length: a hostile file with one
+    // megabyte-long token would hang the load. Real vocabularies stay far below this.
+    if let Some((i, t)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, t)| t.len() > MAX_TOKEN_BYTES)
+    {
+        return Err(Error::model(
+            path,
+            format!(
+                "metadata `tokenizer.ggml.tokens[{i}]` is {} bytes long; tokens over \
+                 {MAX_TOKEN_BYTES} bytes are refused",
+                t.len()
+            ),
+        ));
+    }
     let arch = md
         .get("general.architecture")
         .and_then(|v| v.to_string().ok())

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use super::fields::{activation_name, Fields};
 use super::{gguf_as_is, llama, Arch, GgufArch, GgufMeta, HfLayout, HfSlot};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::config::{check_count, MAX_LAYERS};
 use crate::model::config::{Activation, Biases, BlockLayout, Family, ModelConfig, NormKind, Rope};
 use crate::model::params::{BlockParam, ParamId};
 
@@ -92,6 +93,8 @@ fn parse(f: &Fields) -> Result<ModelConfig> {
     }
     let head_dim = f.usize_or("head_dim", 256)?;
     let n_layers = f.usize("num_hidden_layers")?;
+    check_count("num_hidden_layers", n_layers, MAX_LAYERS)
+        .map_err(|m| f.err("num_hidden_layers", &m))?;
     let sliding_layers = match f.opt("layer_types") {
         Some(Value::Array(types)) => types
             .iter()
@@ -253,6 +256,8 @@ fn parse_gguf(m: &GgufMeta) -> Result<ModelConfig> {
     let heads = m.arch_usize("attention.head_count")?;
     let head_dim = m.arch_usize_or("attention.key_length", 256)?;
     let n_layers = m.arch_usize("block_count")?;
+    check_count("block_count", n_layers, MAX_LAYERS)
+        .map_err(|e| Error::model(m.path, format!("metadata `{}`: {e}", m.key("block_count"))))?;
     // llama.cpp: 1/√(d_model/heads) for the 62-layer 27B model, 1/√head_dim for the others.
     let scalar = if n_layers == 62 { d / heads } else { head_dim };
     Ok(ModelConfig {

@@ -28,14 +28,30 @@ impl GgufMeta<'_> {
     pub fn u32(&self, key: &str) -> Result<Option<u32>> {
         match self.md().get(key) {
             None => Ok(None),
-            Some(v) => v
-                .to_u32()
-                .or_else(|_| v.to_u64().map(|x| x as u32))
-                .or_else(|_| v.to_i32().map(|x| x as u32))
-                .map(Some)
-                .map_err(|_| {
-                    Error::model(self.path, format!("metadata `{key}` is not an integer"))
-                }),
+            Some(v) => {
+                let wide: i128 = match v {
+                    Value::U8(x) => (*x).into(),
+                    Value::I8(x) => (*x).into(),
+                    Value::U16(x) => (*x).into(),
+                    Value::I16(x) => (*x).into(),
+                    Value::U32(x) => (*x).into(),
+                    Value::I32(x) => (*x).into(),
+                    Value::U64(x) => (*x).into(),
+                    Value::I64(x) => (*x).into(),
+                    _ => {
+                        return Err(Error::model(
+                            self.path,
+                            format!("metadata `{key}` is not an integer"),
+                        ))
+                    }
+                };
+                u32::try_from(wide).map(Some).map_err(|_| {
+                    Error::model(
+                        self.path,
+                        format!("metadata `{key}` is {wide}; it must be in 0..=4294967295"),
+                    )
+                })
+            }
         }
     }
 
@@ -46,8 +62,17 @@ impl GgufMeta<'_> {
                 .to_f32()
                 .map(f64::from)
                 .or_else(|_| v.to_f64())
-                .map(Some)
-                .map_err(|_| Error::model(self.path, format!("metadata `{key}` is not a number"))),
+                .map_err(|_| Error::model(self.path, format!("metadata `{key}` is not a number")))
+                .and_then(|x| {
+                    if x.is_finite() {
+                        Ok(Some(x))
+                    } else {
+                        Err(Error::model(
+                            self.path,
+                            format!("metadata `{key}` is {x}; it must be a finite number"),
+                        ))
+                    }
+                }),
         }
     }
 
