@@ -52,10 +52,6 @@ fn scratch(name: &str) -> PathBuf {
 
 /// The shipped file with C from 200 documents of the small test corpus (seconds, not the
 /// minutes of the shipped 100,000-document setting).
-fn hparams(dir: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> PathBuf {
-    hparams_of("MEMIT", dir, extra)
-}
-
 fn hparams_of(method: &str, dir: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> PathBuf {
     let mut hp = HparamsSource::read(
         &common::workspace().join(format!("hparams/{method}/smollm2-135m.yaml")),
