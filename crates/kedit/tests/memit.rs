@@ -1,4 +1,5 @@
-//! MEMIT on the real SmolLM2: a batch of facts in one call, spread over five layers.
+//! MEMIT and EMMET on the real SmolLM2: a batch of facts in one call, spread over five
+//! layers.
 
 mod common;
 
@@ -51,9 +52,11 @@ fn scratch(name: &str) -> PathBuf {
 
 /// The shipped file with C from 200 documents of the small test corpus (seconds, not the
 /// minutes of the shipped 100,000-document setting).
-fn hparams(dir: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> PathBuf {
-    let mut hp =
-        HparamsSource::read(&common::workspace().join("hparams/MEMIT/smollm2-135m.yaml")).unwrap();
+fn hparams_of(method: &str, dir: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> PathBuf {
+    let mut hp = HparamsSource::read(
+        &common::workspace().join(format!("hparams/{method}/smollm2-135m.yaml")),
+    )
+    .unwrap();
     let corpus = common::data("corpus/wikitext2_test.txt");
     hp.set(
         "mom2_dataset",
@@ -70,9 +73,18 @@ fn hparams(dir: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> PathBu
 
 #[test]
 fn memit_writes_a_batch_of_facts_in_one_call_and_reverts() {
-    let dir = scratch("batch");
+    batch_of_two("memit", "MEMIT");
+}
+
+#[test]
+fn emmet_writes_a_batch_of_facts_in_one_call_and_reverts() {
+    batch_of_two("emmet", "EMMET");
+}
+
+fn batch_of_two(name: &str, dir_name: &str) {
+    let dir = scratch(name);
     let model = smollm2().clone();
-    let memit = methods::load("memit", Some(&hparams(&dir, &[])), &model).unwrap();
+    let memit = methods::load(name, Some(&hparams_of(dir_name, &dir, &[])), &model).unwrap();
     let ctx = EditContext {
         cache: Cache::new(dir.join("cache")),
         ..Default::default()
@@ -136,11 +148,16 @@ fn memit_refuses_bad_settings_at_load_naming_the_key() {
             "layer_selection",
         ),
         ("layers", serde_json::json!([3, 40]), "layers"),
+        ("emmet_lambda", serde_json::json!(-0.1), "emmet_lambda"),
     ] {
-        let e = methods::load("memit", Some(&hparams(&dir, &[(key, value)])), &model)
-            .err()
-            .unwrap_or_else(|| panic!("{key} accepted"))
-            .to_string();
+        let e = methods::load(
+            "emmet",
+            Some(&hparams_of("EMMET", &dir, &[(key, value)])),
+            &model,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{key} accepted"))
+        .to_string();
         assert!(e.contains(says), "{key}: {e}");
     }
     let _ = std::fs::remove_dir_all(&dir);

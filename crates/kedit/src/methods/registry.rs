@@ -107,6 +107,12 @@ const MEMIT_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/MEMIT/smollm2-135m.yaml"),
 }];
 
+const EMMET_SHIPPED: &[Shipped] = &[Shipped {
+    path: "EMMET/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/EMMET/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -170,6 +176,17 @@ const BUILTIN: &[MethodSpec] = &[
         summary: "batches of facts spread over several MLP layers (Meng et al. 2023)",
         needs: &[Need::KeyStatistics],
         shipped: MEMIT_SHIPPED,
+        load: memit::Memit::load,
+        trainer: None,
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "emmet",
+        alg_name: "EMMET",
+        family: MethodFamily::LocateThenEdit,
+        summary: "MEMIT with each layer's update under an equality constraint (Gupta et al. 2024)",
+        needs: &[Need::KeyStatistics],
+        shipped: EMMET_SHIPPED,
         load: memit::Memit::load,
         trainer: None,
         without_statistics: None,

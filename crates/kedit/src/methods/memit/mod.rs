@@ -10,6 +10,10 @@
 //!    ([`spread`]), C the layer's key statistics of the unedited model, λ =
 //!    `mom2_update_weight`.
 //!
+//! EMMET (Gupta et al., 2024) is the same procedure with each layer's update under an
+//! equality constraint instead ([`spread`]); `--method emmet` with EasyEdit's EMMET keys
+//! (`emmet_lambda`, `update_norm_lambda`).
+//!
 //! The hyper-parameters are EasyEdit's MEMIT file: ROME's keys plus `mom2_update_weight`
 //! (and `layer_selection: all`); MEMIT's fixed context templates (five of ten tokens and
 //! the bare prompt) are the default when `context_template_length_params` is absent.
@@ -40,7 +44,7 @@ use crate::progress::{Progress, Silent};
 use crate::request::EditRequest;
 use crate::runtime::Site;
 use crate::stats::{cached_key_stats, key_stats, require_key_stats};
-use spread::spread_update;
+use spread::{layer_update, Objective};
 
 /// MEMIT's own keys, beside ROME's.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,6 +55,12 @@ pub struct MemitExtra {
     /// EasyEdit's `layer_selection`; only `all` (every layer in `layers`) exists.
     #[serde(default)]
     pub layer_selection: Option<String>,
+    /// EMMET: the ridge ε on D = KᵀC'⁻¹K (EasyEdit: 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emmet_lambda: Option<f64>,
+    /// EMMET: μ in C' = wC + μI (EasyEdit: 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_norm_lambda: Option<f64>,
 }
 
 /// Prompts read per forward pass when collecting keys and residuals.
@@ -58,6 +68,8 @@ const PROMPTS_PER_PASS: usize = 96;
 
 pub struct Memit {
     name: String,
+    /// MEMIT's soft constraint or EMMET's equality constraint.
+    objective: Objective,
     /// ROME's parts: context templates, prompts, the v* optimisation, statistics requests.
     rome: Rome,
     extra: MemitExtra,
@@ -100,12 +112,30 @@ impl Memit {
                 &format!(" is \"{sel}\"; only \"all\" (every layer in `layers`) exists"),
             ));
         }
+        let objective = if name == "emmet" {
+            let ridge = extra.emmet_lambda.unwrap_or(0.1);
+            let norm = extra.update_norm_lambda.unwrap_or(0.0);
+            source.check("emmet_lambda", ridge).in_range(0.0, 1e12)?;
+            source
+                .check("update_norm_lambda", norm)
+                .in_range(0.0, 1e12)?;
+            Objective::Emmet {
+                weight: extra.mom2_update_weight,
+                norm,
+                ridge,
+            }
+        } else {
+            Objective::Memit {
+                lambda: extra.mom2_update_weight,
+            }
+        };
         let warnings = filter_warnings(&source.origin, unknown);
         Ok(LoadedMethod {
             warnings,
             hparams_origin: source.origin.clone(),
             method: Box::new(Memit {
-                name: "MEMIT".into(),
+                name: if name == "emmet" { "EMMET" } else { "MEMIT" }.into(),
+                objective,
                 rome: Rome::with_hparams(name, hp, params.clone()),
                 extra,
                 params,
@@ -284,13 +314,7 @@ impl EditMethod for Memit {
                 Ok(((&z - residual(&current)?)? / (self.params.len() - i) as f64)?)
             })?;
             let delta = report.timed("solve", |_| {
-                spread_update(
-                    &keys,
-                    &resid,
-                    &c,
-                    self.extra.mom2_update_weight,
-                    model.dtype(),
-                )
+                layer_update(&keys, &resid, &c, self.objective, model.dtype())
             })?;
             let updated = delta.added_to(current.params.require(param)?)?;
             current.params.replace(param, updated)?;

@@ -1,15 +1,20 @@
-//! MEMIT's update of one layer for a batch of requests (Meng et al., 2023, eq. 14):
+//! The update of one layer for a batch of requests, with K = the requests' keys at this layer
+//! (columns), R = the part of each request's residual change this layer takes on, and C =
+//! E[kkᵀ] of the layer's keys over a corpus:
 //!
-//!   ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹
+//! - MEMIT (Meng et al., 2023, eq. 14), a soft constraint: the least-squares update that maps
+//!   each key to its share while moving keys typical of the corpus as little as λ asks,
 //!
-//! with K = the requests' keys at this layer (columns), R = the part of each request's
-//! residual change this layer takes on (rows of `resid`), C = E[kkᵀ] of the layer's keys over
-//! a corpus, and λ = `mom2_update_weight`: the least-squares update that maps each key to its
-//! share of the change while moving keys typical of the corpus as little as λ asks.
+//!     ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹;
 //!
-//! ΔW has rank at most n (the batch size), so it is kept as the factors R (`[d, n]`) and
-//! V = (λC + KKᵀ)⁻¹K (`[d_ff, n]`): ΔW = R Vᵀ. The system is symmetric positive definite when
-//! C is (or λ = 0 and the keys are independent) and is solved by Cholesky in f64.
+//! - EMMET (Gupta et al., 2024), an equality constraint: ΔW K = R (up to a ridge ε on D for
+//!   ill-conditioned batches), with the least change under C' = wC + μI,
+//!
+//!     ΔW = R D⁻¹ Kᵀ C'⁻¹,   D = Kᵀ C'⁻¹ K + ε I.
+//!
+//! Either ΔW has rank at most n (the batch size) and is kept as the factors R (`[d, n]`) and
+//! V (`[d_ff, n]`): ΔW = R Vᵀ. Every system is symmetric positive definite when C is and is
+//! solved by Cholesky in f64.
 
 use candle_core::{DType, Device, Tensor};
 use faer::linalg::solvers::Solve;
@@ -36,9 +41,100 @@ fn to_tensor(m: &Mat<f64>, dtype: DType) -> Result<Tensor> {
     Ok(Tensor::from_vec(flat, (rows, cols), &Device::Cpu)?.to_dtype(dtype)?)
 }
 
-/// ΔW = R Kᵀ (λC + KKᵀ)⁻¹ as a rank-n delta, from the keys `keys` (`[n, d_ff]`), the residual
-/// shares `resid` (`[n, d]`), the moment `c` (`[d_ff, d_ff]`) and λ; in `dtype`.
-pub fn spread_update(
+/// Which problem a layer's update solves (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Objective {
+    /// MEMIT, with λ = `mom2_update_weight`.
+    Memit { lambda: f64 },
+    /// EMMET, with w = `mom2_update_weight`, μ = `update_norm_lambda`, ε = `emmet_lambda`.
+    Emmet { weight: f64, norm: f64, ridge: f64 },
+}
+
+/// ΔW as a rank-n delta, from the keys `keys` (`[n, d_ff]`), the residual shares `resid`
+/// (`[n, d]`) and the moment `c` (`[d_ff, d_ff]`); in `dtype`.
+pub fn layer_update(
+    keys: &Tensor,
+    resid: &Tensor,
+    c: &Mat<f64>,
+    objective: Objective,
+    dtype: DType,
+) -> Result<Delta> {
+    match objective {
+        Objective::Memit { lambda } => spread_update(keys, resid, c, lambda, dtype),
+        Objective::Emmet {
+            weight,
+            norm,
+            ridge,
+        } => equality_update(keys, resid, c, weight, norm, ridge, dtype),
+    }
+}
+
+/// EMMET's ΔW = R D⁻¹ Kᵀ C'⁻¹ (C' = wC + μI, D = Kᵀ C'⁻¹ K + εI) as R Vᵀ, V = C'⁻¹ K D⁻¹.
+fn equality_update(
+    keys: &Tensor,
+    resid: &Tensor,
+    c: &Mat<f64>,
+    weight: f64,
+    norm: f64,
+    ridge: f64,
+    dtype: DType,
+) -> Result<Delta> {
+    let k = to_mat(keys)?; // [n, d_ff]
+    let r = to_mat(resid)?; // [n, d]
+    let (n, d_ff) = (k.nrows(), k.ncols());
+    check_shapes(n, d_ff, r.nrows(), c)?;
+    let c_prime = Mat::from_fn(d_ff, d_ff, |i, j| {
+        weight * c[(i, j)] + if i == j { norm } else { 0.0 }
+    });
+    let c_llt = c_prime.llt(Side::Lower).map_err(|_| {
+        Error::EditRefused(format!(
+            "EMMET's wC + μI (w = {weight}, μ = {norm}) is not positive definite:              give `update_norm_lambda` a positive value"
+        ))
+    })?;
+    let kt = k.transpose().to_owned(); // [d_ff, n]
+    let y = c_llt.solve(&kt); // C'⁻¹K, [d_ff, n]
+    let mut d = &k * &y; // KᵀC'⁻¹K, [n, n]
+    for i in 0..n {
+        d[(i, i)] += ridge;
+    }
+    let d_llt = d.llt(Side::Lower).map_err(|_| {
+        Error::EditRefused(format!(
+            "EMMET's D = KᵀC'⁻¹K + εI (ε = {ridge}, {n} keys) is not positive definite:              the batch's keys are dependent; raise `emmet_lambda`"
+        ))
+    })?;
+    let v = d_llt.solve(y.transpose()).transpose().to_owned(); // C'⁻¹K D⁻¹, [d_ff, n]
+    factors(r.transpose().to_owned(), v, dtype)
+}
+
+fn check_shapes(n: usize, d_ff: usize, resid_rows: usize, c: &Mat<f64>) -> Result<()> {
+    if resid_rows != n || c.nrows() != d_ff || c.ncols() != d_ff {
+        return Err(Error::invalid(format!(
+            "the layer solve got {n} keys of width {d_ff}, {resid_rows} residuals and a {}x{} \
+             moment",
+            c.nrows(),
+            c.ncols()
+        )));
+    }
+    Ok(())
+}
+
+/// ΔW = U Vᵀ, refused when a factor is not finite.
+fn factors(u: Mat<f64>, v: Mat<f64>, dtype: DType) -> Result<Delta> {
+    let finite =
+        |m: &Mat<f64>| (0..m.nrows()).all(|i| (0..m.ncols()).all(|j| m[(i, j)].is_finite()));
+    if !finite(&v) || !finite(&u) {
+        return Err(Error::EditRefused(
+            "the layer solve produced non-finite values: the batch is ill-conditioned".into(),
+        ));
+    }
+    Ok(Delta::LowRank {
+        u: to_tensor(&u, dtype)?,
+        v: to_tensor(&v, dtype)?,
+    })
+}
+
+/// MEMIT's ΔW = R Kᵀ (λC + KKᵀ)⁻¹ as R Vᵀ, V = (λC + KKᵀ)⁻¹K.
+fn spread_update(
     keys: &Tensor,
     resid: &Tensor,
     c: &Mat<f64>,
@@ -48,14 +144,7 @@ pub fn spread_update(
     let k = to_mat(keys)?; // [n, d_ff]
     let r = to_mat(resid)?; // [n, d]
     let (n, d_ff) = (k.nrows(), k.ncols());
-    if r.nrows() != n || c.nrows() != d_ff || c.ncols() != d_ff {
-        return Err(Error::invalid(format!(
-            "MEMIT's solve got {n} keys of width {d_ff}, {} residuals and a {}x{} moment",
-            r.nrows(),
-            c.nrows(),
-            c.ncols()
-        )));
-    }
+    check_shapes(n, d_ff, r.nrows(), c)?;
     let kt = k.transpose().to_owned(); // [d_ff, n]
     let a = c * lambda + &kt * &k;
     let llt = a.llt(Side::Lower).map_err(|_| {
@@ -65,18 +154,7 @@ pub fn spread_update(
         ))
     })?;
     let v = llt.solve(&kt); // [d_ff, n]
-    let u = r.transpose().to_owned(); // [d, n]
-    let finite =
-        |m: &Mat<f64>| (0..m.nrows()).all(|i| (0..m.ncols()).all(|j| m[(i, j)].is_finite()));
-    if !finite(&v) || !finite(&u) {
-        return Err(Error::EditRefused(
-            "MEMIT's solve produced non-finite values: the batch is ill-conditioned".into(),
-        ));
-    }
-    Ok(Delta::LowRank {
-        u: to_tensor(&u, dtype)?,
-        v: to_tensor(&v, dtype)?,
-    })
+    factors(r.transpose().to_owned(), v, dtype)
 }
 
 #[cfg(test)]
@@ -99,7 +177,14 @@ mod tests {
         let resid = random(n, d, &mut rng);
         let basis = to_mat(&random(d_ff, d_ff, &mut rng)).unwrap();
         let c = &basis * basis.transpose() / d_ff as f64;
-        let delta = spread_update(&keys, &resid, &c, 1e-9, DType::F64).unwrap();
+        let delta = layer_update(
+            &keys,
+            &resid,
+            &c,
+            Objective::Memit { lambda: 1e-9 },
+            DType::F64,
+        )
+        .unwrap();
         let Delta::LowRank { u, v } = &delta else {
             panic!("a low-rank delta")
         };
@@ -114,7 +199,14 @@ mod tests {
             .unwrap();
         assert!(err < 1e-6, "ΔW k_i = r_i: error {err}");
         // λ large: the update is damped toward zero.
-        let damped = spread_update(&keys, &resid, &c, 1e9, DType::F64).unwrap();
+        let damped = layer_update(
+            &keys,
+            &resid,
+            &c,
+            Objective::Memit { lambda: 1e9 },
+            DType::F64,
+        )
+        .unwrap();
         let Delta::LowRank { u, v } = &damped else {
             panic!("a low-rank delta")
         };
@@ -139,7 +231,56 @@ mod tests {
         let keys = Tensor::cat(&[&k, &k], 0).unwrap();
         let resid = random(2, 3, &mut rng);
         let c = Mat::<f64>::zeros(5, 5);
-        let e = spread_update(&keys, &resid, &c, 0.0, DType::F64).unwrap_err();
+        let e = layer_update(
+            &keys,
+            &resid,
+            &c,
+            Objective::Memit { lambda: 0.0 },
+            DType::F64,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not positive definite"), "{e}");
+    }
+
+    /// EMMET maps every key exactly whatever weight C has (ε → 0); without C or a norm
+    /// term its C' is singular and the batch is refused, saying which key helps.
+    #[test]
+    fn emmet_meets_its_constraint_exactly() {
+        let mut rng = Rng::new(5);
+        let (n, d_ff, d) = (3, 10, 4);
+        let keys = random(n, d_ff, &mut rng);
+        let resid = random(n, d, &mut rng);
+        let basis = to_mat(&random(d_ff, d_ff, &mut rng)).unwrap();
+        let c = &basis * basis.transpose() / d_ff as f64 + Mat::<f64>::identity(d_ff, d_ff);
+        for weight in [1.0, 1e4] {
+            let objective = Objective::Emmet {
+                weight,
+                norm: 0.0,
+                ridge: 1e-12,
+            };
+            let Delta::LowRank { u, v } =
+                layer_update(&keys, &resid, &c, objective, DType::F64).unwrap()
+            else {
+                panic!("a low-rank delta")
+            };
+            let mapped = keys.matmul(&v).unwrap().matmul(&u.t().unwrap()).unwrap();
+            let err = (mapped - &resid)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(err < 1e-6, "w = {weight}: ΔW k_i = r_i, error {err}");
+        }
+        let zero = Mat::<f64>::zeros(d_ff, d_ff);
+        let objective = Objective::Emmet {
+            weight: 1.0,
+            norm: 0.0,
+            ridge: 0.1,
+        };
+        let e = layer_update(&keys, &resid, &zero, objective, DType::F64).unwrap_err();
+        assert!(e.to_string().contains("update_norm_lambda"), "{e}");
     }
 }
