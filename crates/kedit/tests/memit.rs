@@ -5,13 +5,12 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::smollm2;
+use common::{smollm2, top1};
 use kedit::cache::Cache;
 use kedit::edit::Edit;
 use kedit::editor::Editor;
 use kedit::methods::{self, EditContext, HparamsSource};
 use kedit::request::EditRequest;
-use kedit::TokenBatch;
 
 fn request(id: &str, prompt: &str, subject: &str, target: &str) -> EditRequest {
     EditRequest {
@@ -21,26 +20,6 @@ fn request(id: &str, prompt: &str, subject: &str, target: &str) -> EditRequest {
         target_new: target.into(),
         ..Default::default()
     }
-}
-
-fn top1(e: &Editor, prompt: &str) -> String {
-    let tok = e.model().tokenizer().unwrap();
-    let ids = tok.encode(prompt).unwrap();
-    let logits = e
-        .model()
-        .forward(&TokenBatch::single(&ids))
-        .run()
-        .unwrap()
-        .logits
-        .unwrap();
-    let id = logits
-        .squeeze(0)
-        .unwrap()
-        .argmax(0)
-        .unwrap()
-        .to_scalar::<u32>()
-        .unwrap();
-    tok.decode(&[id], false).unwrap()
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use common::smollm2;
+use common::{smollm2, top1};
 use kedit::cache::Cache;
 use kedit::edit::{Edit, WeightEdit};
 use kedit::editor::Editor;
@@ -31,26 +31,6 @@ fn eiffel() -> EditRequest {
         target_new: "Rome".into(),
         ..Default::default()
     }
-}
-
-fn top1(e: &Editor, prompt: &str) -> String {
-    let tok = e.model().tokenizer().unwrap();
-    let ids = tok.encode(prompt).unwrap();
-    let logits = e
-        .model()
-        .forward(&TokenBatch::single(&ids))
-        .run()
-        .unwrap()
-        .logits
-        .unwrap();
-    let id = logits
-        .squeeze(0)
-        .unwrap()
-        .argmax(0)
-        .unwrap()
-        .to_scalar::<u32>()
-        .unwrap();
-    tok.decode(&[id], false).unwrap()
 }
 
 #[test]

@@ -296,3 +296,24 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The model's most likely next token after `prompt`, decoded (greedy, one forward).
+pub fn top1(e: &kedit::editor::Editor, prompt: &str) -> String {
+    let tok = e.model().tokenizer().unwrap();
+    let ids = tok.encode(prompt).unwrap();
+    let logits = e
+        .model()
+        .forward(&kedit::TokenBatch::single(&ids))
+        .run()
+        .unwrap()
+        .logits
+        .unwrap();
+    let id = logits
+        .squeeze(0)
+        .unwrap()
+        .argmax(0)
+        .unwrap()
+        .to_scalar::<u32>()
+        .unwrap();
+    tok.decode(&[id], false).unwrap()
+}

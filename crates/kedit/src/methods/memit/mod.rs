@@ -36,8 +36,7 @@ use crate::methods::rome::moment::moment_matrix;
 use crate::methods::rome::value::{value_star, ValuePrompts};
 use crate::methods::rome::{RequestPrompts, Rome, RomeHparams};
 use crate::methods::{
-    check_subject_request, filter_warnings, Computed, EditContext, EditMethod, LoadedMethod,
-    MethodReport,
+    filter_warnings, Computed, EditContext, EditMethod, LoadedMethod, MethodReport,
 };
 use crate::model::{Model, ParamId};
 use crate::progress::{Progress, Silent};
@@ -230,15 +229,7 @@ impl EditMethod for Memit {
     }
 
     fn check_request(&self, model: &Model, request: &EditRequest) -> Result<()> {
-        let longest = self
-            .rome
-            .hparams()
-            .context_template_length_params
-            .iter()
-            .map(|&(len, _)| len + 2)
-            .max()
-            .unwrap_or(0);
-        check_subject_request(model, request, longest)
+        self.rome.check_request(model, request)
     }
 
     fn compute(

@@ -162,6 +162,23 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    fn max_abs(t: &Tensor) -> f64 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// K ΔWᵀ: what the update maps each key to.
+    fn mapped(keys: &Tensor, delta: &Delta) -> Tensor {
+        let Delta::LowRank { u, v } = delta else {
+            panic!("a low-rank delta")
+        };
+        keys.matmul(v).unwrap().matmul(&u.t().unwrap()).unwrap()
+    }
+
     fn random(rows: usize, cols: usize, rng: &mut Rng) -> Tensor {
         let v: Vec<f64> = (0..rows * cols).map(|_| rng.normal()).collect();
         Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
@@ -185,18 +202,7 @@ mod tests {
             DType::F64,
         )
         .unwrap();
-        let Delta::LowRank { u, v } = &delta else {
-            panic!("a low-rank delta")
-        };
-        let mapped = keys.matmul(v).unwrap().matmul(&u.t().unwrap()).unwrap(); // K ΔWᵀ
-        let err = (mapped - &resid)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let err = max_abs(&(mapped(&keys, &delta) - &resid).unwrap());
         assert!(err < 1e-6, "ΔW k_i = r_i: error {err}");
         // λ large: the update is damped toward zero.
         let damped = layer_update(
@@ -207,20 +213,7 @@ mod tests {
             DType::F64,
         )
         .unwrap();
-        let Delta::LowRank { u, v } = &damped else {
-            panic!("a low-rank delta")
-        };
-        let size = keys
-            .matmul(v)
-            .unwrap()
-            .matmul(&u.t().unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let size = max_abs(&mapped(&keys, &damped));
         assert!(size < 1e-3, "{size}");
     }
 
@@ -258,20 +251,8 @@ mod tests {
                 norm: 0.0,
                 ridge: 1e-12,
             };
-            let Delta::LowRank { u, v } =
-                layer_update(&keys, &resid, &c, objective, DType::F64).unwrap()
-            else {
-                panic!("a low-rank delta")
-            };
-            let mapped = keys.matmul(&v).unwrap().matmul(&u.t().unwrap()).unwrap();
-            let err = (mapped - &resid)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
+            let delta = layer_update(&keys, &resid, &c, objective, DType::F64).unwrap();
+            let err = max_abs(&(mapped(&keys, &delta) - &resid).unwrap());
             assert!(err < 1e-6, "w = {weight}: ΔW k_i = r_i, error {err}");
         }
         let zero = Mat::<f64>::zeros(d_ff, d_ff);
