@@ -199,19 +199,8 @@ impl EditMethod for Memit {
     }
 
     fn missing_statistics(&self, model: &Model, ctx: &EditContext) -> Result<Option<String>> {
-        if self.rome.stats_request_for(self.layers(), ctx)?.is_some() {
-            return Ok(None);
-        }
-        for layer in self.layers() {
-            if cached_key_stats(model, layer, None, &ctx.cache)?.is_none() {
-                return Ok(Some(format!(
-                    "no key statistics of layer {layer} are cached and no corpus is given \
-                     (`mom2_dataset: {}` is not a file)",
-                    self.rome.hparams().mom2_dataset
-                )));
-            }
-        }
-        Ok(None)
+        // The same layers and statistics request as ROME's parts: its answer is ours.
+        self.rome.missing_statistics(model, ctx)
     }
 
     fn max_batch(&self) -> Option<usize> {

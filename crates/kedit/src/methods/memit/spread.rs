@@ -79,16 +79,15 @@ fn equality_update(
     ridge: f64,
     dtype: DType,
 ) -> Result<Delta> {
-    let k = to_mat(keys)?; // [n, d_ff]
-    let r = to_mat(resid)?; // [n, d]
+    let (k, r) = operands(keys, resid, c)?;
     let (n, d_ff) = (k.nrows(), k.ncols());
-    check_shapes(n, d_ff, r.nrows(), c)?;
     let c_prime = Mat::from_fn(d_ff, d_ff, |i, j| {
         weight * c[(i, j)] + if i == j { norm } else { 0.0 }
     });
     let c_llt = c_prime.llt(Side::Lower).map_err(|_| {
         Error::EditRefused(format!(
-            "EMMET's wC + μI (w = {weight}, μ = {norm}) is not positive definite:              give `update_norm_lambda` a positive value"
+            "EMMET's wC + μI (w = {weight}, μ = {norm}) is not positive definite: \
+             give `update_norm_lambda` a positive value"
         ))
     })?;
     let kt = k.transpose().to_owned(); // [d_ff, n]
@@ -99,14 +98,20 @@ fn equality_update(
     }
     let d_llt = d.llt(Side::Lower).map_err(|_| {
         Error::EditRefused(format!(
-            "EMMET's D = KᵀC'⁻¹K + εI (ε = {ridge}, {n} keys) is not positive definite:              the batch's keys are dependent; raise `emmet_lambda`"
+            "EMMET's D = KᵀC'⁻¹K + εI (ε = {ridge}, {n} keys) is not positive definite: \
+             the batch's keys are dependent; raise `emmet_lambda`"
         ))
     })?;
     let v = d_llt.solve(y.transpose()).transpose().to_owned(); // C'⁻¹K D⁻¹, [d_ff, n]
     factors(r.transpose().to_owned(), v, dtype)
 }
 
-fn check_shapes(n: usize, d_ff: usize, resid_rows: usize, c: &Mat<f64>) -> Result<()> {
+/// The keys (`[n, d_ff]`) and residual shares (`[n, d]`) as f64 matrices, checked against
+/// each other and the moment.
+fn operands(keys: &Tensor, resid: &Tensor, c: &Mat<f64>) -> Result<(Mat<f64>, Mat<f64>)> {
+    let k = to_mat(keys)?;
+    let r = to_mat(resid)?;
+    let (n, d_ff, resid_rows) = (k.nrows(), k.ncols(), r.nrows());
     if resid_rows != n || c.nrows() != d_ff || c.ncols() != d_ff {
         return Err(Error::invalid(format!(
             "the layer solve got {n} keys of width {d_ff}, {resid_rows} residuals and a {}x{} \
@@ -115,7 +120,7 @@ fn check_shapes(n: usize, d_ff: usize, resid_rows: usize, c: &Mat<f64>) -> Resul
             c.ncols()
         )));
     }
-    Ok(())
+    Ok((k, r))
 }
 
 /// ΔW = U Vᵀ, refused when a factor is not finite.
@@ -141,10 +146,8 @@ fn spread_update(
     lambda: f64,
     dtype: DType,
 ) -> Result<Delta> {
-    let k = to_mat(keys)?; // [n, d_ff]
-    let r = to_mat(resid)?; // [n, d]
-    let (n, d_ff) = (k.nrows(), k.ncols());
-    check_shapes(n, d_ff, r.nrows(), c)?;
+    let (k, r) = operands(keys, resid, c)?;
+    let n = k.nrows();
     let kt = k.transpose().to_owned(); // [d_ff, n]
     let a = c * lambda + &kt * &k;
     let llt = a.llt(Side::Lower).map_err(|_| {
