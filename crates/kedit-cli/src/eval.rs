@@ -41,7 +41,8 @@ pub struct Args {
     /// single, sequential or batch.
     #[arg(long, default_value = "single")]
     mode: String,
-    /// Requests per method call in batch mode.
+    /// Requests per method call in batch and sequential mode (sequential: a stream of
+    /// calls of this many requests, each evaluated right after its edit).
     #[arg(long, default_value_t = 1, value_parser = bounds::count(1, 100_000))]
     batch_size: usize,
     /// Text corpus for key statistics (ROME), when none are cached.
@@ -82,10 +83,10 @@ pub fn run_cmd(args: Args) -> Result<()> {
     if data.requests.is_empty() {
         bail!("{}: no usable record", args.data.display());
     }
-    let batch_size = if mode == Mode::Batch {
-        args.batch_size
-    } else {
+    let batch_size = if mode == Mode::Single {
         1
+    } else {
+        args.batch_size
     };
     let loaded = match (&args.method, args.pre_only) {
         (Some(name), false) => {

@@ -316,3 +316,63 @@ fn an_interrupted_sequential_run_resumes_from_saved_edits() {
     assert_eq!(store.after_all, complete);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A stream of calls of two requests each: one edit per call, each case evaluated after its
+/// own call, all after the last; interrupted in the middle of the second call's records, the
+/// run redoes that call only and ends where the uninterrupted run ends.
+#[test]
+fn a_sequential_stream_of_batches_edits_per_call_and_resumes_mid_call() {
+    let requests = zsre_dev(4);
+    let dir = std::env::temp_dir().join(format!("kedit-seq-batches-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let header = serde_json::json!({"method": "ft-m", "mode": "sequential", "batch_size": 2});
+    let counting = Counting::new(ft_m());
+    let opts = options(Mode::Sequential, 2);
+    let mut editor = Editor::new(smollm2().clone());
+    let mut store = RunStore::open(&dir, &header).unwrap();
+    let ctx = EditContext::default();
+    run(
+        &mut editor,
+        &counting,
+        &ctx,
+        &requests,
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 2);
+    assert!(store
+        .cases
+        .values()
+        .all(|r| r.edit.batch_size == 2 && r.post.is_some()));
+    assert_eq!(store.after_all.len(), 4);
+    assert!(dir.join("edits/0.safetensors").exists() && dir.join("edits/2.safetensors").exists());
+    let complete = store.after_all.clone();
+
+    let cases = std::fs::read_to_string(dir.join("cases.jsonl")).unwrap();
+    let kept: Vec<&str> = cases.lines().take(3).collect();
+    std::fs::write(dir.join("cases.jsonl"), kept.join("\n") + "\n").unwrap();
+    std::fs::remove_file(dir.join("after_all.jsonl")).unwrap();
+    let mut store = RunStore::open(&dir, &header).unwrap();
+    assert_eq!(store.cases.len(), 3);
+    let counting = Counting::new(ft_m());
+    run(
+        &mut editor,
+        &counting,
+        &ctx,
+        &requests,
+        &opts,
+        &mut store,
+        &mut (),
+    )
+    .unwrap();
+    assert_eq!(
+        counting.calls.load(Ordering::SeqCst),
+        1,
+        "only the interrupted call is redone"
+    );
+    assert!(editor.is_pristine().unwrap());
+    assert_eq!(store.after_all, complete);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

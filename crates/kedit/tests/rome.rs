@@ -15,7 +15,9 @@ use kedit::experiment::{run, Mode, RunOptions, RunStore};
 use kedit::methods::rome::key::Lookup;
 use kedit::methods::rome::moment::KeyCovariance;
 use kedit::methods::rome::templates::{context_templates, TemplateSpec};
-use kedit::methods::rome::value::{loss_at, value_star, KlAt, ValueHparams, ValuePrompts};
+use kedit::methods::rome::value::{
+    loss_at, value_star, value_stars, KlAt, ValueHparams, ValuePrompts,
+};
 use kedit::methods::{self, EditContext, HparamsSource};
 use kedit::progress::Silent;
 use kedit::prompts::{lookup, target_ids, FactToken};
@@ -226,6 +228,7 @@ fn v_star_on_two_threads_equals_v_star_on_one() {
             early_stop_loss: 0.0,
             early_stop_nll: 0.0,
             groups,
+            wave: 1,
         };
         let prompts = ValuePrompts {
             layer: 5,
@@ -370,6 +373,7 @@ fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
                 early_stop_loss: 0.0,
                 early_stop_nll: 0.0,
                 groups,
+                wave: 1,
             };
             let (loss, split_nll) = loss_at(model, &prompts, &hp, &delta).unwrap();
             println!("{kl_at:?}, {groups} groups: loss {loss:.6} (nll {split_nll:.6}), full forward {expected:.6} (nll {nll:.6})");
@@ -477,4 +481,99 @@ fn a_resumed_sequential_rome_run_edits_as_an_uninterrupted_one() {
         original, edited,
         "the first edit leaves the templates as they were"
     );
+}
+
+/// MEMIT's z*: requests optimised together in shared passes, each with its own δ, Adam
+/// state, clamp and stopping, must find what each finds alone — in waves smaller than the
+/// batch too, and when requests stop at different steps (which rebuilds the shared rows).
+#[test]
+fn the_v_stars_of_requests_optimised_together_equal_each_alone() {
+    let model = smollm2();
+    let tok = model.tokenizer().unwrap();
+    let facts = [
+        ("The Eiffel Tower", "{} is located in the city of", "Rome"),
+        ("The Louvre", "{} is a museum in", "Berlin, Germany"),
+        ("Barack Obama", "{} was born in", "Kyoto"),
+    ];
+    let contexts = ["{}", "Yes. {}", "The news today: {}"];
+    type Built = (Vec<Lookup>, Vec<Lookup>, Vec<u32>);
+    let built: Vec<Built> = facts
+        .iter()
+        .map(|&(subject, prompt, target)| {
+            let make = |text: &str| {
+                let (ids, index) = lookup(tok, text, subject, FactToken::SubjectLast).unwrap();
+                Lookup { ids, index }
+            };
+            let rewriting = contexts
+                .iter()
+                .map(|c| make(&c.replace("{}", prompt)))
+                .collect();
+            (
+                rewriting,
+                vec![make("{} is a")],
+                target_ids(tok, target).unwrap(),
+            )
+        })
+        .collect();
+    let prompts: Vec<ValuePrompts> = built
+        .iter()
+        .map(|(rewriting, kl, target)| ValuePrompts {
+            layer: 5,
+            rewriting,
+            target,
+            kl,
+        })
+        .collect();
+    // Without early stopping, then stopping at an NLL the requests reach at different steps.
+    for early_stop_nll in [0.0, 3.0] {
+        let hp = |wave| ValueHparams {
+            steps: 8,
+            lr: 0.5,
+            weight_decay: 0.5,
+            clamp_norm_factor: 4.0,
+            kl_factor: 0.0625,
+            kl_at: KlAt::Last,
+            early_stop_loss: 0.0,
+            early_stop_nll,
+            groups: 2,
+            wave,
+        };
+        let alone: Vec<_> = prompts
+            .iter()
+            .map(|p| value_star(model, p, &hp(1), &mut Vec::new()).unwrap())
+            .collect();
+        for wave in [2, 3] {
+            let mut log = Vec::new();
+            let together = value_stars(model, &prompts, &hp(wave), &mut log).unwrap();
+            for line in &log {
+                println!("{line}");
+            }
+            for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+                let diff = (&a.delta - &t.delta)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                let size = a.delta.sqr().unwrap().sum_all().unwrap();
+                let rel =
+                    (diff.to_scalar::<f32>().unwrap() / size.to_scalar::<f32>().unwrap()).sqrt();
+                println!(
+                    "stop at nll {early_stop_nll}, wave {wave}, request {i}: {} vs {} steps, \
+                     loss {:.4} vs {:.4}, relative δ difference {rel:.2e}",
+                    a.iterations, t.iterations, a.loss, t.loss
+                );
+                assert_eq!(a.iterations, t.iterations, "request {i}");
+                assert!(rel < 1e-3, "request {i}: relative difference {rel}");
+                assert!((a.loss - t.loss).abs() < 1e-3 * a.loss.abs().max(1.0));
+            }
+        }
+        if early_stop_nll > 0.0 {
+            let steps: Vec<usize> = alone.iter().map(|a| a.iterations).collect();
+            assert!(
+                steps.iter().any(|&s| s != steps[0]),
+                "the requests must stop at different steps to test that: {steps:?}"
+            );
+        }
+    }
 }

@@ -27,6 +27,9 @@ pub struct Args {
     format: Format,
     #[arg(long, default_value_t = 20, value_parser = crate::bounds::count(1, 100_000))]
     limit: usize,
+    /// Requests per method call (MEMIT and the methods like it edit many in one call).
+    #[arg(long, default_value_t = 1, value_parser = crate::bounds::count(1, 100_000))]
+    batch_size: usize,
     /// Corpus for key statistics (methods that need them).
     #[arg(long)]
     corpus: Option<PathBuf>,
@@ -58,26 +61,33 @@ pub fn run(args: Args) -> Result<()> {
         .method
         .prepare(&model, &ctx, &mut crate::progress::Bars::default())?;
     let system = Editor::new(model);
-    let bench = edit_speed(&system, loaded.method.as_ref(), &data.requests, &ctx, |t| {
-        if args.verbose {
-            t.log.iter().for_each(|line| eprintln!("{line}"));
-        }
-        let phases: Vec<String> = t
-            .phases
-            .iter()
-            .map(|(p, s)| format!("{p} {s:.2}"))
-            .collect();
-        eprintln!(
-            "{}: {:.2} s ({}){}",
-            t.case_id,
-            t.seconds,
-            phases.join(", "),
-            t.error
-                .as_deref()
-                .map(|e| format!(" — {e}"))
-                .unwrap_or_default()
-        );
-    })?;
+    let bench = edit_speed(
+        &system,
+        loaded.method.as_ref(),
+        &data.requests,
+        args.batch_size,
+        &ctx,
+        |t| {
+            if args.verbose {
+                t.log.iter().for_each(|line| eprintln!("{line}"));
+            }
+            let phases: Vec<String> = t
+                .phases
+                .iter()
+                .map(|(p, s)| format!("{p} {s:.2}"))
+                .collect();
+            eprintln!(
+                "{}: {:.2} s ({}){}",
+                t.case_id,
+                t.seconds,
+                phases.join(", "),
+                t.error
+                    .as_deref()
+                    .map(|e| format!(" — {e}"))
+                    .unwrap_or_default()
+            );
+        },
+    )?;
     if args.json {
         return print_json(&bench);
     }
@@ -86,22 +96,37 @@ pub fn run(args: Args) -> Result<()> {
         .iter()
         .map(|(p, s)| vec![p.clone(), format!("{s:.3}")])
         .collect();
+    let call = if bench.batch_size == 1 {
+        "edit"
+    } else {
+        "call"
+    };
     rows.push(vec![
-        "total (median)".into(),
+        format!("total per {call} (median)"),
         match bench.median_seconds {
             Some(s) => format!("{s:.3}"),
-            None => "n/a: the median leaves out the first edit; use --limit 2 or more".into(),
+            None => {
+                format!("n/a: the median leaves out the first {call}; give --limit more requests")
+            }
         },
     ]);
     rows.push(vec![
-        "first edit (fills caches)".into(),
+        format!("first {call} (fills caches)"),
         format!("{:.3}", bench.first_seconds),
     ]);
+    if bench.batch_size > 1 {
+        let per_call = bench.median_seconds.unwrap_or(bench.first_seconds);
+        rows.push(vec![
+            "seconds per edit".into(),
+            format!("{:.3}", per_call / bench.batch_size.min(bench.n) as f64),
+        ]);
+    }
     println!(
-        "{} on {} requests of {}",
+        "{} on {} requests of {}, {} to a call",
         bench.method,
         bench.n,
-        args.data.display()
+        args.data.display(),
+        bench.batch_size
     );
     println!("{}", table(&["phase", "seconds"], &rows));
     if let Some(b) = bench.max_peak_rss_bytes {

@@ -3,15 +3,19 @@
 //! - **single**: per case, edit → evaluate → revert; the weights are checked bit-identical
 //!   to the original after every case (a failed check stops the run: every later number
 //!   would be wrong).
-//! - **sequential**: edits accumulate; each case is evaluated right after its own edit
-//!   (EasyEdit since 2026-06, `post`) and every case again after all edits (the older
-//!   papers' protocol, `after_all`). The model is reverted and checked at the end.
+//! - **sequential**: edits accumulate, one method call per `batch_size` requests (a stream
+//!   of batches: AlphaEdit's and MEMIT's lifelong setting); each case is evaluated right
+//!   after its own call's edit (EasyEdit since 2026-06, `post`) and every case again after
+//!   all edits (the older papers' protocol, `after_all`). The model is reverted and checked
+//!   at the end.
 //! - **batch**: one method call per `batch_size` requests, evaluated together, reverted.
 //!
 //! Pre-edit metrics are computed once per case (batched across cases) before any edit and
-//! kept in the store. A refused edit (a request the method's `check_request` refuses, an
-//! error from `compute`, or an edit `apply` refuses, such as one that changes no weight) is
-//! recorded on its cases; the editor leaves the model as it was.
+//! kept in the store. A request the method's `check_request` refuses is recorded on its case
+//! with its reason and left out of the call; the rest of the call still edits. A refused
+//! edit (an error from `compute`, or an edit `apply` refuses, such as one that changes no
+//! weight or is not finite) is recorded on every case of the call; the editor leaves the
+//! model as it was.
 
 use std::time::Instant;
 
@@ -52,7 +56,7 @@ impl std::str::FromStr for Mode {
 #[derive(Clone, Copy, Debug)]
 pub struct RunOptions {
     pub mode: Mode,
-    /// Requests per method call in batch mode.
+    /// Requests per method call in batch and sequential mode.
     pub batch_size: usize,
     pub metrics: MetricOptions,
 }
@@ -61,7 +65,7 @@ impl RunOptions {
     /// Refuses options that cannot run, before any work (callers that keep a run
     /// directory call it before opening one, so that nothing is written for them).
     pub fn check(&self, method: Option<&dyn EditMethod>) -> Result<()> {
-        if self.mode != Mode::Batch {
+        if self.mode == Mode::Single {
             return Ok(());
         }
         let size = self.batch_size;
@@ -199,16 +203,34 @@ impl Session<'_> {
         store: &RunStore,
     ) -> Result<(Option<Edit>, Vec<CaseRecord>)> {
         let requests = self.requests;
-        let batch: Vec<EditRequest> = indices.iter().map(|&i| requests[i].clone()).collect();
         reset_peak_rss();
         let start = Instant::now();
-        // Requests the method cannot edit are refused before any work.
-        let computed = batch
+        // Requests the method cannot edit are refused before any work, each with its own
+        // reason; the rest of the call still edits.
+        let mut refusals: Vec<Option<String>> = indices
             .iter()
-            .try_for_each(|r| self.method.check_request(self.editor.model(), r))
-            .and_then(|()| self.method.compute(self.editor, &batch, self.ctx));
+            .map(|&i| {
+                self.method
+                    .check_request(self.editor.model(), &requests[i])
+                    .err()
+                    .map(|e| e.to_string())
+            })
+            .collect();
+        let batch: Vec<EditRequest> = indices
+            .iter()
+            .zip(&refusals)
+            .filter(|(_, refused)| refused.is_none())
+            .map(|(&i, _)| requests[i].clone())
+            .collect();
+        let computed = if batch.is_empty() {
+            Err(Error::EditRefused(
+                "every request of the call was refused".into(),
+            ))
+        } else {
+            self.method.compute(self.editor, &batch, self.ctx)
+        };
         let mut outcome = EditOutcome {
-            batch_size: indices.len(),
+            batch_size: batch.len(),
             ..Default::default()
         };
         let applied = match computed {
@@ -236,13 +258,31 @@ impl Session<'_> {
         let (edit, posts) = match applied {
             Ok(edit) => {
                 let start = Instant::now();
-                let reqs: Vec<&EditRequest> = batch.iter().collect();
-                let posts = evaluate(&*self.editor, &reqs, Some(&pre), &self.opts.metrics)?;
+                let edited: Vec<(usize, &EditRequest)> = indices
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| refusals[*k].is_none())
+                    .map(|(k, &i)| (k, &requests[i]))
+                    .collect();
+                let reqs: Vec<&EditRequest> = edited.iter().map(|(_, r)| *r).collect();
+                let pres: Vec<&Metrics> = edited.iter().map(|(k, _)| pre[*k]).collect();
+                let mut posts = vec![None; indices.len()];
+                for ((k, _), m) in edited.iter().zip(evaluate(
+                    &*self.editor,
+                    &reqs,
+                    Some(&pres),
+                    &self.opts.metrics,
+                )?) {
+                    posts[*k] = Some(m);
+                }
                 outcome.eval_seconds = start.elapsed().as_secs_f64();
-                (Some(edit), posts.into_iter().map(Some).collect())
+                (Some(edit), posts)
             }
             Err(e) => {
-                outcome.error = Some(e.to_string());
+                let why = e.to_string();
+                for r in refusals.iter_mut().filter(|r| r.is_none()) {
+                    *r = Some(why.clone());
+                }
                 (None, vec![None; indices.len()])
             }
         };
@@ -250,14 +290,18 @@ impl Session<'_> {
             .iter()
             .zip(posts)
             .zip(pre)
-            .map(|((&i, post), pre)| CaseRecord {
+            .zip(refusals)
+            .map(|(((&i, post), pre), refused)| CaseRecord {
                 index: i,
                 case_id: requests[i].case_id.clone(),
                 prompt: requests[i].prompt.clone(),
                 target_new: requests[i].target_new.clone(),
                 pre: pre.clone(),
                 post,
-                edit: outcome.clone(),
+                edit: EditOutcome {
+                    error: refused,
+                    ..outcome.clone()
+                },
             })
             .collect();
         Ok((edit, records))
@@ -318,36 +362,48 @@ impl Session<'_> {
     }
 
     fn sequential(&mut self, store: &mut RunStore) -> Result<()> {
-        // Resume: rebuild the accumulated system from the edits of the cases already done.
-        let done: Vec<usize> = store.cases.keys().copied().collect();
-        for &i in &done {
-            let refused = store.cases[&i].edit.error.is_some();
-            match store.load_edit(i)? {
-                Some(edit) if !refused => {
+        let n = self.requests.len();
+        let all: Vec<usize> = (0..n).collect();
+        // Calls of `batch_size` requests, in order; each call's edit is saved under its
+        // first case's index.
+        let chunks: Vec<&[usize]> = all.chunks(self.opts.batch_size.max(1)).collect();
+        // Resume: rebuild the accumulated system from the edits of the calls already done. A
+        // call some of whose cases are missing was interrupted before its records were all
+        // written: it is redone, as are all after it.
+        let mut first_todo = chunks.len();
+        for (c, chunk) in chunks.iter().enumerate() {
+            if !chunk.iter().all(|i| store.cases.contains_key(i)) {
+                first_todo = c;
+                break;
+            }
+            let edited = chunk.iter().any(|i| store.cases[i].edit.error.is_none());
+            match store.load_edit(chunk[0])? {
+                Some(edit) if edited => {
                     self.editor.apply(&edit)?;
                 }
-                None if refused => {}
+                None if !edited => {}
                 _ => {
                     return Err(Error::invalid(format!(
-                        "cannot resume this sequential run: the saved edit of case {i} is \
-                         missing or inconsistent with its record; start a new run"
+                        "cannot resume this sequential run: the saved edit of the call from \
+                         case {} is missing or inconsistent with its records; start a new run",
+                        chunk[0]
                     )))
                 }
             }
         }
-        let n = self.requests.len();
-        let todo: Vec<usize> = (0..n).filter(|i| !store.cases.contains_key(i)).collect();
+        let todo = &chunks[first_todo..];
         if !todo.is_empty() {
             // New edits change the final system: every after-all value is stale.
             // (Re-written lines are appended; the last line of a case wins when a run is
             // reopened.)
             store.after_all.clear();
         }
-        self.progress.phase("edits (sequential)", n, n - todo.len());
-        for i in todo {
-            let (edit, records) = self.edit_and_evaluate(&[i], store)?;
+        let done = chunks[..first_todo].iter().map(|c| c.len()).sum();
+        self.progress.phase("edits (sequential)", n, done);
+        for chunk in todo {
+            let (edit, records) = self.edit_and_evaluate(chunk, store)?;
             if let Some(edit) = edit {
-                store.save_edit(i, &edit)?;
+                store.save_edit(chunk[0], &edit)?;
             }
             self.put_all(store, records)?;
         }

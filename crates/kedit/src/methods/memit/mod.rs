@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::methods::hparams::{lenient_f64, HparamsSource};
 use crate::methods::rome::key::{at_lookups, keys_at, Lookup};
 use crate::methods::rome::moment::moment_matrix;
-use crate::methods::rome::value::{value_star, ValuePrompts};
+use crate::methods::rome::value::{value_stars, ValuePrompts};
 use crate::methods::rome::{RequestPrompts, Rome, RomeHparams};
 use crate::methods::{
     filter_warnings, Computed, EditContext, EditMethod, LoadedMethod, MethodReport,
@@ -251,21 +251,25 @@ impl EditMethod for Memit {
         // 1. z* for every request at the last edited layer.
         let vh = self.rome.value_hparams();
         let deltas = report.timed("z", |report| {
-            let mut deltas = Vec::with_capacity(prompts.len());
-            for p in &prompts {
-                let v = value_star(
-                    model,
-                    &ValuePrompts {
-                        layer: last,
-                        rewriting: &p.rewriting,
-                        target: &p.target,
-                        kl: &p.kl,
-                    },
-                    &vh,
-                    &mut report.log,
-                )?;
-                deltas.push(v.delta.to_dtype(DType::F64)?);
-            }
+            let value_prompts: Vec<ValuePrompts> = prompts
+                .iter()
+                .map(|p| ValuePrompts {
+                    layer: last,
+                    rewriting: &p.rewriting,
+                    target: &p.target,
+                    kl: &p.kl,
+                })
+                .collect();
+            let stars = value_stars(model, &value_prompts, &vh, &mut report.log)?;
+            let iterations: usize = stars.iter().map(|v| v.iterations).sum();
+            report.note(
+                "z_iterations_mean",
+                format!("{:.1}", iterations as f64 / stars.len() as f64),
+            );
+            let deltas = stars
+                .iter()
+                .map(|v| v.delta.to_dtype(DType::F64))
+                .collect::<candle_core::Result<Vec<_>>>()?;
             Ok(Tensor::stack(&deltas, 0)?)
         })?;
         let z = (residual(model)? + deltas)?;

@@ -85,6 +85,21 @@ pub struct RomeHparams {
     /// Seed of the context-template sampling.
     #[serde(default)]
     pub context_template_seed: u64,
+    /// Requests whose v* (MEMIT: z*) are optimised together in shared forward passes (a
+    /// kedit extension; the results are the same, only the speed and memory change).
+    #[serde(
+        default = "default_v_batch_requests",
+        skip_serializing_if = "is_default_wave"
+    )]
+    pub v_batch_requests: usize,
+}
+
+fn default_v_batch_requests() -> usize {
+    value::DEFAULT_WAVE
+}
+
+fn is_default_wave(n: &usize) -> bool {
+    *n == value::DEFAULT_WAVE
 }
 
 /// The most documents `mom2_n_samples` may ask for.
@@ -155,6 +170,9 @@ impl RomeHparams {
                 .check("v_early_stop_nll", nll)
                 .in_range(0.0, MAX_STOP_LOSS)?;
         }
+        source
+            .check("v_batch_requests", self.v_batch_requests as f64)
+            .in_range(1.0, 4096.0)?;
         Ok(params)
     }
 }
@@ -336,6 +354,7 @@ impl Rome {
             early_stop_loss: self.hp.v_early_stop_loss,
             early_stop_nll: self.hp.v_early_stop_nll.unwrap_or(0.0),
             groups: value::DEFAULT_GROUPS,
+            wave: self.hp.v_batch_requests,
         }
     }
 
