@@ -146,3 +146,27 @@ mod tests {
         assert_eq!(fill("{} is in", "Paris"), "Paris is in");
     }
 }
+
+/// Characters that end an answer when a token starts with them: after "Paris" the model
+/// may go on with " is", ".", ",", a newline — but not with "ian" or "'s".
+const ANSWER_ENDS: &[char] = &['.', ',', ';', ':', '!', '?', ')', ']', '"'];
+
+/// Per token id: whether the token ends the answer before it (it starts with whitespace or
+/// with one of [`ANSWER_ENDS`], or it is the end-of-sequence token). Free generation stops a
+/// word only where the next token does this; teacher forcing never asks.
+pub fn answer_boundaries(tok: &Tokenizer) -> Result<Vec<bool>> {
+    let n = tok.vocab_size();
+    let eos = tok.eos_id();
+    (0..n as u32)
+        .map(|id| {
+            if Some(id) == eos {
+                return Ok(true);
+            }
+            let text = tok.decode(&[id], false)?;
+            Ok(text
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_whitespace() || ANSWER_ENDS.contains(&c)))
+        })
+        .collect()
+}

@@ -16,7 +16,7 @@ use kedit::methods::rome::key::Lookup;
 use kedit::methods::rome::moment::KeyCovariance;
 use kedit::methods::rome::templates::{context_templates, TemplateSpec};
 use kedit::methods::rome::value::{
-    loss_at, value_star, value_stars, KlAt, ValueHparams, ValuePrompts,
+    gradient_at, loss_at, value_star, value_stars, KlAt, ValueHparams, ValuePrompts,
 };
 use kedit::methods::{self, EditContext, HparamsSource};
 use kedit::progress::Silent;
@@ -229,6 +229,7 @@ fn v_star_on_two_threads_equals_v_star_on_one() {
             early_stop_nll: 0.0,
             groups,
             wave: 1,
+            answer_end: None,
         };
         let prompts = ValuePrompts {
             layer: 5,
@@ -374,6 +375,7 @@ fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
                 early_stop_nll: 0.0,
                 groups,
                 wave: 1,
+                answer_end: None,
             };
             let (loss, split_nll) = loss_at(model, &prompts, &hp, &delta).unwrap();
             println!("{kl_at:?}, {groups} groups: loss {loss:.6} (nll {split_nll:.6}), full forward {expected:.6} (nll {nll:.6})");
@@ -537,6 +539,7 @@ fn the_v_stars_of_requests_optimised_together_equal_each_alone() {
             early_stop_nll,
             groups: 2,
             wave,
+            answer_end: None,
         };
         let alone: Vec<_> = prompts
             .iter()
@@ -575,5 +578,114 @@ fn the_v_stars_of_requests_optimised_together_equal_each_alone() {
                 "the requests must stop at different steps to test that: {steps:?}"
             );
         }
+    }
+}
+
+/// The answer-end term, −log Σ p(token that ends the answer) after the target: its value
+/// from the cached prefixes equals a full forward's, and the gradient of the whole v* loss
+/// with it (NLL, end, KL) matches central finite differences.
+#[test]
+fn the_answer_end_term_matches_a_full_forward_and_finite_differences() {
+    let model = smollm2();
+    let tok = model.tokenizer().unwrap();
+    let make = |text: &str| {
+        let (ids, index) = lookup(tok, text, "Butterfly Cluster", FactToken::SubjectLast).unwrap();
+        Lookup { ids, index }
+    };
+    let rewriting = vec![
+        make("What constellation is home to {}?"),
+        make("Yes. What constellation is home to {}?"),
+    ];
+    let kl = vec![make("{} is a")];
+    let target = target_ids(tok, "Orion").unwrap();
+    let ends_mask = kedit::prompts::answer_boundaries(tok).unwrap();
+    assert!(ends_mask[tok.encode(" is").unwrap()[0] as usize]);
+    assert!(ends_mask[tok.encode(".").unwrap()[0] as usize]);
+    assert!(!ends_mask[tok.encode("'s").unwrap()[0] as usize]);
+    let ends: Vec<f32> = ends_mask.iter().map(|&e| f32::from(u8::from(e))).collect();
+    let ends = Tensor::new(ends.as_slice(), &Device::Cpu).unwrap();
+    let d = model.config.d_model;
+    let delta = Tensor::new(
+        (0..d)
+            .map(|i| ((i * 7919 % 101) as f32 / 50.0 - 1.0) * 2.0)
+            .collect::<Vec<_>>()
+            .as_slice(),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let hp = |kl_factor| ValueHparams {
+        steps: 1,
+        lr: 0.5,
+        weight_decay: 0.0,
+        clamp_norm_factor: 4.0,
+        kl_factor,
+        kl_at: KlAt::Last,
+        early_stop_loss: 0.0,
+        early_stop_nll: 0.0,
+        groups: 2,
+        wave: 1,
+        answer_end: Some(ends.clone()),
+    };
+    let prompts = ValuePrompts {
+        layer: 5,
+        rewriting: &rewriting,
+        target: &target,
+        kl: &kl,
+    };
+
+    // The reference: each rewriting prompt with the whole target, in full.
+    let n_t = target.len();
+    let mut expected = 0.0;
+    for p in &rewriting {
+        let mut ids = p.ids.clone();
+        ids.extend_from_slice(&target);
+        let lp = log_probs_with(model, &ids, p.index, &delta);
+        let mut row = 0.0;
+        for (j, &t) in target.iter().enumerate() {
+            row -= lp
+                .get(p.ids.len() - 1 + j)
+                .unwrap()
+                .get(t as usize)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+        }
+        let after = lp.get(p.ids.len() - 1 + n_t).unwrap().exp().unwrap();
+        let ended: f64 = after
+            .to_vec1::<f64>()
+            .unwrap()
+            .iter()
+            .zip(&ends_mask)
+            .filter(|(_, &e)| e)
+            .map(|(p, _)| p)
+            .sum();
+        row -= ended.ln();
+        expected += row / (n_t + 1) as f64 / rewriting.len() as f64;
+    }
+    let (loss, nll) = loss_at(model, &prompts, &hp(0.0), &delta).unwrap();
+    println!("loss {loss:.6} (nll {nll:.6}), full forward {expected:.6}");
+    assert!((loss - expected).abs() < 1e-4, "{loss} vs {expected}");
+
+    let hp = hp(0.5);
+    let grad = gradient_at(model, &prompts, &hp, &delta).unwrap();
+    let mut rng = kedit::rng::Rng::new(7);
+    for k in 0..3 {
+        let dir: Vec<f32> = (0..d).map(|_| rng.normal() as f32).collect();
+        let dir = Tensor::new(dir.as_slice(), &Device::Cpu).unwrap();
+        let analytic = (&grad * &dir)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let h = 1e-2;
+        let at = |s: f64| {
+            let moved = (&delta + (&dir * s).unwrap()).unwrap();
+            loss_at(model, &prompts, &hp, &moved).unwrap().0
+        };
+        let numeric = (at(h) - at(-h)) / (2.0 * h);
+        let rel = (analytic - numeric).abs() / numeric.abs().max(1e-3);
+        println!("direction {k}: analytic {analytic:.6}, finite differences {numeric:.6}, relative error {rel:.2e}");
+        assert!(rel < 2e-2, "direction {k}: {analytic} vs {numeric}");
     }
 }

@@ -249,7 +249,7 @@ impl EditMethod for Memit {
         };
 
         // 1. z* for every request at the last edited layer.
-        let vh = self.rome.value_hparams();
+        let vh = self.rome.value_hparams(model)?;
         let deltas = report.timed("z", |report| {
             let value_prompts: Vec<ValuePrompts> = prompts
                 .iter()

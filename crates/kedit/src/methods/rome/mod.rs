@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::Cache;
@@ -32,7 +33,7 @@ use crate::methods::{
 };
 use crate::model::{BlockParam, Model, ParamId};
 use crate::progress::{Progress, Silent};
-use crate::prompts::{fill, lookup, subject_template, target_ids, FactToken};
+use crate::prompts::{answer_boundaries, fill, lookup, subject_template, target_ids, FactToken};
 use crate::request::EditRequest;
 use crate::stats::{cached_key_stats, require_key_stats, Precision, StatsRequest};
 use key::{key_star, keys_at, Lookup};
@@ -92,6 +93,11 @@ pub struct RomeHparams {
         skip_serializing_if = "is_default_wave"
     )]
     pub v_batch_requests: usize,
+    /// Also train the answer to end after the target: each rewriting prompt scores
+    /// −log p(a token that ends the answer) after the target's tokens (a kedit extension;
+    /// see docs/mass-editing.md, "Free generation").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub v_answer_end: bool,
 }
 
 fn default_v_batch_requests() -> usize {
@@ -209,6 +215,8 @@ pub struct Rome {
     templates: Mutex<HashMap<TemplateSpec, Vec<String>>>,
     /// The factorised C per (layer, fingerprint of the weights below the key).
     covariances: Mutex<HashMap<(usize, u64), Arc<KeyCovariance>>>,
+    /// The tokens that end an answer, when `v_answer_end` asks for them (read once).
+    answer_end: Mutex<Option<Tensor>>,
 }
 
 impl Rome {
@@ -250,6 +258,7 @@ impl Rome {
                 params,
                 templates: Mutex::new(HashMap::new()),
                 covariances: Mutex::new(HashMap::new()),
+                answer_end: Mutex::new(None),
             }),
         })
     }
@@ -262,6 +271,7 @@ impl Rome {
             params,
             templates: Mutex::new(HashMap::new()),
             covariances: Mutex::new(HashMap::new()),
+            answer_end: Mutex::new(None),
         }
     }
 
@@ -343,8 +353,21 @@ impl Rome {
     }
 
     /// The settings of the v* optimisation (MEMIT's z* uses the same).
-    pub(crate) fn value_hparams(&self) -> ValueHparams {
-        ValueHparams {
+    pub(crate) fn value_hparams(&self, model: &Model) -> Result<ValueHparams> {
+        let answer_end = if self.hp.v_answer_end {
+            let mut cached = self.answer_end.lock().expect("lock");
+            if cached.is_none() {
+                let ends: Vec<f32> = answer_boundaries(model.tokenizer()?)?
+                    .into_iter()
+                    .map(|e| if e { 1.0 } else { 0.0 })
+                    .collect();
+                *cached = Some(Tensor::new(ends.as_slice(), model.device())?);
+            }
+            cached.clone()
+        } else {
+            None
+        };
+        Ok(ValueHparams {
             steps: self.hp.v_num_grad_steps,
             lr: self.hp.v_lr,
             weight_decay: self.hp.v_weight_decay,
@@ -355,7 +378,8 @@ impl Rome {
             early_stop_nll: self.hp.v_early_stop_nll.unwrap_or(0.0),
             groups: value::DEFAULT_GROUPS,
             wave: self.hp.v_batch_requests,
-        }
+            answer_end,
+        })
     }
 
     /// A request's prompts, tokenised with their looked-up subject tokens: the context
@@ -418,7 +442,7 @@ impl Rome {
             };
             Ok((k_star, update::left_vector(&direction)?))
         })?;
-        let vh = self.value_hparams();
+        let vh = self.value_hparams(model)?;
         let v = report.timed("value", |report| {
             let prompts = ValuePrompts {
                 layer,

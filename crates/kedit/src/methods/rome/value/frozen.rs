@@ -21,6 +21,8 @@ pub(super) struct RowSpec<'a> {
     pub member: usize,
     /// NLL: 1 / (the request's rewriting rows); KL: 1 / (the request's KL positions).
     pub weight: f64,
+    /// A rewriting row also scores whether the answer ends after the target.
+    pub end: bool,
 }
 
 pub(super) struct Frozen {
@@ -30,12 +32,16 @@ pub(super) struct Frozen {
     pub chunk: TokenBatch,
     pub resid: Tensor,
     pub prefix: Option<KvCache>,
-    /// Where logits are read: the NLL entries first, then the KL entries.
+    /// Where logits are read: the NLL entries first, then the answer-end entries, then the
+    /// KL entries.
     pub entries: Vec<(usize, usize)>,
     /// Per NLL entry: its target token, member and weight in its member's NLL.
     pub targets: Vec<u32>,
     pub nll_member: Vec<usize>,
     pub nll_weight: Vec<f64>,
+    /// Per answer-end entry (after the target): its member and weight in its member's NLL.
+    pub end_member: Vec<usize>,
+    pub end_weight: Vec<f64>,
     /// Per KL entry: its member and weight in its member's KL.
     pub kl_member: Vec<usize>,
     pub kl_weight: Vec<f64>,
@@ -51,15 +57,20 @@ pub(super) fn freeze(model: &Model, layer: usize, rows: &[RowSpec], kl_at: KlAt)
     // (row, position, target, weight): rewriting entries first, then the KL entries.
     let mut nll: Vec<(usize, usize, u32, f64)> = Vec::new();
     let mut kl: Vec<(usize, usize, f64)> = Vec::new();
+    let mut end: Vec<(usize, usize, f64)> = Vec::new();
     for (b, row) in rows.iter().enumerate() {
         let p = row.lookup;
         match row.target {
             Some(target) => {
                 let n_t = target.len();
+                let scored = n_t + usize::from(row.end);
                 let mut ids = p.ids.clone();
-                ids.extend_from_slice(&target[..n_t - 1]);
+                ids.extend_from_slice(&target[..scored - 1]);
                 for (j, &t) in target.iter().enumerate() {
-                    nll.push((b, p.ids.len() - 1 + j, t, row.weight / n_t as f64));
+                    nll.push((b, p.ids.len() - 1 + j, t, row.weight / scored as f64));
+                }
+                if row.end {
+                    end.push((b, p.ids.len() - 1 + n_t, row.weight / scored as f64));
                 }
                 seqs.push(ids);
             }
@@ -164,7 +175,7 @@ pub(super) fn freeze(model: &Model, layer: usize, rows: &[RowSpec], kl_at: KlAt)
     for &(b, pos, _, _) in &nll {
         entries.push((b, pos - cuts[b]));
     }
-    for &(b, pos, _) in &kl {
+    for &(b, pos, _) in end.iter().chain(&kl) {
         entries.push((b, pos - cuts[b]));
     }
     Ok(Frozen {
@@ -177,6 +188,8 @@ pub(super) fn freeze(model: &Model, layer: usize, rows: &[RowSpec], kl_at: KlAt)
         targets: nll.iter().map(|e| e.2).collect(),
         nll_member: nll.iter().map(|e| member(e.0)).collect(),
         nll_weight: nll.iter().map(|e| e.3).collect(),
+        end_member: end.iter().map(|e| member(e.0)).collect(),
+        end_weight: end.iter().map(|e| e.2).collect(),
         kl_member: kl.iter().map(|e| member(e.0)).collect(),
         kl_weight: kl.iter().map(|e| e.2).collect(),
         row_member: rows.iter().map(|r| r.member).collect(),

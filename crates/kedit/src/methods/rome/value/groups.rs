@@ -75,6 +75,7 @@ pub(super) fn build_groups(
                     target: Some(p.target),
                     member: m,
                     weight: rw_weight,
+                    end: hp.answer_end.is_some(),
                 });
             }
             if *has_kl {
@@ -89,6 +90,7 @@ pub(super) fn build_groups(
                         target: None,
                         member: m,
                         weight: 1.0 / kl_total as f64,
+                        end: false,
                     });
                 }
             }
@@ -133,6 +135,7 @@ pub(super) fn group_loss(
     deltas: &[Tensor],
     kl_init: &HashMap<usize, Tensor>,
     kl_factor: f64,
+    answer_end: Option<&Tensor>,
 ) -> Result<GroupLoss> {
     let f = &g.frozen;
     let rows: Vec<Tensor> = f
@@ -153,14 +156,28 @@ pub(super) fn group_loss(
     let logits = forward.run()?.logits.expect("asked for logits");
     let n_members = g.members.len();
     let n_nll = f.targets.len();
-    let n_kl = f.entries.len() - n_nll;
+    let n_end = f.end_member.len();
+    let n_kl = f.entries.len() - n_nll - n_end;
     let picked = target_log_probs(&logits.narrow(0, 0, n_nll)?, &f.targets)?;
     let sums = member_sums(n_members, &f.nll_member, &f.nll_weight, &logits)?;
-    let nll = sums.matmul(&picked.unsqueeze(1)?)?.squeeze(1)?.neg()?;
+    let mut nll = sums.matmul(&picked.unsqueeze(1)?)?.squeeze(1)?.neg()?;
+    if let (Some(ends), true) = (answer_end, n_end > 0) {
+        // log p(the answer ends here) = log Σ over the ending tokens of p(token).
+        let p = log_softmax_last(&logits.narrow(0, n_nll, n_end)?)?.exp()?;
+        let ended = p
+            .matmul(&ends.to_dtype(p.dtype())?.unsqueeze(1)?)?
+            .squeeze(1)?;
+        let sums = member_sums(n_members, &f.end_member, &f.end_weight, &logits)?;
+        let end_nll = sums
+            .matmul(&ended.log()?.unsqueeze(1)?)?
+            .squeeze(1)?
+            .neg()?;
+        nll = (nll + end_nll)?;
+    }
     let mut loss = nll.clone();
     let mut new_kl_init = Vec::new();
     if n_kl > 0 && kl_factor != 0.0 {
-        let kl_lp = log_softmax_last(&logits.narrow(0, n_nll, n_kl)?)?;
+        let kl_lp = log_softmax_last(&logits.narrow(0, n_nll + n_end, n_kl)?)?;
         // Each member's KL entries are contiguous and in member order.
         let mut init = Vec::new();
         let mut offset = 0;

@@ -55,6 +55,11 @@ pub struct ValueHparams {
     pub groups: usize,
     /// Requests optimised together in shared forward passes.
     pub wave: usize,
+    /// `[vocab]`, 1 for the tokens that end an answer ([`crate::prompts::answer_boundaries`]):
+    /// when given, each rewriting prompt also scores −log p(the answer ends after the
+    /// target), so that free generation says the target and stops there rather than going
+    /// on with the word ("Arctiinae" + "Artemis…").
+    pub answer_end: Option<Tensor>,
 }
 
 /// What v* is optimised over: δ at `blocks.{layer}.mlp.out`, the rewriting prompts (each
@@ -151,13 +156,27 @@ pub fn loss_at(
     // The first pass records the KL prompts' distributions before the edit.
     let zero = [delta.zeros_like()?];
     for part in on_threads(&mut groups, |g| {
-        group_loss(model, g, &zero, &kl_init, hp.kl_factor)
+        group_loss(
+            model,
+            g,
+            &zero,
+            &kl_init,
+            hp.kl_factor,
+            hp.answer_end.as_ref(),
+        )
     })? {
         kl_init.extend(part.new_kl_init);
     }
     let deltas = [delta.clone()];
     let parts = on_threads(&mut groups, |g| {
-        group_loss(model, g, &deltas, &kl_init, hp.kl_factor)
+        group_loss(
+            model,
+            g,
+            &deltas,
+            &kl_init,
+            hp.kl_factor,
+            hp.answer_end.as_ref(),
+        )
     })?;
     let (mut loss, mut nll) = (0.0, 0.0);
     for p in &parts {
@@ -167,6 +186,43 @@ pub fn loss_at(
         }
     }
     Ok((loss, nll))
+}
+
+/// The gradient of the loss terms of [`loss_at`] with respect to δ, as each v* step
+/// computes it (for checking it against finite differences).
+pub fn gradient_at(
+    model: &Model,
+    prompts: &ValuePrompts,
+    hp: &ValueHparams,
+    delta: &Tensor,
+) -> Result<Tensor> {
+    check_prompts(std::slice::from_ref(prompts))?;
+    let all = std::slice::from_ref(prompts);
+    let mut groups = build_groups(model, all, &[0], hp)?;
+    let mut kl_init = HashMap::new();
+    let answer_end = hp.answer_end.as_ref();
+    let zero = [delta.zeros_like()?];
+    for part in on_threads(&mut groups, |g| {
+        group_loss(model, g, &zero, &kl_init, hp.kl_factor, answer_end)
+    })? {
+        kl_init.extend(part.new_kl_init);
+    }
+    let var = Var::from_tensor(delta)?;
+    let deltas = [var.as_tensor().clone()];
+    let mut total: Option<Tensor> = None;
+    for g in &groups {
+        let part = group_loss(model, g, &deltas, &kl_init, hp.kl_factor, answer_end)?;
+        let grads = part.loss.sum_all()?.backward()?;
+        let grad = grads
+            .get(var.as_tensor())
+            .cloned()
+            .ok_or_else(|| Error::invalid("δ has no gradient"))?;
+        total = Some(match total {
+            Some(t) => (t + grad)?,
+            None => grad,
+        });
+    }
+    total.ok_or_else(|| Error::invalid("no group to differentiate"))
 }
 
 fn check_prompts(prompts: &[ValuePrompts]) -> Result<()> {
@@ -289,7 +345,14 @@ fn optimise_wave(
         }
         let deltas: Vec<Tensor> = tracks.iter().map(|t| t.delta.as_tensor().clone()).collect();
         let mut parts = on_threads(&mut groups, |g| {
-            group_loss(model, g, &deltas, &kl_init, hp.kl_factor)
+            group_loss(
+                model,
+                g,
+                &deltas,
+                &kl_init,
+                hp.kl_factor,
+                hp.answer_end.as_ref(),
+            )
         })?;
         // Each request's loss: its pieces over the groups, plus its weight decay.
         let mut loss = vec![0.0; n];
