@@ -126,27 +126,6 @@ pub fn lookup(
     Ok((ids, index.min(last)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn templates_and_spacing() {
-        assert_eq!(spaced_target("Paris"), " Paris");
-        assert_eq!(spaced_target(" Paris"), " Paris");
-        assert_eq!(
-            subject_template("Where is the Eiffel Tower?", "Eiffel Tower").unwrap(),
-            "Where is the {}?"
-        );
-        assert_eq!(
-            subject_template("danielle darrieux speaks", "Danielle Darrieux").unwrap(),
-            "{} speaks"
-        );
-        assert!(subject_template("The capital of France", "Germany").is_err());
-        assert_eq!(fill("{} is in", "Paris"), "Paris is in");
-    }
-}
-
 /// Characters that end an answer when a token starts with them: after "Paris" the model
 /// may go on with " is", ".", ",", a newline — but not with "ian" or "'s".
 const ANSWER_ENDS: &[char] = &['.', ',', ';', ':', '!', '?', ')', ']', '"'];
@@ -169,4 +148,25 @@ pub fn answer_boundaries(tok: &Tokenizer) -> Result<Vec<bool>> {
                 .is_some_and(|c| c.is_whitespace() || ANSWER_ENDS.contains(&c)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_and_spacing() {
+        assert_eq!(spaced_target("Paris"), " Paris");
+        assert_eq!(spaced_target(" Paris"), " Paris");
+        assert_eq!(
+            subject_template("Where is the Eiffel Tower?", "Eiffel Tower").unwrap(),
+            "Where is the {}?"
+        );
+        assert_eq!(
+            subject_template("danielle darrieux speaks", "Danielle Darrieux").unwrap(),
+            "{} speaks"
+        );
+        assert!(subject_template("The capital of France", "Germany").is_err());
+        assert_eq!(fill("{} is in", "Paris"), "Paris is in");
+    }
 }
