@@ -8,6 +8,7 @@ use kedit::editor::Editor;
 use kedit::evaluate::MetricOptions;
 use kedit::experiment::modes::pre_edit;
 use kedit::experiment::report::{build_summary, RunConfig, RunSummary};
+use kedit::experiment::stream::{stream_points, write_stream};
 use kedit::experiment::summary::Scores;
 use kedit::experiment::{run, Mode, RunOptions, RunStore};
 use kedit::methods::{EditContext, Registry};
@@ -172,6 +173,13 @@ pub fn run_cmd(args: Args) -> Result<()> {
         bail!("the weights after the run differ from the original ones (fingerprint {after})");
     }
     println!("weights after the run: bit-identical to the original (fingerprint {after})");
+    if mode == Mode::Sequential && loaded.is_some() {
+        let points = stream_points(&store, data.requests.len(), batch_size);
+        let title = format!("{} stream", config.method);
+        if let Some(w) = write_stream(&args.out, &title, &points)? {
+            println!("the stream, call by call: {}", w.png.display());
+        }
+    }
     let records = if loaded.is_some() {
         "cases.jsonl"
     } else {

@@ -6,6 +6,7 @@ pub mod efficiency;
 pub mod modes;
 pub mod report;
 pub mod store;
+pub mod stream;
 pub mod summary;
 
 pub use modes::{run, Mode, RunOptions};

@@ -10,8 +10,10 @@ pub struct LinePlot {
     pub title: String,
     pub x_label: String,
     pub y_label: String,
-    /// (name, y at x = 0, 1, …)
+    /// (name, y at x = x_start, x_start + x_step, …)
     pub series: Vec<(String, Vec<f64>)>,
+    pub x_start: f64,
+    pub x_step: f64,
 }
 
 /// Distinct colours for up to eight series (then they repeat).
@@ -57,7 +59,10 @@ impl LinePlot {
                 .y_label_area_size(60);
         }
         let mut chart = builder
-            .build_cartesian_2d(0f64..(n - 1).max(1) as f64, lo..hi)
+            .build_cartesian_2d(
+                self.x_start..self.x_start + self.x_step * (n - 1).max(1) as f64,
+                lo..hi,
+            )
             .map_err(draw_err)?;
         if text {
             chart
@@ -78,7 +83,7 @@ impl LinePlot {
             let points = ys.iter().enumerate().filter(|(_, y)| y.is_finite());
             let line = chart
                 .draw_series(LineSeries::new(
-                    points.map(|(x, &y)| (x as f64, y)),
+                    points.map(|(x, &y)| (self.x_start + self.x_step * x as f64, y)),
                     colour.stroke_width(2),
                 ))
                 .map_err(draw_err)?;

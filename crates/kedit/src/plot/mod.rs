@@ -167,6 +167,8 @@ mod tests {
             title: "t".into(),
             x_label: "layer".into(),
             y_label: "AIE".into(),
+            x_start: 0.0,
+            x_step: 1.0,
             series: vec![("one".into(), vec![0.0, 0.3, -0.1])],
         };
         Figure {

@@ -90,6 +90,8 @@ fn curves(result: &LocateResult, kind: Kind) -> Option<LinePlot> {
             _ => "center of the restored interval".into(),
         },
         y_label: "AIE on p(answer)".into(),
+        x_start: 0.0,
+        x_step: 1.0,
         series: effects
             .classes
             .iter()
