@@ -60,6 +60,11 @@ fn emmet_writes_a_batch_of_facts_in_one_call_and_reverts() {
     batch_of_two("emmet", "EMMET");
 }
 
+#[test]
+fn pmet_writes_a_batch_of_facts_in_one_call_and_reverts() {
+    batch_of_two("pmet", "PMET");
+}
+
 fn batch_of_two(name: &str, dir_name: &str) {
     let dir = scratch(name);
     let model = smollm2().clone();

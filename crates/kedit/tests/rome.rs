@@ -16,7 +16,7 @@ use kedit::methods::rome::key::Lookup;
 use kedit::methods::rome::moment::KeyCovariance;
 use kedit::methods::rome::templates::{context_templates, TemplateSpec};
 use kedit::methods::rome::value::{
-    gradient_at, loss_at, value_star, value_stars, KlAt, ValueHparams, ValuePrompts,
+    gradient_at, loss_at, loss_at_sites, value_star, value_stars, KlAt, ValueHparams, ValuePrompts,
 };
 use kedit::methods::{self, EditContext, HparamsSource};
 use kedit::progress::Silent;
@@ -230,6 +230,7 @@ fn v_star_on_two_threads_equals_v_star_on_one() {
             groups,
             wave: 1,
             answer_end: None,
+            attention: false,
         };
         let prompts = ValuePrompts {
             layer: 5,
@@ -376,6 +377,7 @@ fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
                 groups,
                 wave: 1,
                 answer_end: None,
+                attention: false,
             };
             let (loss, split_nll) = loss_at(model, &prompts, &hp, &delta).unwrap();
             println!("{kl_at:?}, {groups} groups: loss {loss:.6} (nll {split_nll:.6}), full forward {expected:.6} (nll {nll:.6})");
@@ -540,6 +542,7 @@ fn the_v_stars_of_requests_optimised_together_equal_each_alone() {
             groups: 2,
             wave,
             answer_end: None,
+            attention: false,
         };
         let alone: Vec<_> = prompts
             .iter()
@@ -625,6 +628,7 @@ fn the_answer_end_term_matches_a_full_forward_and_finite_differences() {
         groups: 2,
         wave: 1,
         answer_end: Some(ends.clone()),
+        attention: false,
     };
     let prompts = ValuePrompts {
         layer: 5,
@@ -688,4 +692,121 @@ fn the_answer_end_term_matches_a_full_forward_and_finite_differences() {
         println!("direction {k}: analytic {analytic:.6}, finite differences {numeric:.6}, relative error {rel:.2e}");
         assert!(rel < 2e-2, "direction {k}: {analytic} vs {numeric}");
     }
+}
+
+/// PMET's z*: δs on the attention and the MLP output of layer 5 together. The steps then
+/// start at layer 5 itself (its attention runs again, over the cached prefix); the loss they
+/// compute equals a full forward's with both δs added, and the joint optimisation moves
+/// both δs and reaches a lower loss than its first step's.
+#[test]
+fn pmet_deltas_on_attention_and_mlp_match_a_full_forward() {
+    let model = smollm2();
+    let tok = model.tokenizer().unwrap();
+    let make = |text: &str| {
+        let (ids, index) = lookup(tok, text, "The Eiffel Tower", FactToken::SubjectLast).unwrap();
+        Lookup { ids, index }
+    };
+    let rewriting = vec![
+        make("{} is located in the city of"),
+        make("Yes. {} is located in the city of"),
+    ];
+    let kl = vec![make("{} is a")];
+    let target = target_ids(tok, "Rome").unwrap();
+    let d = model.config.d_model;
+    let wave = |seed: usize, scale: f32| {
+        let v: Vec<f32> = (0..d)
+            .map(|i| (((i * 7919 + seed * 104729) % 101) as f32 / 50.0 - 1.0) * scale)
+            .collect();
+        Tensor::new(v.as_slice(), &Device::Cpu).unwrap()
+    };
+    let (attn, mlp) = (wave(1, 1.0), wave(2, 2.0));
+    let mut nll = 0.0;
+    for p in &rewriting {
+        let mut ids = p.ids.clone();
+        ids.extend_from_slice(&target[..target.len() - 1]);
+        let logits = model
+            .forward(&TokenBatch::single(&ids))
+            .intervene(Intervention::add(
+                Site::AttnOut(5),
+                vec![(0, p.index)],
+                attn.clone(),
+            ))
+            .intervene(Intervention::add(
+                Site::MlpOut(5),
+                vec![(0, p.index)],
+                mlp.clone(),
+            ))
+            .logits(LogitsAt::All)
+            .run()
+            .unwrap()
+            .logits
+            .unwrap();
+        let lp = kedit::runtime::ops::log_softmax_last(
+            &logits.squeeze(0).unwrap().to_dtype(DType::F64).unwrap(),
+        )
+        .unwrap();
+        let mut row = 0.0;
+        for (j, &t) in target.iter().enumerate() {
+            row -= lp
+                .get(p.ids.len() - 1 + j)
+                .unwrap()
+                .get(t as usize)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+        }
+        nll += row / target.len() as f64 / rewriting.len() as f64;
+    }
+    let hp = ValueHparams {
+        steps: 6,
+        lr: 0.5,
+        weight_decay: 0.5,
+        clamp_norm_factor: 4.0,
+        kl_factor: 0.0,
+        kl_at: KlAt::Last,
+        early_stop_loss: 0.0,
+        early_stop_nll: 0.0,
+        groups: 2,
+        wave: 1,
+        answer_end: None,
+        attention: true,
+    };
+    let prompts = ValuePrompts {
+        layer: 5,
+        rewriting: &rewriting,
+        target: &target,
+        kl: &kl,
+    };
+    let (loss, _) = loss_at_sites(model, &prompts, &hp, &[attn, mlp]).unwrap();
+    println!("cached prefix {loss:.6}, full forward {nll:.6}");
+    assert!((loss - nll).abs() < 1e-4, "{loss} vs {nll}");
+
+    let mut log = Vec::new();
+    let star = value_star(model, &prompts, &hp, &mut log).unwrap();
+    for line in &log {
+        println!("{line}");
+    }
+    let (_, attn_delta) = star.attention.as_ref().expect("an attention δ");
+    let norm = |t: &Tensor| {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert!(norm(attn_delta) > 0.0 && norm(&star.delta) > 0.0);
+    let (first, _) = loss_at_sites(
+        model,
+        &prompts,
+        &hp,
+        &[
+            attn_delta.zeros_like().unwrap(),
+            star.delta.zeros_like().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(star.loss < 0.5 * first, "{} vs {first} before", star.loss);
 }

@@ -113,6 +113,12 @@ const EMMET_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/EMMET/smollm2-135m.yaml"),
 }];
 
+const PMET_SHIPPED: &[Shipped] = &[Shipped {
+    path: "PMET/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/PMET/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -187,6 +193,17 @@ const BUILTIN: &[MethodSpec] = &[
         summary: "MEMIT with each layer's update under an equality constraint (Gupta et al. 2024)",
         needs: &[Need::KeyStatistics],
         shipped: EMMET_SHIPPED,
+        load: memit::Memit::load,
+        trainer: None,
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "pmet",
+        alg_name: "PMET",
+        family: MethodFamily::LocateThenEdit,
+        summary: "MEMIT whose z* optimises attention and MLP outputs together and writes the MLP's (Li et al. 2024)",
+        needs: &[Need::KeyStatistics],
+        shipped: PMET_SHIPPED,
         load: memit::Memit::load,
         trainer: None,
         without_statistics: None,

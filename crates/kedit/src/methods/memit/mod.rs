@@ -14,6 +14,12 @@
 //! equality constraint instead ([`spread`]); `--method emmet` with EasyEdit's EMMET keys
 //! (`emmet_lambda`, `update_norm_lambda`).
 //!
+//! PMET (Li et al., 2024) optimises two δs at the last edited layer together — on the
+//! attention output and on the MLP output — and writes only the MLP's: z* is the MLP output
+//! plus its δ, the gap each layer closes is z* − (the MLP output of the last layer on the
+//! model as edited so far), and each layer takes 1/√(layers left) of it (EasyEdit's PMET;
+//! the attention δ carries the part of the fact attention should, and is not written).
+//!
 //! The hyper-parameters are EasyEdit's MEMIT file: ROME's keys plus `mom2_update_weight`
 //! (and `layer_selection: all`); MEMIT's fixed context templates (five of ten tokens and
 //! the bare prompt) are the default when `context_template_length_params` is absent.
@@ -30,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::edit::WeightEdit;
 use crate::editor::Editor;
 use crate::error::{Error, Result};
-use crate::methods::hparams::{lenient_f64, HparamsSource};
+use crate::methods::hparams::{lenient_f64, lenient_optional_f64, HparamsSource};
 use crate::methods::rome::key::{at_lookups, keys_at, Lookup};
 use crate::methods::rome::moment::moment_matrix;
 use crate::methods::rome::value::{value_stars, ValuePrompts};
@@ -60,6 +66,25 @@ pub struct MemitExtra {
     /// EMMET: μ in C' = wC + μI (EasyEdit: 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_norm_lambda: Option<f64>,
+    /// PMET: the modules written; only the MLP output projection (EasyEdit's PMET files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_module_tmps: Option<Vec<String>>,
+    /// PMET: the NLL's weight in the z* loss; only 1 (EasyEdit's files) is supported.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient_optional_f64"
+    )]
+    pub nll_loss_factor: Option<f64>,
+}
+
+/// Which of the MEMIT-like procedures runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Variant {
+    /// MEMIT and EMMET: z* on the residual stream, shares 1/(layers left).
+    Residual,
+    /// PMET: z* on the MLP output (with an attention δ beside it), shares 1/√(layers left).
+    Pmet,
 }
 
 /// Prompts read per forward pass when collecting keys and residuals.
@@ -67,6 +92,7 @@ const PROMPTS_PER_PASS: usize = 96;
 
 pub struct Memit {
     name: String,
+    variant: Variant,
     /// MEMIT's soft constraint or EMMET's equality constraint.
     objective: Objective,
     /// ROME's parts: context templates, prompts, the v* optimisation, statistics requests.
@@ -128,12 +154,42 @@ impl Memit {
                 lambda: extra.mom2_update_weight,
             }
         };
+        let variant = if name == "pmet" {
+            Variant::Pmet
+        } else {
+            Variant::Residual
+        };
+        if let Some(tmps) = &extra.rewrite_module_tmps {
+            if tmps.iter().any(|t| *t != hp.rewrite_module_tmp) {
+                return Err(source.error(
+                    "rewrite_module_tmps",
+                    &format!(
+                        " is {tmps:?}; kedit's PMET writes only the MLP output projection \
+                         (`rewrite_module_tmp`, \"{}\"), as EasyEdit's PMET files do: the key \
+                         statistics it needs exist only for MLP keys",
+                        hp.rewrite_module_tmp
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = extra.nll_loss_factor.filter(|&f| f != 1.0) {
+            return Err(source.error(
+                "nll_loss_factor",
+                &format!(" is {f}; only 1 (the NLL at full weight) is supported"),
+            ));
+        }
         let warnings = filter_warnings(&source.origin, unknown);
         Ok(LoadedMethod {
             warnings,
             hparams_origin: source.origin.clone(),
             method: Box::new(Memit {
-                name: if name == "emmet" { "EMMET" } else { "MEMIT" }.into(),
+                variant,
+                name: match name {
+                    "emmet" => "EMMET",
+                    "pmet" => "PMET",
+                    _ => "MEMIT",
+                }
+                .into(),
                 objective,
                 rome: Rome::with_hparams(name, hp, params.clone()),
                 extra,
@@ -241,15 +297,18 @@ impl EditMethod for Memit {
             .collect::<Result<_>>()?;
         let &(last, _) = self.params.last().expect("layers are checked non-empty");
         let plain: Vec<Lookup> = prompts.iter().map(|p| p.plain[0].clone()).collect();
+        // What z* is a value of, read at the subject of each bare prompt.
+        let z_site = match self.variant {
+            Variant::Residual => Site::ResidPost(last),
+            Variant::Pmet => Site::MlpOut(last),
+        };
         let residual = |m: &Model| -> Result<Tensor> {
-            Ok(
-                in_passes(&plain, |ps| at_lookups(m, Site::ResidPost(last), ps))?
-                    .to_dtype(DType::F64)?,
-            )
+            Ok(in_passes(&plain, |ps| at_lookups(m, z_site, ps))?.to_dtype(DType::F64)?)
         };
 
         // 1. z* for every request at the last edited layer.
-        let vh = self.rome.value_hparams(model)?;
+        let mut vh = self.rome.value_hparams(model)?;
+        vh.attention = self.variant == Variant::Pmet;
         let deltas = report.timed("z", |report| {
             let value_prompts: Vec<ValuePrompts> = prompts
                 .iter()
@@ -294,9 +353,13 @@ impl EditMethod for Memit {
                     .reshape((requests.len(), templates, d_ff))?
                     .mean(1)?)
             })?;
-            let resid = report.timed("residuals", |_| {
-                Ok(((&z - residual(&current)?)? / (self.params.len() - i) as f64)?)
-            })?;
+            let left = (self.params.len() - i) as f64;
+            let share = match self.variant {
+                Variant::Residual => left,
+                Variant::Pmet => left.sqrt(),
+            };
+            let resid =
+                report.timed("residuals", |_| Ok(((&z - residual(&current)?)? / share)?))?;
             let delta = report.timed("solve", |_| {
                 layer_update(&keys, &resid, &c, self.objective, model.dtype())
             })?;

@@ -379,6 +379,7 @@ impl Rome {
             groups: value::DEFAULT_GROUPS,
             wave: self.hp.v_batch_requests,
             answer_end,
+            attention: false,
         })
     }
 

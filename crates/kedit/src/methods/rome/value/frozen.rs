@@ -26,9 +26,9 @@ pub(super) struct RowSpec<'a> {
 }
 
 pub(super) struct Frozen {
-    /// The layer each step starts at, and the site δ is added to there.
+    /// The layer each step starts at, and the sites the δs are added to (the MLP's last).
     pub start: usize,
-    pub site: Site,
+    pub sites: Vec<Site>,
     pub chunk: TokenBatch,
     pub resid: Tensor,
     pub prefix: Option<KvCache>,
@@ -47,11 +47,20 @@ pub(super) struct Frozen {
     pub kl_weight: Vec<f64>,
     /// Per row: its member.
     pub row_member: Vec<usize>,
-    /// `[rows, d]`: the MLP output of the edited layer at each row's looked-up token.
-    pub looked_up: Tensor,
+    /// Per δ site, `[rows, d]`: the output the δ is added to (the attention's, the MLP's)
+    /// at each row's looked-up token.
+    pub looked_up: Vec<Tensor>,
 }
 
-pub(super) fn freeze(model: &Model, layer: usize, rows: &[RowSpec], kl_at: KlAt) -> Result<Frozen> {
+/// `with_attention`: a δ on the attention output of `layer` too (PMET); the steps then start
+/// at `layer` itself, whose attention must run again.
+pub(super) fn freeze(
+    model: &Model,
+    layer: usize,
+    rows: &[RowSpec],
+    kl_at: KlAt,
+    with_attention: bool,
+) -> Result<Frozen> {
     let mut seqs = Vec::with_capacity(rows.len());
     let mut cuts = Vec::with_capacity(rows.len());
     // (row, position, target, weight): rewriting entries first, then the KL entries.
@@ -88,17 +97,28 @@ pub(super) fn freeze(model: &Model, layer: usize, rows: &[RowSpec], kl_at: KlAt)
     let pad = model.tokenizer()?.pad_id();
     let full = TokenBatch::new(&seqs, Padding::Right, pad)?;
     // Above the last layer nothing is left to start from: then start at l itself.
-    let (start, site) = if layer + 1 < model.config.n_layers {
-        (layer + 1, Site::ResidPre(layer + 1))
+    let (start, sites) = if with_attention {
+        (layer, vec![Site::AttnOut(layer), Site::MlpOut(layer)])
+    } else if layer + 1 < model.config.n_layers {
+        (layer + 1, vec![Site::ResidPre(layer + 1)])
     } else {
-        (layer, Site::MlpOut(layer))
+        (layer, vec![Site::MlpOut(layer)])
+    };
+    let outputs: Vec<Site> = if with_attention {
+        vec![Site::AttnOut(layer), Site::MlpOut(layer)]
+    } else {
+        vec![Site::MlpOut(layer)]
     };
     // The chunk's forward starts from the residual entering block `start`; the same pass
-    // also gives the looked-up MLP outputs and the prefix's keys and values.
+    // also gives the looked-up outputs and the prefix's keys and values.
     let resid_site = Site::ResidPre(start);
+    let mut captured = outputs.clone();
+    if !captured.contains(&resid_site) {
+        captured.push(resid_site);
+    }
     let out = model
         .forward(&full)
-        .capture([resid_site, Site::MlpOut(layer)])
+        .capture(captured)
         .logits(LogitsAt::None)
         .keep_kv()
         .run()?;
@@ -108,10 +128,16 @@ pub(super) fn freeze(model: &Model, layer: usize, rows: &[RowSpec], kl_at: KlAt)
         .enumerate()
         .map(|(b, &c)| (b * len + full.index(b, c)) as u32)
         .collect();
-    let looked_up = out
-        .capture(Site::MlpOut(layer))?
-        .reshape((n_rows * len, d))?
-        .index_select(&Tensor::new(at_lookup.as_slice(), model.device())?, 0)?;
+    let at_lookup = Tensor::new(at_lookup.as_slice(), model.device())?;
+    let looked_up = outputs
+        .iter()
+        .map(|&site| {
+            Ok(out
+                .capture(site)?
+                .reshape((n_rows * len, d))?
+                .index_select(&at_lookup, 0)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
 
     // The chunk: each row from its looked-up token on.
     let suffixes: Vec<Vec<u32>> = seqs
@@ -180,7 +206,7 @@ pub(super) fn freeze(model: &Model, layer: usize, rows: &[RowSpec], kl_at: KlAt)
     }
     Ok(Frozen {
         start,
-        site,
+        sites,
         chunk,
         resid,
         prefix,

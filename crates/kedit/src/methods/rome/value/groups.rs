@@ -101,7 +101,7 @@ pub(super) fn build_groups(
         }
         let layer = prompts[active[0]].layer;
         groups.push(Group {
-            frozen: freeze(model, layer, &rows, hp.kl_at)?,
+            frozen: freeze(model, layer, &rows, hp.kl_at, hp.attention)?,
             members,
         });
     }
@@ -128,28 +128,31 @@ fn member_sums(members: usize, of: &[usize], w: &[f64], like: &Tensor) -> Result
     Ok(Tensor::from_vec(m, (members, of.len()), like.device())?.to_dtype(like.dtype())?)
 }
 
-/// The loss of every member of `g` with request r's δ being `deltas[r]`.
+/// The loss of every member of `g` with request r's δs being `deltas[r]` (one per site of
+/// the frozen rows, in their order).
 pub(super) fn group_loss(
     model: &Model,
     g: &Group,
-    deltas: &[Tensor],
+    deltas: &[Vec<Tensor>],
     kl_init: &HashMap<usize, Tensor>,
     kl_factor: f64,
     answer_end: Option<&Tensor>,
 ) -> Result<GroupLoss> {
     let f = &g.frozen;
-    let rows: Vec<Tensor> = f
-        .row_member
-        .iter()
-        .map(|&m| deltas[g.members[m].request].clone())
-        .collect();
-    let values = Tensor::stack(&rows, 0)?;
     let at: Vec<(usize, usize)> = (0..f.chunk.rows).map(|b| (b, 0)).collect();
     let mut forward = model
         .forward(&f.chunk)
         .start_at(f.start, f.resid.clone())
-        .intervene(Intervention::add(f.site, at, values))
         .logits(LogitsAt::Entries(f.entries.clone()));
+    for (s, &site) in f.sites.iter().enumerate() {
+        let rows: Vec<Tensor> = f
+            .row_member
+            .iter()
+            .map(|&m| deltas[g.members[m].request][s].clone())
+            .collect();
+        let values = Tensor::stack(&rows, 0)?;
+        forward = forward.intervene(Intervention::add(site, at.clone(), values));
+    }
     if let Some(prefix) = &f.prefix {
         forward = forward.prefix(prefix);
     }

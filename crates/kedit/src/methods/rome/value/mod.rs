@@ -55,6 +55,9 @@ pub struct ValueHparams {
     pub groups: usize,
     /// Requests optimised together in shared forward passes.
     pub wave: usize,
+    /// A second δ on the attention output of the same layer, optimised jointly with the
+    /// MLP's (PMET); each has its own clamp and weight decay.
+    pub attention: bool,
     /// `[vocab]`, 1 for the tokens that end an answer ([`crate::prompts::answer_boundaries`]):
     /// when given, each rewriting prompt also scores −log p(the answer ends after the
     /// target), so that free generation says the target and stops there rather than going
@@ -104,6 +107,8 @@ pub struct ValueStar {
     /// v₀: the MLP output at the subject in the plain prompt (the first rewriting prompt).
     pub v0: Tensor,
     pub delta: Tensor,
+    /// With [`ValueHparams::attention`]: the attention output's (v₀, δ) likewise.
+    pub attention: Option<(Tensor, Tensor)>,
     /// Forward passes run (the last one is not followed by a step).
     pub iterations: usize,
     pub loss: f64,
@@ -149,12 +154,26 @@ pub fn loss_at(
     hp: &ValueHparams,
     delta: &Tensor,
 ) -> Result<(f64, f64)> {
+    loss_at_sites(model, prompts, hp, &site_deltas(hp, delta)?)
+}
+
+/// [`loss_at`] with a δ per site: `[attention, MLP]` when `hp.attention`, else `[MLP]`.
+pub fn loss_at_sites(
+    model: &Model,
+    prompts: &ValuePrompts,
+    hp: &ValueHparams,
+    deltas: &[Tensor],
+) -> Result<(f64, f64)> {
+    let zeros = deltas
+        .iter()
+        .map(|d| d.zeros_like())
+        .collect::<candle_core::Result<Vec<_>>>()?;
     check_prompts(std::slice::from_ref(prompts))?;
     let all = std::slice::from_ref(prompts);
     let mut groups = build_groups(model, all, &[0], hp)?;
     let mut kl_init = HashMap::new();
     // The first pass records the KL prompts' distributions before the edit.
-    let zero = [delta.zeros_like()?];
+    let zero = [zeros];
     for part in on_threads(&mut groups, |g| {
         group_loss(
             model,
@@ -167,7 +186,7 @@ pub fn loss_at(
     })? {
         kl_init.extend(part.new_kl_init);
     }
-    let deltas = [delta.clone()];
+    let deltas = [deltas.to_vec()];
     let parts = on_threads(&mut groups, |g| {
         group_loss(
             model,
@@ -201,14 +220,14 @@ pub fn gradient_at(
     let mut groups = build_groups(model, all, &[0], hp)?;
     let mut kl_init = HashMap::new();
     let answer_end = hp.answer_end.as_ref();
-    let zero = [delta.zeros_like()?];
+    let zero = [site_deltas(hp, &delta.zeros_like()?)?];
     for part in on_threads(&mut groups, |g| {
         group_loss(model, g, &zero, &kl_init, hp.kl_factor, answer_end)
     })? {
         kl_init.extend(part.new_kl_init);
     }
     let var = Var::from_tensor(delta)?;
-    let deltas = [var.as_tensor().clone()];
+    let deltas = [site_deltas(hp, var.as_tensor())?];
     let mut total: Option<Tensor> = None;
     for g in &groups {
         let part = group_loss(model, g, &deltas, &kl_init, hp.kl_factor, answer_end)?;
@@ -223,6 +242,15 @@ pub fn gradient_at(
         });
     }
     total.ok_or_else(|| Error::invalid("no group to differentiate"))
+}
+
+/// `delta` at the MLP, with a zero δ at the attention output when `hp` has one.
+fn site_deltas(hp: &ValueHparams, delta: &Tensor) -> Result<Vec<Tensor>> {
+    Ok(if hp.attention {
+        vec![delta.zeros_like()?, delta.clone()]
+    } else {
+        vec![delta.clone()]
+    })
 }
 
 fn check_prompts(prompts: &[ValuePrompts]) -> Result<()> {
@@ -275,18 +303,30 @@ pub fn value_stars(
     Ok(out)
 }
 
-/// One request's optimisation state.
-struct Track {
+/// One δ of a request: at the MLP output, or at the attention output (PMET).
+struct SiteTrack {
     delta: Var,
-    opt: Adam,
     v0: Tensor,
     v0_norm: f64,
     /// clamp_norm_factor · ‖v₀‖.
     max_norm: f64,
+}
+
+/// One request's optimisation state.
+struct Track {
+    /// One per site of the frozen rows, in their order (the MLP's last).
+    sites: Vec<SiteTrack>,
+    opt: Adam,
     done: bool,
     iterations: usize,
     loss: f64,
     target_prob: f64,
+}
+
+impl Track {
+    fn mlp(&self) -> &SiteTrack {
+        self.sites.last().expect("a request has at least one δ")
+    }
 }
 
 fn optimise_wave(
@@ -303,21 +343,26 @@ fn optimise_wave(
     let mut tracks = Vec::with_capacity(n);
     for r in 0..n {
         // v₀ from the request's first rewriting row (the bare prompt).
-        let v0 = first_row_output(&groups, r)?;
-        let v0_norm = l2_norm(&v0)?;
-        if !(v0_norm > 0.0 && v0_norm.is_finite()) {
-            return Err(Error::EditRefused(format!(
-                "request {}: the MLP output at the subject has norm {v0_norm}",
-                offset + r
-            )));
+        let mut sites = Vec::new();
+        for v0 in first_row_outputs(&groups, r)? {
+            let v0_norm = l2_norm(&v0)?;
+            if !(v0_norm > 0.0 && v0_norm.is_finite()) {
+                return Err(Error::EditRefused(format!(
+                    "request {}: the output the edit changes has norm {v0_norm} at the subject",
+                    offset + r
+                )));
+            }
+            sites.push(SiteTrack {
+                delta: Var::zeros(model.config.d_model, dtype, model.device())?,
+                v0,
+                v0_norm,
+                max_norm: hp.clamp_norm_factor * v0_norm,
+            });
         }
-        let delta = Var::zeros(model.config.d_model, dtype, model.device())?;
+        let vars = sites.iter().map(|s| s.delta.clone()).collect();
         tracks.push(Track {
-            opt: Adam::new(vec![delta.clone()], hp.lr, 0.0)?,
-            delta,
-            v0,
-            v0_norm,
-            max_norm: hp.clamp_norm_factor * v0_norm,
+            opt: Adam::new(vars, hp.lr, 0.0)?,
+            sites,
             done: false,
             iterations: 0,
             loss: f64::NAN,
@@ -343,7 +388,15 @@ fn optimise_wave(
         if (rows - live) as f64 >= REBUILD_WHEN_FINISHED * rows as f64 {
             groups = build_groups(model, prompts, &active, hp)?;
         }
-        let deltas: Vec<Tensor> = tracks.iter().map(|t| t.delta.as_tensor().clone()).collect();
+        let deltas: Vec<Vec<Tensor>> = tracks
+            .iter()
+            .map(|t| {
+                t.sites
+                    .iter()
+                    .map(|s| s.delta.as_tensor().clone())
+                    .collect()
+            })
+            .collect();
         let mut parts = on_threads(&mut groups, |g| {
             group_loss(
                 model,
@@ -370,11 +423,14 @@ fn optimise_wave(
         let mut stepping = vec![false; n];
         for &r in &active {
             let t = &mut tracks[r];
-            let d = t.delta.as_tensor();
-            // ‖δ‖ with a tiny floor: its gradient at δ = 0 is then 0, as PyTorch's norm
-            // gives, instead of NaN.
-            let norm = (d.sqr()?.sum_all()? + 1e-20)?.sqrt()?;
-            let decay = (norm * (hp.weight_decay / (t.v0_norm * t.v0_norm)))?;
+            let mut decay = Tensor::new(0f32, model.device())?.to_dtype(dtype)?;
+            for site in &t.sites {
+                let d = site.delta.as_tensor();
+                // ‖δ‖ with a tiny floor: its gradient at δ = 0 is then 0, as PyTorch's norm
+                // gives, instead of NaN.
+                let norm = (d.sqr()?.sum_all()? + 1e-20)?.sqrt()?;
+                decay = (decay + (norm * (hp.weight_decay / (site.v0_norm * site.v0_norm)))?)?;
+            }
             t.loss = loss[r] + scalar(&decay)?;
             t.target_prob = (-nll[r]).exp();
             t.iterations = it + 1;
@@ -402,22 +458,28 @@ fn optimise_wave(
     }
     Ok(tracks
         .into_iter()
-        .map(|t| ValueStar {
-            v0: t.v0,
-            delta: t.delta.as_tensor().detach(),
-            iterations: t.iterations,
-            loss: t.loss,
-            target_prob: t.target_prob,
+        .map(|t| {
+            let attention = (t.sites.len() > 1)
+                .then(|| (t.sites[0].v0.clone(), t.sites[0].delta.as_tensor().detach()));
+            let mlp = t.mlp();
+            ValueStar {
+                v0: mlp.v0.clone(),
+                delta: mlp.delta.as_tensor().detach(),
+                attention,
+                iterations: t.iterations,
+                loss: t.loss,
+                target_prob: t.target_prob,
+            }
         })
         .collect())
 }
 
-/// The edited layer's MLP output at request `r`'s first rewriting row.
-fn first_row_output(groups: &[Group], r: usize) -> Result<Tensor> {
+/// Per δ site, the output it is added to at request `r`'s first rewriting row.
+fn first_row_outputs(groups: &[Group], r: usize) -> Result<Vec<Tensor>> {
     for g in groups {
         for (b, &m) in g.frozen.row_member.iter().enumerate() {
             if g.members[m].request == r {
-                return Ok(g.frozen.looked_up.get(b)?);
+                return g.frozen.looked_up.iter().map(|t| Ok(t.get(b)?)).collect();
             }
         }
     }
@@ -449,30 +511,35 @@ fn step(
     }
     let mut stores = on_threads(&mut objectives, |o| Ok(o.backward()?))?;
     let mut totals = Vec::new();
-    for (r, t) in tracks.iter().enumerate().filter(|(r, _)| stepping[*r]) {
-        let d = t.delta.as_tensor();
-        let mut total: Option<Tensor> = None;
-        for s in &stores {
-            if let Some(g) = s.get(d) {
-                total = Some(match total {
-                    Some(sum) => (sum + g)?,
-                    None => g.clone(),
-                });
+    for (_, t) in tracks.iter().enumerate().filter(|(r, _)| stepping[*r]) {
+        for site in &t.sites {
+            let d = site.delta.as_tensor();
+            let mut total: Option<Tensor> = None;
+            for s in &stores {
+                if let Some(g) = s.get(d) {
+                    total = Some(match total {
+                        Some(sum) => (sum + g)?,
+                        None => g.clone(),
+                    });
+                }
             }
-        }
-        if let Some(total) = total {
-            totals.push((r, total));
+            if let Some(total) = total {
+                totals.push((d.clone(), total));
+            }
         }
     }
     let mut store = stores.swap_remove(0);
-    for (r, total) in totals {
-        store.insert(tracks[r].delta.as_tensor(), total);
+    for (d, total) in totals {
+        store.insert(&d, total);
     }
     for (_, t) in tracks.iter_mut().enumerate().filter(|(r, _)| stepping[*r]) {
         t.opt.step(&store)?;
-        let norm = l2_norm(t.delta.as_tensor())?;
-        if norm > t.max_norm {
-            t.delta.set(&(t.delta.as_tensor() * (t.max_norm / norm))?)?;
+        for site in &t.sites {
+            let norm = l2_norm(site.delta.as_tensor())?;
+            if norm > site.max_norm {
+                site.delta
+                    .set(&(site.delta.as_tensor() * (site.max_norm / norm))?)?;
+            }
         }
     }
     Ok(())
@@ -499,7 +566,7 @@ fn log_step(
              {seconds:.2} s for {shape}",
             t.loss,
             t.target_prob,
-            l2_norm(t.delta.as_tensor())? / t.v0_norm,
+            l2_norm(t.mlp().delta.as_tensor())? / t.mlp().v0_norm,
         ));
     } else {
         let mean = |f: &dyn Fn(&Track) -> f64| {
