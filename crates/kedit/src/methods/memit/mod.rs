@@ -14,10 +14,21 @@
 //! equality constraint instead ([`spread`]); `--method emmet` with EasyEdit's EMMET keys
 //! (`emmet_lambda`, `update_norm_lambda`).
 //!
+//! AlphaEdit (Fang et al., 2025) is the same procedure with each layer's update projected
+//! onto the null space of the layer's key statistics and kept off the keys of the edits
+//! already applied ([`nullspace`]); `--method alphaedit` with EasyEdit's AlphaEdit keys
+//! (`nullspace_threshold`, `L2`). Each AlphaEdit edit carries the keys it wrote
+//! ([`WeightEdit::keys`]): like AlphaEdit's code (and EasyEdit's), they are read again
+//! after every edited layer has been updated, on the edited model; the next call sums
+//! KKᵀ over the keys of the edits the editor holds at that moment ([`Editor::applied_keys`]),
+//! so reverting, restoring a checkpoint, saving and reloading edits and resuming a
+//! sequential run all keep C_prev what the applied edits say it is.
+//!
 //! The hyper-parameters are EasyEdit's MEMIT file: ROME's keys plus `mom2_update_weight`
 //! (and `layer_selection: all`); MEMIT's fixed context templates (five of ten tokens and
 //! the bare prompt) are the default when `context_template_length_params` is absent.
 
+pub mod nullspace;
 pub mod spread;
 
 use std::collections::HashMap;
@@ -43,6 +54,7 @@ use crate::progress::{Progress, Silent};
 use crate::request::EditRequest;
 use crate::runtime::Site;
 use crate::stats::{cached_key_stats, key_stats, require_key_stats};
+use nullspace::{accumulated, null_space_projection, null_space_update, Projection};
 use spread::{layer_update, Objective};
 
 /// MEMIT's own keys, beside ROME's.
@@ -60,6 +72,47 @@ pub struct MemitExtra {
     /// EMMET: μ in C' = wC + μI (EasyEdit: 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_norm_lambda: Option<f64>,
+    /// AlphaEdit: eigenvalues of C below this span the null space its updates are
+    /// projected onto (AlphaEdit and EasyEdit: 2e-2).
+    #[serde(
+        default,
+        deserialize_with = "lenient_some_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nullspace_threshold: Option<f64>,
+    /// AlphaEdit: the ridge L2·I of its solve (AlphaEdit's files: 10; EasyEdit's LLaMA-3: 1).
+    #[serde(
+        default,
+        rename = "L2",
+        deserialize_with = "lenient_some_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub l2: Option<f64>,
+    /// EasyEdit's AlphaEdit: a file of P computed beforehand (a PyTorch pickle). kedit
+    /// computes P from the key statistics and does not read it.
+    #[serde(default, rename = "P_loc", skip_serializing)]
+    pub p_loc: Option<String>,
+}
+
+/// [`lenient_f64`] for an optional key.
+fn lenient_some_f64<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<f64>, D::Error> {
+    lenient_f64(d).map(Some)
+}
+
+/// AlphaEdit's defaults (its own files and EasyEdit's agree on the threshold; the ridge is
+/// the paper code's).
+const NULLSPACE_THRESHOLD: f64 = 2e-2;
+const L2: f64 = 10.0;
+
+/// How a layer's update is solved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Solver {
+    /// MEMIT's or EMMET's solve with C ([`spread`]).
+    Spread(Objective),
+    /// AlphaEdit's null-space projected solve ([`nullspace`]).
+    NullSpace { threshold: f64, l2: f64 },
 }
 
 /// Prompts read per forward pass when collecting keys and residuals.
@@ -67,8 +120,8 @@ const PROMPTS_PER_PASS: usize = 96;
 
 pub struct Memit {
     name: String,
-    /// MEMIT's soft constraint or EMMET's equality constraint.
-    objective: Objective,
+    /// MEMIT's soft constraint, EMMET's equality constraint or AlphaEdit's projection.
+    solver: Solver,
     /// ROME's parts: context templates, prompts, the v* optimisation, statistics requests.
     rome: Rome,
     extra: MemitExtra,
@@ -78,6 +131,8 @@ pub struct Memit {
     /// keeps the statistics of the model it started from (so does EasyEdit): recomputing them
     /// after every batch would cost minutes and would let a stream of edits drift its prior.
     moments: Mutex<HashMap<usize, Arc<Mat<f64>>>>,
+    /// AlphaEdit: P per layer, from the same C (which is then not kept).
+    projections: Mutex<HashMap<usize, Arc<Projection>>>,
 }
 
 impl Memit {
@@ -111,34 +166,46 @@ impl Memit {
                 &format!(" is \"{sel}\"; only \"all\" (every layer in `layers`) exists"),
             ));
         }
-        let objective = if name == "emmet" {
+        let solver = if name == "alphaedit" {
+            let threshold = extra.nullspace_threshold.unwrap_or(NULLSPACE_THRESHOLD);
+            let l2 = extra.l2.unwrap_or(L2);
+            source.check("nullspace_threshold", threshold).positive()?;
+            source.check("L2", l2).positive()?.at_most(1e12)?;
+            Solver::NullSpace { threshold, l2 }
+        } else if name == "emmet" {
             let ridge = extra.emmet_lambda.unwrap_or(0.1);
             let norm = extra.update_norm_lambda.unwrap_or(0.0);
             source.check("emmet_lambda", ridge).in_range(0.0, 1e12)?;
             source
                 .check("update_norm_lambda", norm)
                 .in_range(0.0, 1e12)?;
-            Objective::Emmet {
+            Solver::Spread(Objective::Emmet {
                 weight: extra.mom2_update_weight,
                 norm,
                 ridge,
-            }
+            })
         } else {
-            Objective::Memit {
+            Solver::Spread(Objective::Memit {
                 lambda: extra.mom2_update_weight,
-            }
+            })
         };
         let warnings = filter_warnings(&source.origin, unknown);
         Ok(LoadedMethod {
             warnings,
             hparams_origin: source.origin.clone(),
             method: Box::new(Memit {
-                name: if name == "emmet" { "EMMET" } else { "MEMIT" }.into(),
-                objective,
+                name: match name {
+                    "emmet" => "EMMET",
+                    "alphaedit" => "AlphaEdit",
+                    _ => "MEMIT",
+                }
+                .into(),
+                solver,
                 rome: Rome::with_hparams(name, hp, params.clone()),
                 extra,
                 params,
                 moments: Mutex::new(HashMap::new()),
+                projections: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -158,6 +225,27 @@ impl Memit {
         let m = Arc::new(moment_matrix(&stats)?);
         self.moments.lock().expect("lock").insert(layer, m.clone());
         Ok(m)
+    }
+
+    /// AlphaEdit's P of `layer` (cached; C is dropped once P is made from it).
+    fn projection(
+        &self,
+        system: &Editor,
+        layer: usize,
+        threshold: f64,
+        ctx: &EditContext,
+    ) -> Result<Arc<Projection>> {
+        if let Some(p) = self.projections.lock().expect("lock").get(&layer) {
+            return Ok(p.clone());
+        }
+        let c = self.moment(system, layer, ctx)?;
+        let p = Arc::new(null_space_projection(&c, threshold)?);
+        self.projections
+            .lock()
+            .expect("lock")
+            .insert(layer, p.clone());
+        self.moments.lock().expect("lock").remove(&layer);
+        Ok(p)
     }
 }
 
@@ -191,9 +279,25 @@ impl EditMethod for Memit {
                 .filter_map(|l| cached_key_stats(original, l, None, &ctx.cache).transpose())
                 .collect::<Result<Vec<_>>>()?,
         };
-        let mut moments = self.moments.lock().expect("lock");
         for s in &stats {
-            moments.insert(s.layer, Arc::new(moment_matrix(s)?));
+            let c = moment_matrix(s)?;
+            if let Solver::NullSpace { threshold, .. } = self.solver {
+                let p = null_space_projection(&c, threshold)?;
+                progress.log(&format!(
+                    "AlphaEdit: layer {}: P keeps {} of {} directions (eigenvalues of C below \
+                     {threshold})",
+                    s.layer, p.rank, p.width
+                ));
+                self.projections
+                    .lock()
+                    .expect("lock")
+                    .insert(s.layer, Arc::new(p));
+            } else {
+                self.moments
+                    .lock()
+                    .expect("lock")
+                    .insert(s.layer, Arc::new(c));
+            }
         }
         Ok(())
     }
@@ -230,7 +334,10 @@ impl EditMethod for Memit {
         let model = system.model();
         let mut report = MethodReport::default();
         if requests.is_empty() {
-            return Err(Error::invalid("MEMIT was given no request"));
+            return Err(Error::invalid(format!(
+                "{} was given no request",
+                self.name
+            )));
         }
         for r in requests {
             self.check_request(model, r)?;
@@ -278,27 +385,72 @@ impl EditMethod for Memit {
                 "every request must have as many rewriting prompts",
             ));
         }
+        // Each request's key at `layer` of `m`, averaged over the context templates.
+        let layer_keys = |m: &Model, layer: usize| -> Result<Tensor> {
+            let all = in_passes(&rewriting, |ps| keys_at(m, layer, ps))?;
+            let d_ff = all.dim(1)?;
+            Ok(all
+                .to_dtype(DType::F64)?
+                .reshape((requests.len(), templates, d_ff))?
+                .mean(1)?)
+        };
         let mut current = model.clone();
         let mut edit = WeightEdit::new();
         for (i, &(layer, param)) in self.params.iter().enumerate() {
-            let c = report.timed("statistics", |_| self.moment(system, layer, ctx))?;
-            let keys = report.timed("keys", |_| {
-                let all = in_passes(&rewriting, |ps| keys_at(&current, layer, ps))?;
-                let d_ff = all.dim(1)?;
-                Ok(all
-                    .to_dtype(DType::F64)?
-                    .reshape((requests.len(), templates, d_ff))?
-                    .mean(1)?)
-            })?;
+            let keys = report.timed("keys", |_| layer_keys(&current, layer))?;
             let resid = report.timed("residuals", |_| {
                 Ok(((&z - residual(&current)?)? / (self.params.len() - i) as f64)?)
             })?;
-            let delta = report.timed("solve", |_| {
-                layer_update(&keys, &resid, &c, self.objective, model.dtype())
-            })?;
+            let delta = match self.solver {
+                Solver::Spread(objective) => {
+                    let c = report.timed("statistics", |_| self.moment(system, layer, ctx))?;
+                    report.timed("solve", |_| {
+                        layer_update(&keys, &resid, &c, objective, model.dtype())
+                    })?
+                }
+                Solver::NullSpace { threshold, l2 } => {
+                    let proj = report.timed("statistics", |_| {
+                        self.projection(system, layer, threshold, ctx)
+                    })?;
+                    let earlier = system.applied_keys(param);
+                    let n_earlier = earlier
+                        .iter()
+                        .map(|k| k.dim(0))
+                        .sum::<candle_core::Result<usize>>()?;
+                    report.note(
+                        &format!("layer {layer} null space"),
+                        format!("{}/{}", proj.rank, proj.width),
+                    );
+                    report.note(&format!("layer {layer} earlier keys"), n_earlier);
+                    report.log.push(format!(
+                        "AlphaEdit: layer {layer}: P keeps {} of {} directions; C_prev holds \
+                         {n_earlier} keys of earlier edits",
+                        proj.rank, proj.width
+                    ));
+                    if proj.rank == 0 {
+                        return Err(Error::EditRefused(format!(
+                            "AlphaEdit: no eigenvalue of layer {layer}'s key statistics is \
+                             below nullspace_threshold = {threshold}, so the null space is \
+                             empty and nothing can be written; raise `nullspace_threshold`"
+                        )));
+                    }
+                    report.timed("solve", |_| {
+                        let c_prev = accumulated(&earlier, proj.width)?;
+                        null_space_update(&keys, &resid, &proj.p, &c_prev, l2, model.dtype())
+                    })?
+                }
+            };
             let updated = delta.added_to(current.params.require(param)?)?;
             current.params.replace(param, updated)?;
             edit.push(param, delta);
+        }
+        if matches!(self.solver, Solver::NullSpace { .. }) {
+            // The keys later edits keep in place: read on the model every layer's update
+            // has changed, as AlphaEdit's code accumulates them.
+            for &(layer, param) in &self.params {
+                let keys = report.timed("keys", |_| layer_keys(&current, layer))?;
+                edit.keys.push((param, keys.to_dtype(DType::F32)?));
+            }
         }
         edit.meta.insert("method".into(), self.name.clone());
         edit.meta
