@@ -116,8 +116,16 @@ fn alphaedit_keeps_earlier_edits_keys_in_place_while_they_are_applied() {
     // 1. A batch of three in one call: each target becomes the top token.
     let one = alpha.method.compute(&editor, &first, &ctx).unwrap();
     let w1 = weights(&one.edit).clone();
-    assert_eq!(w1.deltas.len(), 5, "one delta per edited layer");
-    assert_eq!(w1.keys.len(), 5, "the keys written at each edited layer");
+    let layers = alpha.method.hparams_json()["layers"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(w1.deltas.len(), layers, "one delta per edited layer");
+    assert_eq!(
+        w1.keys.len(),
+        layers,
+        "the keys written at each edited layer"
+    );
     for (param, k) in &w1.keys {
         assert_eq!(k.dims(), [3, model.config.d_ff], "{param}");
     }
