@@ -108,7 +108,7 @@ fn nan_exploding_and_misshapen_edits_are_refused_and_change_nothing() {
     for (what, deltas) in cases {
         let edit = Edit::from(WeightEdit {
             deltas,
-            meta: Default::default(),
+            ..Default::default()
         });
         let err = e.apply(&edit).unwrap_err();
         assert!(matches!(err, kedit::Error::EditRefused(_)), "{what}: {err}");

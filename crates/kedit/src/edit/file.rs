@@ -39,6 +39,10 @@ struct Manifest {
 enum Body {
     Weights {
         deltas: Vec<DeltaEntry>,
+        /// The parameter of each key tensor `k{i}` ([`WeightEdit::keys`]); absent when
+        /// there are none, so other methods' files are as before.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keys: Vec<String>,
     },
     Adaptor {
         site: String,
@@ -140,7 +144,12 @@ impl Edit {
                         kind: kind.into(),
                     });
                 }
-                Body::Weights { deltas }
+                let mut keys = Vec::new();
+                for (i, (param, k)) in w.keys.iter().enumerate() {
+                    tensors.insert(format!("k{i}"), k.to_dtype(DType::F32)?);
+                    keys.push(param.to_string());
+                }
+                Body::Weights { deltas, keys }
             }
             Edit::Adaptor(a) => {
                 tensors.insert("keys".into(), a.keys.to_dtype(DType::F32)?);
@@ -176,7 +185,10 @@ fn legacy_manifest(bytes: &[u8]) -> serde_json::Result<Manifest> {
     Ok(Manifest {
         kedit_edit: None,
         kedit_weight_edit: Some(v1.kedit_weight_edit),
-        body: Body::Weights { deltas: v1.deltas },
+        body: Body::Weights {
+            deltas: v1.deltas,
+            keys: Vec::new(),
+        },
         meta: v1.meta,
     })
 }
@@ -194,9 +206,10 @@ fn from_parts(
     };
     let meta = manifest.meta;
     Ok(match manifest.body {
-        Body::Weights { deltas } => {
+        Body::Weights { deltas, keys } => {
             let mut edit = WeightEdit {
                 deltas: Vec::new(),
+                keys: Vec::new(),
                 meta,
             };
             for (i, entry) in deltas.iter().enumerate() {
@@ -216,6 +229,9 @@ fn from_parts(
                     }
                 };
                 edit.push(param, delta);
+            }
+            for (i, param) in keys.iter().enumerate() {
+                edit.keys.push((param.parse()?, get(&format!("k{i}"))?));
             }
             Edit::Weights(edit)
         }

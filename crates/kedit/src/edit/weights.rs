@@ -77,6 +77,11 @@ pub fn all_finite(t: &Tensor) -> Result<bool> {
 #[derive(Clone, Debug, Default)]
 pub struct WeightEdit {
     pub deltas: Vec<(ParamId, Delta)>,
+    /// The keys the edit wrote at a parameter (`[n, d_in]`, one row per request), for
+    /// methods whose later edits keep earlier ones in place (AlphaEdit accumulates KKᵀ of
+    /// the edits applied); empty for every other method. They are saved with the edit and
+    /// go with it when it is reverted.
+    pub keys: Vec<(ParamId, Tensor)>,
     /// Free-form provenance (method, hyper-parameters, requests) saved with the edit.
     pub meta: BTreeMap<String, String>,
 }
@@ -88,5 +93,13 @@ impl WeightEdit {
 
     pub fn push(&mut self, param: ParamId, delta: Delta) {
         self.deltas.push((param, delta));
+    }
+
+    /// The keys written at `param`, as rows (see [`WeightEdit::keys`]).
+    pub fn keys_of(&self, param: ParamId) -> impl Iterator<Item = &Tensor> {
+        self.keys
+            .iter()
+            .filter(move |(p, _)| *p == param)
+            .map(|(_, k)| k)
     }
 }

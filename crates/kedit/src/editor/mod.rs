@@ -71,6 +71,10 @@ pub struct AppliedEdit {
     /// Adaptor edits: the site and its entries; memory edits: the records.
     pub entries: usize,
     pub site: Option<String>,
+    /// Weight edits: the keys the edit wrote ([`WeightEdit::keys`]), kept while the edit is
+    /// applied so that later edits can keep them in place (AlphaEdit).
+    #[serde(skip)]
+    pub keys: Vec<(ParamId, Tensor)>,
 }
 
 impl AppliedEdit {
@@ -81,6 +85,7 @@ impl AppliedEdit {
             relative_norms: Vec::new(),
             entries: 0,
             site: None,
+            keys: Vec::new(),
         }
     }
 }
@@ -131,6 +136,17 @@ impl Editor {
     /// Edits applied since the original or the last restore.
     pub fn applied(&self) -> &[AppliedEdit] {
         &self.applied
+    }
+
+    /// The keys the applied weight edits wrote at `param` ([`WeightEdit::keys`]), oldest
+    /// first: reverting or restoring drops them with their edits.
+    pub fn applied_keys(&self, param: ParamId) -> Vec<&Tensor> {
+        self.applied
+            .iter()
+            .flat_map(|a| &a.keys)
+            .filter(|(p, _)| *p == param)
+            .map(|(_, k)| k)
+            .collect()
     }
 
     /// Applies `edit` whole, or not at all: a delta with NaN/Inf, a wrong shape or an
@@ -221,6 +237,21 @@ impl Editor {
             self.model.params.replace(*id, updated)?;
             record.params.push(id.to_string());
             record.relative_norms.push(ratio);
+        }
+        record.keys = edit.keys.clone();
+        for (id, k) in &edit.keys {
+            let Some((_, delta)) = edit.deltas.iter().find(|(p, _)| p == id) else {
+                return Err(Error::EditRefused(format!(
+                    "the edit carries keys for `{id}`, which it does not change"
+                )));
+            };
+            let width = delta.shape()?[1];
+            if k.rank() != 2 || k.dim(1)? != width || !weights::all_finite(k)? {
+                return Err(Error::EditRefused(format!(
+                    "the keys for `{id}` ({:?}) are not finite rows of width {width}",
+                    k.dims()
+                )));
+            }
         }
         if !changed {
             // A success that changes nothing would be reported as an edit (FT at lr 0, a

@@ -119,6 +119,12 @@ const PMET_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/PMET/smollm2-135m.yaml"),
 }];
 
+const ALPHAEDIT_SHIPPED: &[Shipped] = &[Shipped {
+    path: "AlphaEdit/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/AlphaEdit/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -204,6 +210,17 @@ const BUILTIN: &[MethodSpec] = &[
         summary: "MEMIT whose z* optimises attention and MLP outputs together and writes the MLP's (Li et al. 2024)",
         needs: &[Need::KeyStatistics],
         shipped: PMET_SHIPPED,
+        load: memit::Memit::load,
+        trainer: None,
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "alphaedit",
+        alg_name: "AlphaEdit",
+        family: MethodFamily::LocateThenEdit,
+        summary: "MEMIT projected onto the null space of preserved keys (Fang et al. 2025)",
+        needs: &[Need::KeyStatistics],
+        shipped: ALPHAEDIT_SHIPPED,
         load: memit::Memit::load,
         trainer: None,
         without_statistics: None,
@@ -316,7 +333,7 @@ impl Registry {
         for m in &self.methods {
             let needs: Vec<String> = m.needs.iter().map(Need::to_string).collect();
             out.push_str(&format!(
-                "{:<8} {:<6} {:<17} {:<24} {}\n",
+                "{:<9} {:<9} {:<17} {:<24} {}\n",
                 m.name,
                 m.alg_name,
                 m.family.to_string(),

@@ -20,10 +20,21 @@
 //! model as edited so far), and each layer takes 1/√(layers left) of it (EasyEdit's PMET;
 //! the attention δ carries the part of the fact attention should, and is not written).
 //!
+//! AlphaEdit (Fang et al., 2025) is the same procedure with each layer's update projected
+//! onto the null space of the layer's key statistics and kept off the keys of the edits
+//! already applied ([`nullspace`]); `--method alphaedit` with EasyEdit's AlphaEdit keys
+//! (`nullspace_threshold`, `L2`). Each AlphaEdit edit carries the keys it wrote
+//! ([`WeightEdit::keys`]): like AlphaEdit's code (and EasyEdit's), they are read again
+//! after every edited layer has been updated, on the edited model; the next call sums
+//! KKᵀ over the keys of the edits the editor holds at that moment ([`Editor::applied_keys`]),
+//! so reverting, restoring a checkpoint, saving and reloading edits and resuming a
+//! sequential run all keep C_prev what the applied edits say it is.
+//!
 //! The hyper-parameters are EasyEdit's MEMIT file: ROME's keys plus `mom2_update_weight`
 //! (and `layer_selection: all`); MEMIT's fixed context templates (five of ten tokens and
 //! the bare prompt) are the default when `context_template_length_params` is absent.
 
+pub mod nullspace;
 pub mod spread;
 
 use std::collections::HashMap;
@@ -49,6 +60,7 @@ use crate::progress::{Progress, Silent};
 use crate::request::EditRequest;
 use crate::runtime::Site;
 use crate::stats::{cached_key_stats, key_stats, require_key_stats};
+use nullspace::{accumulated, null_space_projection, null_space_update, Projection};
 use spread::{layer_update, Objective};
 
 /// MEMIT's own keys, beside ROME's.
@@ -76,6 +88,26 @@ pub struct MemitExtra {
         deserialize_with = "lenient_optional_f64"
     )]
     pub nll_loss_factor: Option<f64>,
+    /// AlphaEdit: eigenvalues of C below this span the null space its updates are
+    /// projected onto (AlphaEdit and EasyEdit: 2e-2).
+    #[serde(
+        default,
+        deserialize_with = "lenient_some_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nullspace_threshold: Option<f64>,
+    /// AlphaEdit: the ridge L2·I of its solve (AlphaEdit's files: 10; EasyEdit's LLaMA-3: 1).
+    #[serde(
+        default,
+        rename = "L2",
+        deserialize_with = "lenient_some_f64",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub l2: Option<f64>,
+    /// EasyEdit's AlphaEdit: a file of P computed beforehand (a PyTorch pickle). kedit
+    /// computes P from the key statistics and does not read it.
+    #[serde(default, rename = "P_loc", skip_serializing)]
+    pub p_loc: Option<String>,
 }
 
 /// Which of the MEMIT-like procedures runs.
@@ -87,14 +119,35 @@ enum Variant {
     Pmet,
 }
 
+/// [`lenient_f64`] for an optional key.
+fn lenient_some_f64<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<f64>, D::Error> {
+    lenient_f64(d).map(Some)
+}
+
+/// AlphaEdit's defaults (its own files and EasyEdit's agree on the threshold; the ridge is
+/// the paper code's).
+const NULLSPACE_THRESHOLD: f64 = 2e-2;
+const L2: f64 = 10.0;
+
+/// How a layer's update is solved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Solver {
+    /// MEMIT's or EMMET's solve with C ([`spread`]).
+    Spread(Objective),
+    /// AlphaEdit's null-space projected solve ([`nullspace`]).
+    NullSpace { threshold: f64, l2: f64 },
+}
+
 /// Prompts read per forward pass when collecting keys and residuals.
 const PROMPTS_PER_PASS: usize = 96;
 
 pub struct Memit {
     name: String,
     variant: Variant,
-    /// MEMIT's soft constraint or EMMET's equality constraint.
-    objective: Objective,
+    /// MEMIT's soft constraint, EMMET's equality constraint or AlphaEdit's projection.
+    solver: Solver,
     /// ROME's parts: context templates, prompts, the v* optimisation, statistics requests.
     rome: Rome,
     extra: MemitExtra,
@@ -104,6 +157,8 @@ pub struct Memit {
     /// keeps the statistics of the model it started from (so does EasyEdit): recomputing them
     /// after every batch would cost minutes and would let a stream of edits drift its prior.
     moments: Mutex<HashMap<usize, Arc<Mat<f64>>>>,
+    /// AlphaEdit: P per layer, from the same C (which is then not kept).
+    projections: Mutex<HashMap<usize, Arc<Projection>>>,
 }
 
 impl Memit {
@@ -137,22 +192,28 @@ impl Memit {
                 &format!(" is \"{sel}\"; only \"all\" (every layer in `layers`) exists"),
             ));
         }
-        let objective = if name == "emmet" {
+        let solver = if name == "alphaedit" {
+            let threshold = extra.nullspace_threshold.unwrap_or(NULLSPACE_THRESHOLD);
+            let l2 = extra.l2.unwrap_or(L2);
+            source.check("nullspace_threshold", threshold).positive()?;
+            source.check("L2", l2).positive()?.at_most(1e12)?;
+            Solver::NullSpace { threshold, l2 }
+        } else if name == "emmet" {
             let ridge = extra.emmet_lambda.unwrap_or(0.1);
             let norm = extra.update_norm_lambda.unwrap_or(0.0);
             source.check("emmet_lambda", ridge).in_range(0.0, 1e12)?;
             source
                 .check("update_norm_lambda", norm)
                 .in_range(0.0, 1e12)?;
-            Objective::Emmet {
+            Solver::Spread(Objective::Emmet {
                 weight: extra.mom2_update_weight,
                 norm,
                 ridge,
-            }
+            })
         } else {
-            Objective::Memit {
+            Solver::Spread(Objective::Memit {
                 lambda: extra.mom2_update_weight,
-            }
+            })
         };
         let variant = if name == "pmet" {
             Variant::Pmet
@@ -187,14 +248,16 @@ impl Memit {
                 name: match name {
                     "emmet" => "EMMET",
                     "pmet" => "PMET",
+                    "alphaedit" => "AlphaEdit",
                     _ => "MEMIT",
                 }
                 .into(),
-                objective,
+                solver,
                 rome: Rome::with_hparams(name, hp, params.clone()),
                 extra,
                 params,
                 moments: Mutex::new(HashMap::new()),
+                projections: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -215,6 +278,43 @@ impl Memit {
         self.moments.lock().expect("lock").insert(layer, m.clone());
         Ok(m)
     }
+
+    /// AlphaEdit's P of `layer` (cached; C is dropped once P is made from it).
+    fn projection(
+        &self,
+        system: &Editor,
+        layer: usize,
+        threshold: f64,
+        ctx: &EditContext,
+    ) -> Result<Arc<Projection>> {
+        if let Some(p) = self.projections.lock().expect("lock").get(&layer) {
+            return Ok(p.clone());
+        }
+        let c = self.moment(system, layer, ctx)?;
+        let p = Arc::new(null_space_projection(&c, threshold)?);
+        self.projections
+            .lock()
+            .expect("lock")
+            .insert(layer, p.clone());
+        self.moments.lock().expect("lock").remove(&layer);
+        Ok(p)
+    }
+}
+
+/// The weight of each rewriting prompt in a request's key: the bare prompt (first) and each
+/// group of context templates (`[length, count]` pairs, in order) weigh alike, and the
+/// templates within a group alike. A flat mean when the counts do not add up to `n`.
+fn template_weights(groups: &[(usize, usize)], n: usize) -> Vec<f64> {
+    let counts: Vec<usize> = groups.iter().map(|&(_, c)| c).filter(|&c| c > 0).collect();
+    if 1 + counts.iter().sum::<usize>() != n {
+        return vec![1.0 / n as f64; n];
+    }
+    let g = (1 + counts.len()) as f64;
+    let mut w = vec![1.0 / g];
+    for c in counts {
+        w.extend(std::iter::repeat_n(1.0 / (g * c as f64), c));
+    }
+    w
 }
 
 /// `f` over `prompts` in passes of at most [`PROMPTS_PER_PASS`], rows concatenated.
@@ -247,9 +347,25 @@ impl EditMethod for Memit {
                 .filter_map(|l| cached_key_stats(original, l, None, &ctx.cache).transpose())
                 .collect::<Result<Vec<_>>>()?,
         };
-        let mut moments = self.moments.lock().expect("lock");
         for s in &stats {
-            moments.insert(s.layer, Arc::new(moment_matrix(s)?));
+            let c = moment_matrix(s)?;
+            if let Solver::NullSpace { threshold, .. } = self.solver {
+                let p = null_space_projection(&c, threshold)?;
+                progress.log(&format!(
+                    "AlphaEdit: layer {}: P keeps {} of {} directions (eigenvalues of C below \
+                     {threshold})",
+                    s.layer, p.rank, p.width
+                ));
+                self.projections
+                    .lock()
+                    .expect("lock")
+                    .insert(s.layer, Arc::new(p));
+            } else {
+                self.moments
+                    .lock()
+                    .expect("lock")
+                    .insert(s.layer, Arc::new(c));
+            }
         }
         Ok(())
     }
@@ -286,7 +402,10 @@ impl EditMethod for Memit {
         let model = system.model();
         let mut report = MethodReport::default();
         if requests.is_empty() {
-            return Err(Error::invalid("MEMIT was given no request"));
+            return Err(Error::invalid(format!(
+                "{} was given no request",
+                self.name
+            )));
         }
         for r in requests {
             self.check_request(model, r)?;
@@ -341,18 +460,30 @@ impl EditMethod for Memit {
                 "every request must have as many rewriting prompts",
             ));
         }
+        // Each request's key at `layer` of `m`: as MEMIT's code averages it, over each group
+        // of context templates (the bare prompt is a group of its own), then over the groups.
+        let weights = Tensor::new(
+            template_weights(
+                &self.rome.hparams().context_template_length_params,
+                templates,
+            )
+            .as_slice(),
+            model.device(),
+        )?
+        .reshape((1, templates, 1))?;
+        let layer_keys = |m: &Model, layer: usize| -> Result<Tensor> {
+            let all = in_passes(&rewriting, |ps| keys_at(m, layer, ps))?;
+            let d_ff = all.dim(1)?;
+            Ok(all
+                .to_dtype(DType::F64)?
+                .reshape((requests.len(), templates, d_ff))?
+                .broadcast_mul(&weights)?
+                .sum(1)?)
+        };
         let mut current = model.clone();
         let mut edit = WeightEdit::new();
         for (i, &(layer, param)) in self.params.iter().enumerate() {
-            let c = report.timed("statistics", |_| self.moment(system, layer, ctx))?;
-            let keys = report.timed("keys", |_| {
-                let all = in_passes(&rewriting, |ps| keys_at(&current, layer, ps))?;
-                let d_ff = all.dim(1)?;
-                Ok(all
-                    .to_dtype(DType::F64)?
-                    .reshape((requests.len(), templates, d_ff))?
-                    .mean(1)?)
-            })?;
+            let keys = report.timed("keys", |_| layer_keys(&current, layer))?;
             let left = (self.params.len() - i) as f64;
             let share = match self.variant {
                 Variant::Residual => left,
@@ -360,12 +491,56 @@ impl EditMethod for Memit {
             };
             let resid =
                 report.timed("residuals", |_| Ok(((&z - residual(&current)?)? / share)?))?;
-            let delta = report.timed("solve", |_| {
-                layer_update(&keys, &resid, &c, self.objective, model.dtype())
-            })?;
+            let delta = match self.solver {
+                Solver::Spread(objective) => {
+                    let c = report.timed("statistics", |_| self.moment(system, layer, ctx))?;
+                    report.timed("solve", |_| {
+                        layer_update(&keys, &resid, &c, objective, model.dtype())
+                    })?
+                }
+                Solver::NullSpace { threshold, l2 } => {
+                    let proj = report.timed("statistics", |_| {
+                        self.projection(system, layer, threshold, ctx)
+                    })?;
+                    let earlier = system.applied_keys(param);
+                    let n_earlier = earlier
+                        .iter()
+                        .map(|k| k.dim(0))
+                        .sum::<candle_core::Result<usize>>()?;
+                    report.note(
+                        &format!("layer {layer} null space"),
+                        format!("{}/{}", proj.rank, proj.width),
+                    );
+                    report.note(&format!("layer {layer} earlier keys"), n_earlier);
+                    report.log.push(format!(
+                        "AlphaEdit: layer {layer}: P keeps {} of {} directions; C_prev holds \
+                         {n_earlier} keys of earlier edits",
+                        proj.rank, proj.width
+                    ));
+                    if proj.rank == 0 {
+                        return Err(Error::EditRefused(format!(
+                            "AlphaEdit: no eigenvalue of layer {layer}'s key statistics is \
+                             below nullspace_threshold = {threshold}, so the null space is \
+                             empty and nothing can be written; raise `nullspace_threshold`"
+                        )));
+                    }
+                    report.timed("solve", |_| {
+                        let c_prev = accumulated(&earlier, proj.width)?;
+                        null_space_update(&keys, &resid, &proj.p, &c_prev, l2, model.dtype())
+                    })?
+                }
+            };
             let updated = delta.added_to(current.params.require(param)?)?;
             current.params.replace(param, updated)?;
             edit.push(param, delta);
+        }
+        if matches!(self.solver, Solver::NullSpace { .. }) {
+            // The keys later edits keep in place: read on the model every layer's update
+            // has changed, as AlphaEdit's code accumulates them.
+            for &(layer, param) in &self.params {
+                let keys = report.timed("keys", |_| layer_keys(&current, layer))?;
+                edit.keys.push((param, keys.to_dtype(DType::F32)?));
+            }
         }
         edit.meta.insert("method".into(), self.name.clone());
         edit.meta
@@ -374,5 +549,24 @@ impl EditMethod for Memit {
             edit: edit.into(),
             report,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::template_weights;
+
+    #[test]
+    fn the_bare_prompt_weighs_as_much_as_each_group_of_templates() {
+        assert_eq!(
+            template_weights(&[(10, 5)], 6),
+            vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.1]
+        );
+        let w = template_weights(&[(5, 10), (10, 10)], 21);
+        assert!((w[0] - 1.0 / 3.0).abs() < 1e-15);
+        assert!((w[1] - 1.0 / 30.0).abs() < 1e-15 && (w[20] - 1.0 / 30.0).abs() < 1e-15);
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        // Counts that do not match the prompts: the flat mean.
+        assert_eq!(template_weights(&[(10, 5)], 4), vec![0.25; 4]);
     }
 }

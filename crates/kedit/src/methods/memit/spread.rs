@@ -108,7 +108,11 @@ fn equality_update(
 
 /// The keys (`[n, d_ff]`) and residual shares (`[n, d]`) as f64 matrices, checked against
 /// each other and the moment.
-fn operands(keys: &Tensor, resid: &Tensor, c: &Mat<f64>) -> Result<(Mat<f64>, Mat<f64>)> {
+pub(super) fn operands(
+    keys: &Tensor,
+    resid: &Tensor,
+    c: &Mat<f64>,
+) -> Result<(Mat<f64>, Mat<f64>)> {
     let k = to_mat(keys)?;
     let r = to_mat(resid)?;
     let (n, d_ff, resid_rows) = (k.nrows(), k.ncols(), r.nrows());
@@ -124,7 +128,7 @@ fn operands(keys: &Tensor, resid: &Tensor, c: &Mat<f64>) -> Result<(Mat<f64>, Ma
 }
 
 /// ΔW = U Vᵀ, refused when a factor is not finite.
-fn factors(u: Mat<f64>, v: Mat<f64>, dtype: DType) -> Result<Delta> {
+pub(super) fn factors(u: Mat<f64>, v: Mat<f64>, dtype: DType) -> Result<Delta> {
     let finite =
         |m: &Mat<f64>| (0..m.nrows()).all(|i| (0..m.ncols()).all(|j| m[(i, j)].is_finite()));
     if !finite(&v) || !finite(&u) {
