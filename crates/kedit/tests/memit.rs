@@ -96,7 +96,12 @@ fn batch_of_two(name: &str, dir_name: &str) {
     let Edit::Weights(w) = &computed.edit else {
         panic!("MEMIT makes a weight edit")
     };
-    assert_eq!(w.deltas.len(), 5, "one delta per edited layer");
+    let layers = memit.method.hparams_json()["layers"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(layers >= 2);
+    assert_eq!(w.deltas.len(), layers, "one delta per edited layer");
     editor.apply(&computed.edit).unwrap();
     assert_eq!(
         top1(&editor, "The Eiffel Tower is located in the city of"),

@@ -8,7 +8,9 @@
 //! shares (`[d, n]`) and C_prev = Σ K_old K_oldᵀ over the keys earlier edits wrote at this
 //! layer, the update solves
 //!
-//!     (P (K Kᵀ + C_prev) + L2·I) X = P K Rᵀ,   ΔW = Xᵀ.
+//! ```text
+//! (P (K Kᵀ + C_prev) + L2·I) X = P K Rᵀ,   ΔW = Xᵀ.
+//! ```
 //!
 //! The matrix is not symmetric, so it is solved by LU in f64. X = A⁻¹PK Rᵀ, so ΔW stays
 //! rank n as R Vᵀ with V = A⁻¹PK (`[d_ff, n]`). Since A maps range(P) into itself and L2 > 0,
