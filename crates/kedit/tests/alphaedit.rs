@@ -11,7 +11,7 @@ use common::{smollm2, top1};
 use kedit::cache::Cache;
 use kedit::edit::{Delta, Edit, WeightEdit};
 use kedit::editor::{tensors_identical, Editor};
-use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::methods::{self, EditContext};
 use kedit::model::ParamId;
 use kedit::request::EditRequest;
 
@@ -39,25 +39,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// The shipped file with C from 200 documents of the small test corpus.
-fn hparams_of(dir: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> PathBuf {
-    let mut hp =
-        HparamsSource::read(&common::workspace().join("hparams/AlphaEdit/smollm2-135m.yaml"))
-            .unwrap();
-    let corpus = common::data("corpus/wikitext2_test.txt");
-    hp.set(
-        "mom2_dataset",
-        serde_json::json!(corpus.display().to_string()),
-    );
-    hp.set("mom2_n_samples", serde_json::json!(200));
-    for (k, v) in extra {
-        hp.set(k, v.clone());
-    }
-    let path = dir.join("alphaedit.json");
-    std::fs::write(&path, serde_json::to_string(&hp.value).unwrap()).unwrap();
-    path
 }
 
 fn weights(edit: &Edit) -> &WeightEdit {
@@ -92,7 +73,12 @@ fn moved(edit: &WeightEdit, param: ParamId, keys: &Tensor) -> f64 {
 fn alphaedit_keeps_earlier_edits_keys_in_place_while_they_are_applied() {
     let dir = scratch("seq");
     let model = smollm2().clone();
-    let alpha = methods::load("alphaedit", Some(&hparams_of(&dir, &[])), &model).unwrap();
+    let alpha = methods::load(
+        "alphaedit",
+        Some(&common::hparams_with_small_stats("AlphaEdit", &dir, &[])),
+        &model,
+    )
+    .unwrap();
     assert!(alpha.warnings.is_empty(), "{:?}", alpha.warnings);
     let ctx = EditContext {
         cache: Cache::new(dir.join("cache")),
@@ -230,7 +216,11 @@ fn alphaedit_refuses_bad_settings_at_load_naming_file_and_key() {
     ] {
         let e = methods::load(
             "alphaedit",
-            Some(&hparams_of(&dir, &[(key, value.clone())])),
+            Some(&common::hparams_with_small_stats(
+                "AlphaEdit",
+                &dir,
+                &[(key, value.clone())],
+            )),
             &model,
         )
         .err()
@@ -244,7 +234,8 @@ fn alphaedit_refuses_bad_settings_at_load_naming_file_and_key() {
     // EasyEdit's string form of a number ("2e-2") and its P_loc key are accepted.
     let loaded = methods::load(
         "alphaedit",
-        Some(&hparams_of(
+        Some(&common::hparams_with_small_stats(
+            "AlphaEdit",
             &dir,
             &[
                 ("nullspace_threshold", serde_json::json!("2e-2")),

@@ -9,7 +9,7 @@ use kedit::cache::Cache;
 use kedit::editor::Editor;
 use kedit::evaluate::MetricOptions;
 use kedit::experiment::{run, Mode, RunOptions, RunStore};
-use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::methods::{self, EditContext};
 use kedit::request::EditRequest;
 
 fn request(id: &str, prompt: &str, subject: &str, target: &str) -> EditRequest {
@@ -22,26 +22,12 @@ fn request(id: &str, prompt: &str, subject: &str, target: &str) -> EditRequest {
     }
 }
 
-/// The shipped MEMIT/EMMET file with C from 200 documents of the small test corpus.
+/// The shipped file with small statistics, and a cache of the test's own.
 fn hparams(method: &str, extra: &[(&str, serde_json::Value)]) -> (std::path::PathBuf, Cache) {
     let dir = std::env::temp_dir().join(format!("kedit-mass-runs-{method}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut hp = HparamsSource::read(
-        &common::workspace().join(format!("hparams/{method}/smollm2-135m.yaml")),
-    )
-    .unwrap();
-    let corpus = common::data("corpus/wikitext2_test.txt");
-    hp.set(
-        "mom2_dataset",
-        serde_json::json!(corpus.display().to_string()),
-    );
-    hp.set("mom2_n_samples", serde_json::json!(200));
-    for (k, v) in extra {
-        hp.set(k, v.clone());
-    }
-    let path = dir.join("hparams.json");
-    std::fs::write(&path, serde_json::to_string(&hp.value).unwrap()).unwrap();
+    let path = common::hparams_with_small_stats(method, &dir, extra);
     (path, Cache::new(dir.join("cache")))
 }
 

@@ -9,7 +9,7 @@ use common::{smollm2, top1};
 use kedit::cache::Cache;
 use kedit::edit::Edit;
 use kedit::editor::Editor;
-use kedit::methods::{self, EditContext, HparamsSource};
+use kedit::methods::{self, EditContext};
 use kedit::request::EditRequest;
 
 fn request(id: &str, prompt: &str, subject: &str, target: &str) -> EditRequest {
@@ -27,27 +27,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// The shipped file with C from 200 documents of the small test corpus (seconds, not the
-/// minutes of the shipped 100,000-document setting).
-fn hparams_of(method: &str, dir: &std::path::Path, extra: &[(&str, serde_json::Value)]) -> PathBuf {
-    let mut hp = HparamsSource::read(
-        &common::workspace().join(format!("hparams/{method}/smollm2-135m.yaml")),
-    )
-    .unwrap();
-    let corpus = common::data("corpus/wikitext2_test.txt");
-    hp.set(
-        "mom2_dataset",
-        serde_json::json!(corpus.display().to_string()),
-    );
-    hp.set("mom2_n_samples", serde_json::json!(200));
-    for (k, v) in extra {
-        hp.set(k, v.clone());
-    }
-    let path = dir.join("memit.json");
-    std::fs::write(&path, serde_json::to_string(&hp.value).unwrap()).unwrap();
-    path
 }
 
 #[test]
@@ -68,7 +47,12 @@ fn pmet_writes_a_batch_of_facts_in_one_call_and_reverts() {
 fn batch_of_two(name: &str, dir_name: &str) {
     let dir = scratch(name);
     let model = smollm2().clone();
-    let memit = methods::load(name, Some(&hparams_of(dir_name, &dir, &[])), &model).unwrap();
+    let memit = methods::load(
+        name,
+        Some(&common::hparams_with_small_stats(dir_name, &dir, &[])),
+        &model,
+    )
+    .unwrap();
     let ctx = EditContext {
         cache: Cache::new(dir.join("cache")),
         ..Default::default()
@@ -141,7 +125,11 @@ fn memit_refuses_bad_settings_at_load_naming_the_key() {
     ] {
         let e = methods::load(
             "emmet",
-            Some(&hparams_of("EMMET", &dir, &[(key, value)])),
+            Some(&common::hparams_with_small_stats(
+                "EMMET",
+                &dir,
+                &[(key, value)],
+            )),
             &model,
         )
         .err()

@@ -317,3 +317,29 @@ pub fn top1(e: &kedit::editor::Editor, prompt: &str) -> String {
         .unwrap();
     tok.decode(&[id], false).unwrap()
 }
+
+/// `hparams/<method_dir>/smollm2-135m.yaml` with C from 200 documents of the small test
+/// corpus (seconds, not the minutes of the shipped 100,000-document setting) and `extra`
+/// keys set, written to `dir/<method_dir lower-cased>.json`.
+pub fn hparams_with_small_stats(
+    method_dir: &str,
+    dir: &std::path::Path,
+    extra: &[(&str, serde_json::Value)],
+) -> PathBuf {
+    let mut hp = kedit::methods::HparamsSource::read(
+        &workspace().join(format!("hparams/{method_dir}/smollm2-135m.yaml")),
+    )
+    .unwrap();
+    let corpus = data("corpus/wikitext2_test.txt");
+    hp.set(
+        "mom2_dataset",
+        serde_json::json!(corpus.display().to_string()),
+    );
+    hp.set("mom2_n_samples", serde_json::json!(200));
+    for (k, v) in extra {
+        hp.set(k, v.clone());
+    }
+    let path = dir.join(format!("{}.json", method_dir.to_lowercase()));
+    std::fs::write(&path, serde_json::to_string(&hp.value).unwrap()).unwrap();
+    path
+}

@@ -168,24 +168,7 @@ pub fn loss_at_sites(
         .iter()
         .map(|d| d.zeros_like())
         .collect::<candle_core::Result<Vec<_>>>()?;
-    check_prompts(std::slice::from_ref(prompts))?;
-    let all = std::slice::from_ref(prompts);
-    let mut groups = build_groups(model, all, &[0], hp)?;
-    let mut kl_init = HashMap::new();
-    // The first pass records the KL prompts' distributions before the edit.
-    let zero = [zeros];
-    for part in on_threads(&mut groups, |g| {
-        group_loss(
-            model,
-            g,
-            &zero,
-            &kl_init,
-            hp.kl_factor,
-            hp.answer_end.as_ref(),
-        )
-    })? {
-        kl_init.extend(part.new_kl_init);
-    }
+    let (mut groups, kl_init) = one_request(model, prompts, hp, zeros)?;
     let deltas = [deltas.to_vec()];
     let parts = on_threads(&mut groups, |g| {
         group_loss(
@@ -215,17 +198,9 @@ pub fn gradient_at(
     hp: &ValueHparams,
     delta: &Tensor,
 ) -> Result<Tensor> {
-    check_prompts(std::slice::from_ref(prompts))?;
-    let all = std::slice::from_ref(prompts);
-    let mut groups = build_groups(model, all, &[0], hp)?;
-    let mut kl_init = HashMap::new();
+    let (groups, kl_init) =
+        one_request(model, prompts, hp, site_deltas(hp, &delta.zeros_like()?)?)?;
     let answer_end = hp.answer_end.as_ref();
-    let zero = [site_deltas(hp, &delta.zeros_like()?)?];
-    for part in on_threads(&mut groups, |g| {
-        group_loss(model, g, &zero, &kl_init, hp.kl_factor, answer_end)
-    })? {
-        kl_init.extend(part.new_kl_init);
-    }
     let var = Var::from_tensor(delta)?;
     let deltas = [site_deltas(hp, var.as_tensor())?];
     let mut total: Option<Tensor> = None;
@@ -242,6 +217,33 @@ pub fn gradient_at(
         });
     }
     total.ok_or_else(|| Error::invalid("no group to differentiate"))
+}
+
+/// One request's groups and its KL prompts' distributions before the edit (a first pass at
+/// the zero δs `zeros`), for evaluating its loss at chosen δs.
+fn one_request(
+    model: &Model,
+    prompts: &ValuePrompts,
+    hp: &ValueHparams,
+    zeros: Vec<Tensor>,
+) -> Result<(Vec<Group>, HashMap<usize, Tensor>)> {
+    check_prompts(std::slice::from_ref(prompts))?;
+    let mut groups = build_groups(model, std::slice::from_ref(prompts), &[0], hp)?;
+    let mut kl_init = HashMap::new();
+    let zero = [zeros];
+    for part in on_threads(&mut groups, |g| {
+        group_loss(
+            model,
+            g,
+            &zero,
+            &kl_init,
+            hp.kl_factor,
+            hp.answer_end.as_ref(),
+        )
+    })? {
+        kl_init.extend(part.new_kl_init);
+    }
+    Ok((groups, kl_init))
 }
 
 /// `delta` at the MLP, with a zero δ at the attention output when `hp` has one.
