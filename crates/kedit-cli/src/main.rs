@@ -101,11 +101,8 @@ impl ModelArg {
 }
 
 fn main() {
-    // See .cargo/config.toml: candle's element-wise thread pool fights gemm's for the
-    // cores; one element-wise thread is faster. Set before any tensor work starts threads.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
+    // Before any tensor work starts threads.
+    kedit::runtime::threads::configure_process();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),

@@ -37,6 +37,48 @@ pub fn matmul(m: usize, k: usize, n: usize, reps: usize) -> Result<MatmulFigure>
     })
 }
 
+/// The same product by numpy (its BLAS, usually OpenBLAS) in `python3`, for the machine's
+/// best available rate beside kedit's; `None` when python3 or numpy is missing or fails.
+pub fn numpy_matmul(m: usize, k: usize, n: usize, reps: usize) -> Option<ReferenceMatmul> {
+    const SCRIPT: &str = "import sys, time, numpy as np\n\
+m, k, n, reps = map(int, sys.argv[1:])\n\
+a = np.random.randn(m, k).astype(np.float32); b = np.random.randn(k, n).astype(np.float32)\n\
+a @ b\n\
+ts = []\n\
+for _ in range(reps):\n    t = time.perf_counter(); a @ b; ts.append(time.perf_counter() - t)\n\
+ts.sort(); print(ts[len(ts) // 2], np.__version__)\n";
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .args([m, k, n, reps.max(1)].map(|v| v.to_string()))
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(out.stdout).ok()?;
+    let mut words = text.split_whitespace();
+    let seconds: f64 = words.next()?.parse().ok()?;
+    let numpy = words.next()?.to_string();
+    (seconds > 0.0).then(|| ReferenceMatmul {
+        library: format!("numpy {numpy}"),
+        figure: MatmulFigure {
+            m,
+            k,
+            n,
+            seconds,
+            gflops: 2.0 * (m * k * n) as f64 / seconds / 1e9,
+        },
+    })
+}
+
+/// A matrix rate measured outside kedit.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReferenceMatmul {
+    pub library: String,
+    pub figure: MatmulFigure,
+}
+
 /// Multiply-add FLOPs of one forward pass over `rows × len` tokens with logits at the last
 /// position of each row only (as generation's prefill does).
 pub fn forward_flops(model: &Model, rows: usize, len: usize) -> f64 {

@@ -11,6 +11,7 @@ use crate::model::params::{BlockParam, ParamId};
 use crate::model::Model;
 use crate::runtime::batch::TokenBatch;
 use crate::runtime::intervention::Intervention;
+use crate::runtime::kernels;
 use crate::runtime::kv_cache::{interleave, KvCache, LayerKv};
 use crate::runtime::ops::{self, host_tensor, Weight, MASKED};
 use crate::runtime::sites::Site;
@@ -293,9 +294,9 @@ impl<'m> Pass<'m> {
         })
     }
 
-    /// The weight to use for `id`: an override as it is, else the model's own, frozen (with its
-    /// transpose) when `tracked` input will be differentiated through it.
-    fn weight(&self, id: ParamId, tracked: bool) -> Result<Weight<'_>> {
+    /// The weight to use for `id`: an override as it is, else the model's own, frozen with its
+    /// transpose when `matrix` (a linear layer's; norms and tables are used as they are).
+    fn weight(&self, id: ParamId, matrix: bool) -> Result<Weight<'_>> {
         if let Some(t) = self.req.overrides.and_then(|o| o.get(&id)) {
             return Ok(Weight::Plain(t));
         }
@@ -305,7 +306,7 @@ impl<'m> Pass<'m> {
         };
         let params = &self.req.model.params;
         let w = params.require(id)?;
-        if !tracked {
+        if !matrix {
             return Ok(Weight::Plain(w));
         }
         Ok(Weight::Frozen {
@@ -322,7 +323,9 @@ impl<'m> Pass<'m> {
     }
 
     fn linear(&self, x: &Tensor, w: ParamId, b: Option<ParamId>) -> Result<Tensor> {
-        let weight = self.weight(w, x.track_op())?;
+        // The model's own matrices are multiplied by their contiguous transposes whether or
+        // not a gradient flows: see `Params::transposed`.
+        let weight = self.weight(w, true)?;
         let bias = b.and_then(|b| self.bias(b));
         ops::linear(x, weight, bias)
     }
@@ -459,7 +462,7 @@ impl<'m> Pass<'m> {
         let pre = self.linear(x, p(InWeight), Some(p(InBias)))?;
         let key = if self.cfg.gated_mlp() {
             let gate = self.linear(x, p(GateWeight), None)?;
-            (ops::activation(&gate, self.cfg.activation)? * pre)?
+            ops::gated_activation(&gate, &pre, self.cfg.activation)?
         } else {
             ops::activation(&pre, self.cfg.activation)?
         };
@@ -496,12 +499,21 @@ impl<'m> Pass<'m> {
             Some(local) if sliding => Some(local),
             _ => self.rope.as_ref(),
         };
+        // Queries and keys go to [rows, heads, len, head_dim], the queries scaled.
         let (q, k) = match rope {
-            Some(r) => (r.apply(&q)?, r.apply(&k)?),
-            None => (q, k),
+            Some(r) if kernels::fusable(&q) => (
+                r.apply_heads_first(&q, cfg.query_scale())?,
+                r.apply_heads_first(&k, 1.0)?,
+            ),
+            Some(r) => (
+                (r.apply(&q)?.transpose(1, 2)?.contiguous()? * cfg.query_scale())?,
+                r.apply(&k)?.transpose(1, 2)?.contiguous()?,
+            ),
+            None => (
+                (q.transpose(1, 2)?.contiguous()? * cfg.query_scale())?,
+                k.transpose(1, 2)?.contiguous()?,
+            ),
         };
-        let q = (q.transpose(1, 2)?.contiguous()? * cfg.query_scale())?;
-        let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
         let new = LayerKv {
             k: k.clone(),
@@ -523,10 +535,14 @@ impl<'m> Pass<'m> {
         let group = cfg.kv_group();
         let q = q.reshape((rows, kvh, group * len, hd))?;
         let scores = q
-            .matmul(&k_all.transpose(2, 3)?.contiguous()?)?
-            .reshape((rows, h, len, key_len))?
-            .broadcast_add(self.mask_of(sliding))?;
-        let probs = ops::softmax_last(&scores)?.reshape((rows, kvh, group * len, key_len))?;
+            .matmul(&k_all.transpose(2, 3)?)?
+            .reshape((rows, h, len, key_len))?;
+        let probs = ops::masked_softmax(&scores, self.mask_of(sliding))?.reshape((
+            rows,
+            kvh,
+            group * len,
+            key_len,
+        ))?;
         let out = probs
             .matmul(&v_all)?
             .reshape((rows, h, len, hd))?
@@ -666,6 +682,19 @@ impl RopeTables {
             cos: Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?,
             sin: Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
         })
+    }
+
+    /// `x: [rows, len, heads, head_dim]` rotated, laid out `[rows, heads, len, head_dim]`
+    /// and scaled, by the fused kernel.
+    fn apply_heads_first(&self, x: &Tensor, scale: f64) -> Result<Tensor> {
+        let rotation = kernels::rope::Rotation {
+            rotary_dim: self.rope.rotary_dim,
+            interleaved: self.rope.interleaved,
+            scale,
+        };
+        Ok(kernels::rope::rope_heads_first(
+            x, &self.cos, &self.sin, rotation,
+        )?)
     }
 
     /// Rotates the first `rotary_dim` dimensions of `x: [rows, len, heads, head_dim]`.

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod forward;
 pub mod intervention;
+pub mod kernels;
 pub mod kv_cache;
 pub mod nll;
 pub mod ops;

@@ -7,17 +7,27 @@
 
 use candle_core::{
     backend::BackendStorage, CpuStorage, CustomOp1, DType, Device, Layout, Shape, Storage, Tensor,
-    WithDType, D,
+    D,
 };
 
 use crate::error::Result;
 use crate::model::config::Activation;
+use crate::runtime::kernels;
 
 /// A large finite negative for masked attention scores: -inf would make gradients NaN.
 pub const MASKED: f64 = -1.0e9;
 
-/// RMSNorm: x / sqrt(mean(x²) + eps) · w.
+/// RMSNorm: x / sqrt(mean(x²) + eps) · w; the fused kernel where it can run.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if kernels::fusable(x) && x.dtype() == w.dtype() {
+        return Ok(kernels::rms_norm::rms_norm(x, w, eps)?);
+    }
+    rms_norm_composed(x, w, eps)
+}
+
+/// RMSNorm from primitives: the reference for the fused kernel, and the path for other
+/// dtypes and devices.
+pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
@@ -36,24 +46,66 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Resul
     })
 }
 
-/// Softmax over the last dimension. The max is detached: softmax is shift-invariant, so
-/// its gradient does not depend on it.
+/// Softmax over the last dimension; the fused kernel where it can run.
 pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    if kernels::fusable(x) {
+        return Ok(kernels::softmax::softmax_last(x)?);
+    }
+    softmax_composed(x)
+}
+
+/// log-softmax over the last dimension; the fused kernel where it can run.
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    if kernels::fusable(x) {
+        return Ok(kernels::softmax::log_softmax_last(x)?);
+    }
+    log_softmax_composed(x)
+}
+
+/// softmax(scores + mask) over the last dimension, for attention scores
+/// `[rows, heads, len, keys]` and a mask `[rows, 1, len, keys]`.
+pub fn masked_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if kernels::fusable(scores) && scores.dtype() == mask.dtype() {
+        return Ok(kernels::softmax::masked_softmax(scores, mask)?);
+    }
+    softmax_composed(&scores.broadcast_add(mask)?)
+}
+
+/// Softmax from primitives. The max is detached: softmax is shift-invariant, so its
+/// gradient does not depend on it.
+pub fn softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let sum = e.sum_keepdim(D::Minus1)?;
     Ok(e.broadcast_div(&sum)?)
 }
 
-/// log-softmax over the last dimension (numerically stable).
-pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+/// log-softmax from primitives (numerically stable).
+pub fn log_softmax_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let shifted = x.broadcast_sub(&max)?;
     let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
     Ok(shifted.broadcast_sub(&lse)?)
 }
 
+/// act(x); the fused kernel where it can run.
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    if kernels::fusable(x) {
+        return Ok(kernels::gate::activate(x, act)?);
+    }
+    activation_composed(x, act)
+}
+
+/// act(gate) · up for gated MLPs; the fused kernel where it can run.
+pub fn gated_activation(gate: &Tensor, up: &Tensor, act: Activation) -> Result<Tensor> {
+    if kernels::fusable(gate) && gate.dtype() == up.dtype() {
+        return Ok(kernels::gate::gated(gate, up, act)?);
+    }
+    Ok((activation_composed(gate, act)? * up)?)
+}
+
+/// candle's activations: the reference for the fused kernel.
+pub fn activation_composed(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::Silu => x.silu()?,
         Activation::GeluTanh => x.gelu()?,
@@ -67,9 +119,9 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
 pub enum Weight<'a> {
     /// Multiplied as it is: gradients flow to it, or nothing is differentiated.
     Plain(&'a Tensor),
-    /// A gradient flows to the input but none is computed for `W`: candle's matmul backward
+    /// The model's own weight: no gradient is computed for `W` (candle's matmul backward
     /// always computes both operands' gradients, and for frozen weights that is a third of
-    /// the backward pass spent on numbers nobody reads. `transposed` is Wᵀ laid out
+    /// the backward pass spent on numbers nobody reads). `transposed` is Wᵀ laid out
     /// contiguously, which the forward multiplies by (see `Params::transposed`).
     Frozen {
         w: &'a Tensor,
@@ -100,7 +152,8 @@ pub fn linear(x: &Tensor, weight: Weight<'_>, b: Option<&Tensor>) -> Result<Tens
                 transposed: transposed.clone(),
             })?
         }
-        _ => x2.matmul(&weight.tensor().t()?)?,
+        Weight::Frozen { transposed, .. } => x2.matmul(transposed)?,
+        Weight::Plain(w) => x2.matmul(&w.t()?)?,
     };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
@@ -117,13 +170,6 @@ struct FrozenLinear {
     transposed: Tensor,
 }
 
-fn tensor_from_cpu<T: WithDType>(data: &[T], layout: &Layout) -> candle_core::Result<Tensor> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Tensor::from_slice(&data[start..end], layout.shape(), &Device::Cpu),
-        None => candle_core::bail!("frozen linear expects a contiguous input"),
-    }
-}
-
 impl CustomOp1 for FrozenLinear {
     fn name(&self) -> &'static str {
         "frozen-linear"
@@ -134,17 +180,22 @@ impl CustomOp1 for FrozenLinear {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = match storage {
-            CpuStorage::F32(v) => tensor_from_cpu(v, layout)?,
-            CpuStorage::F64(v) => tensor_from_cpu(v, layout)?,
-            other => candle_core::bail!("frozen linear: unsupported dtype {:?}", other.dtype()),
+        // The product on the storages themselves: no copy of the input or the output.
+        let (m, k) = layout.shape().dims2()?;
+        let (w, w_layout) = self.transposed.storage_and_layout();
+        let Storage::Cpu(w) = &*w else {
+            candle_core::bail!("frozen linear: expected the weight on the CPU")
         };
-        let y = x.matmul(&self.transposed)?;
-        let (storage, _) = y.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(cpu) => Ok((cpu.clone(), y.shape().clone())),
-            _ => candle_core::bail!("frozen linear: expected CPU storage"),
+        let n = w_layout.shape().dims2()?.1;
+        if w_layout.shape().dims2()?.0 != k {
+            candle_core::bail!(
+                "frozen linear: input {:?} times weight {:?}",
+                layout.shape(),
+                w_layout.shape()
+            );
         }
+        let out = storage.matmul(w, (1, m, n, k), layout, w_layout)?;
+        Ok((out, Shape::from((m, n))))
     }
 
     fn bwd(

@@ -7,12 +7,56 @@
 //! workers). candle reads `RAYON_NUM_THREADS` at every product, so the switch can be scoped.
 
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
 /// How many callers are inside [`on_threads`], and the variable's value before the first.
 static SERIAL_PRODUCTS: Mutex<(usize, Option<OsString>)> = Mutex::new((0, None));
+
+/// Whether [`on_threads`] is running passes side by side, each on one thread: the fused
+/// kernels then stay on their caller's thread too. An atomic because the kernels ask at
+/// every call, and reading the environment there would cost more than small kernels do.
+static SERIAL: AtomicBool = AtomicBool::new(false);
+
+/// Whether the user set `RAYON_NUM_THREADS` (before [`configure_process`] filled it in).
+static RAYON_THREADS_FROM_USER: AtomicBool = AtomicBool::new(false);
+
+/// Whether `RAYON_NUM_THREADS` is the user's choice, to be left alone.
+pub fn rayon_threads_from_user() -> bool {
+    RAYON_THREADS_FROM_USER.load(Ordering::Relaxed)
+        || (std::env::var_os("RAYON_NUM_THREADS").is_some() && !CONFIGURED.load(Ordering::Relaxed))
+}
+
+static CONFIGURED: AtomicBool = AtomicBool::new(false);
+
+/// Whether tensor work should stay on the calling thread.
+pub fn serial() -> bool {
+    SERIAL.load(Ordering::Relaxed) || rayon::current_num_threads() <= 1
+}
+
+/// Sets the thread counts a process should run with; call first thing in `main`, before
+/// any tensor work starts threads (the CLI does).
+///
+/// - `CANDLE_NUM_THREADS=1` unless set: candle's element-wise pool fights the matrix
+///   products' pool for the cores (see `.cargo/config.toml`); the fused kernels
+///   (`runtime::kernels`) run element-wise work on the products' pool instead.
+/// - `RAYON_NUM_THREADS` to the available parallelism unless set: when it is unset, candle
+///   counts physical cores by reading `/proc/cpuinfo` at every matrix product, which
+///   costs as much as a small product.
+pub fn configure_process() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    let user = std::env::var_os("RAYON_NUM_THREADS").is_some();
+    RAYON_THREADS_FROM_USER.store(user, Ordering::Relaxed);
+    if !user {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    }
+    CONFIGURED.store(true, Ordering::Relaxed);
+}
 
 /// While alive, candle's matrix products run on the calling thread. Nested and concurrent
 /// guards share one switch; the last one out restores the user's setting.
@@ -24,6 +68,7 @@ impl SerialProducts {
         if state.0 == 0 {
             state.1 = std::env::var_os("RAYON_NUM_THREADS");
             std::env::set_var("RAYON_NUM_THREADS", "1");
+            SERIAL.store(true, Ordering::Relaxed);
         }
         state.0 += 1;
         SerialProducts
@@ -35,6 +80,7 @@ impl Drop for SerialProducts {
         let mut state = SERIAL_PRODUCTS.lock().unwrap_or_else(|e| e.into_inner());
         state.0 -= 1;
         if state.0 == 0 {
+            SERIAL.store(false, Ordering::Relaxed);
             match state.1.take() {
                 Some(v) => std::env::set_var("RAYON_NUM_THREADS", v),
                 None => std::env::remove_var("RAYON_NUM_THREADS"),

@@ -1,0 +1,216 @@
+//! RMSNorm, y = x / sqrt(mean(x²) + eps) · w, in one pass per row, with its backward.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
+
+use super::{data, for_rows, real, wide_fn, Real};
+
+/// RMSNorm of `x: [..., d]` with `w: [d]` (both f32 or both f64, on the CPU).
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
+}
+
+struct RmsNorm {
+    eps: f64,
+}
+
+/// 1 / sqrt(mean(x²) + eps) of one row, the sum in f64.
+#[inline(always)]
+fn inverse_rms<T: Real>(row: &[T], eps: f64) -> T {
+    let ms = real::sum1(row, |v| v.f64() * v.f64()) / row.len() as f64;
+    T::of(1.0 / (ms + eps).sqrt())
+}
+
+fn forward<T: Real>(x: &[T], w: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let mut out = vec![T::of(0.0); x.len()];
+    for_rows(&mut out, d, |first, chunk| {
+        forward_rows_wide(&x[first * d..][..chunk.len()], w, eps, chunk)
+    });
+    out
+}
+
+wide_fn!(fn forward_rows_wide [T: Real] (x: &[T], w: &[T], eps: f64, out: &mut [T]) => forward_rows);
+
+#[inline(always)]
+fn forward_rows<T: Real>(x: &[T], w: &[T], eps: f64, out: &mut [T]) {
+    let d = w.len();
+    for (y, xr) in out.chunks_mut(d).zip(x.chunks(d)) {
+        let inv = inverse_rms(xr, eps);
+        for ((y, &xv), &wv) in y.iter_mut().zip(xr).zip(w) {
+            *y = xv * inv * wv;
+        }
+    }
+}
+
+/// dL/dx = inv·w·g − x·inv³·Σ(w·g·x)/d, row by row.
+fn backward<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let mut out = vec![T::of(0.0); x.len()];
+    for_rows(&mut out, d, |first, chunk| {
+        let at = first * d;
+        let n = chunk.len();
+        backward_rows_wide(&x[at..at + n], w, &g[at..at + n], eps, chunk)
+    });
+    out
+}
+
+wide_fn!(fn backward_rows_wide [T: Real] (x: &[T], w: &[T], g: &[T], eps: f64, out: &mut [T]) => backward_rows);
+
+#[inline(always)]
+fn backward_rows<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64, out: &mut [T]) {
+    let d = w.len();
+    for ((dx, xr), gr) in out.chunks_mut(d).zip(x.chunks(d)).zip(g.chunks(d)) {
+        let inv = inverse_rms(xr, eps);
+        let dot = real::sum3(xr, gr, w, |xv, gv, wv| (xv * gv * wv).f64());
+        let inv_f = inv.f64();
+        let c = T::of(inv_f * inv_f * inv_f * dot / d as f64);
+        for (((dx, &xv), &gv), &wv) in dx.iter_mut().zip(xr).zip(gr).zip(w) {
+            *dx = inv * wv * gv - xv * c;
+        }
+    }
+}
+
+fn check_width(x: &Layout, w: &Layout) -> candle_core::Result<usize> {
+    let d = w.shape().elem_count();
+    match x.shape().dims().last() {
+        Some(&last) if last == d && w.shape().rank() == 1 => Ok(d),
+        _ => candle_core::bail!(
+            "rms_norm: weight {:?} does not match the input's last dimension {:?}",
+            w.shape(),
+            x.shape()
+        ),
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        check_width(xl, wl)?;
+        let out = match (xs, ws) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(forward(
+                data(xs, xl, self.name())?,
+                data(ws, wl, self.name())?,
+                self.eps,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(forward(
+                data(xs, xl, self.name())?,
+                data(ws, wl, self.name())?,
+                self.eps,
+            )),
+            _ => candle_core::bail!("rms_norm: f32 or f64 input and weight of one dtype"),
+        };
+        Ok((out, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dx = if x.track_op() {
+            Some(x.apply_op3_no_bwd(w, &g.contiguous()?, &RmsNormBackward { eps: self.eps })?)
+        } else {
+            None
+        };
+        // The weight's gradient, Σ over rows of g·(x·inv): rare (no method here trains a
+        // norm), so composed.
+        let dw = if w.track_op() {
+            let ones = w.ones_like()?.detach();
+            let normalised = rms_norm(&x.detach(), &ones, self.eps)?;
+            let d = w.dim(0)?;
+            Some(
+                (g * normalised)?
+                    .reshape(((), d))?
+                    .sum(0)?
+                    .reshape(w.shape())?,
+            )
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+struct RmsNormBackward {
+    eps: f64,
+}
+
+impl CustomOp3 for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        check_width(xl, wl)?;
+        if xl.shape() != gl.shape() {
+            candle_core::bail!("rms_norm backward: gradient shape differs from the input's");
+        }
+        let n = self.name();
+        let out = match (xs, ws, gs) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(backward(
+                    data(xs, xl, n)?,
+                    data(ws, wl, n)?,
+                    data(gs, gl, n)?,
+                    self.eps,
+                ))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(backward(
+                    data(xs, xl, n)?,
+                    data(ws, wl, n)?,
+                    data(gs, gl, n)?,
+                    self.eps,
+                ))
+            }
+            _ => candle_core::bail!("rms_norm backward: f32 or f64 tensors of one dtype"),
+        };
+        Ok((out, xl.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::kernels::testing::{assert_close, check_gradients, rand};
+    use crate::runtime::ops;
+
+    #[test]
+    fn matches_the_composed_norm_in_f32() {
+        let x = rand(&[3, 5, 64], 1, candle_core::DType::F32);
+        let w = rand(&[64], 2, candle_core::DType::F32);
+        let fused = rms_norm(&x, &w, 1e-5).unwrap();
+        let composed = ops::rms_norm_composed(&x, &w, 1e-5).unwrap();
+        assert_close(&fused, &composed, 2e-6);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_and_the_composed_backward() {
+        let x = rand(&[4, 7], 3, candle_core::DType::F64);
+        let w = rand(&[7], 4, candle_core::DType::F64);
+        check_gradients(
+            &[x, w],
+            |t| Ok(rms_norm(&t[0], &t[1], 1e-6)?),
+            |t| ops::rms_norm_composed(&t[0], &t[1], 1e-6),
+        );
+    }
+}
