@@ -102,7 +102,7 @@ impl ModelArg {
 
 fn main() {
     // Before any tensor work starts threads.
-    kedit::runtime::threads::configure_process();
+    kedit::runtime::process::configure_process();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),

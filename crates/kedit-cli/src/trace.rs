@@ -56,7 +56,7 @@ impl TraceArgs {
             .workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
             .max(1);
-        if workers > 1 && !kedit::runtime::threads::rayon_threads_from_user() {
+        if workers > 1 && !kedit::runtime::process::rayon_threads_from_user() {
             std::env::set_var("RAYON_NUM_THREADS", "1");
         }
         workers

@@ -7,6 +7,7 @@ pub mod kernels;
 pub mod kv_cache;
 pub mod nll;
 pub mod ops;
+pub mod process;
 pub mod sites;
 pub mod summary;
 pub mod threads;

@@ -8,6 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::runtime::kernels::{real, wide_fn, Real};
 
 /// `[n]`: log-softmax of `logits: [n, vocab]` at `targets[i]` in row `i`; differentiable.
 pub fn target_log_probs(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
@@ -30,24 +31,6 @@ pub fn target_log_probs(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
 
 struct TargetLogProb {
     targets: Vec<u32>,
-}
-
-/// A float type the kernels run on.
-trait Float: Copy + Send + Sync + candle_core::WithDType {
-    /// exp of a non-positive argument (the shifted logits), fast where accuracy allows.
-    fn exp_shifted(self) -> f64;
-}
-
-impl Float for f32 {
-    fn exp_shifted(self) -> f64 {
-        fast_exp(self) as f64
-    }
-}
-
-impl Float for f64 {
-    fn exp_shifted(self) -> f64 {
-        self.exp()
-    }
 }
 
 /// exp(x) in f32, ~1e-7 relative error: 2^k · p(r) after reducing x = k·ln2 + r.
@@ -83,38 +66,41 @@ fn slice<'a, T: candle_core::WithDType>(
     }
 }
 
-fn row_lse<T: Float>(row: &[T]) -> f64 {
-    let max = row
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &x| m.max(x.to_f64()));
-    let max_t = T::from_f64(max);
-    let sum: f64 = row
-        .iter()
-        .map(|&x| T::from_f64(x.to_f64() - max_t.to_f64()).exp_shifted())
-        .sum();
-    max + sum.ln()
+wide_fn!(fn row_lse_wide [T: Real] (row: &[T]) -> f64 => row_lse);
+
+/// log Σ exp over one row, in f64.
+#[inline(always)]
+fn row_lse<T: Real>(row: &[T]) -> f64 {
+    let max = real::max(row);
+    max.f64() + real::sum1(row, |x| (x - max).exp().f64()).ln()
 }
 
-fn forward<T: Float>(x: &[T], vocab: usize, targets: &[u32]) -> Vec<T> {
+fn forward<T: Real>(x: &[T], vocab: usize, targets: &[u32]) -> Vec<T> {
     x.par_chunks(vocab)
         .zip(targets.par_iter())
-        .map(|(row, &t)| T::from_f64(row[t as usize].to_f64() - row_lse(row)))
+        .map(|(row, &t)| T::of(row[t as usize].f64() - row_lse_wide(row)))
         .collect()
 }
 
-fn backward<T: Float>(x: &[T], vocab: usize, targets: &[u32], grad: &[T]) -> Vec<T> {
-    let mut out = vec![T::from_f64(0.0); x.len()];
+wide_fn!(fn gradient_row_wide [T: Real] (row: &[T], target: usize, g: f64, out: &mut [T]) => gradient_row);
+
+/// The gradient of g · log p(target) with respect to one row of logits: g·(onehot − p).
+#[inline(always)]
+fn gradient_row<T: Real>(row: &[T], target: usize, g: f64, out: &mut [T]) {
+    let lse = row_lse(row);
+    let minus_g = T::of(-g);
+    for (o, &xi) in out.iter_mut().zip(row) {
+        *o = minus_g * T::of(xi.f64() - lse).exp();
+    }
+    out[target] = T::of(out[target].f64() + g);
+}
+
+fn backward<T: Real>(x: &[T], vocab: usize, targets: &[u32], grad: &[T]) -> Vec<T> {
+    let mut out = vec![T::of(0.0); x.len()];
     out.par_chunks_mut(vocab)
         .zip(x.par_chunks(vocab))
         .zip(targets.par_iter().zip(grad.par_iter()))
-        .for_each(|((o, row), (&t, &g))| {
-            let lse = row_lse(row);
-            let g = g.to_f64();
-            for (o, &xi) in o.iter_mut().zip(row) {
-                *o = T::from_f64(-g * T::from_f64(xi.to_f64() - lse).exp_shifted());
-            }
-            o[t as usize] = T::from_f64(o[t as usize].to_f64() + g);
-        });
+        .for_each(|((o, row), (&t, &g))| gradient_row_wide(row, t as usize, g.f64(), o));
     out
 }
 

@@ -20,42 +20,9 @@ static SERIAL_PRODUCTS: Mutex<(usize, Option<OsString>)> = Mutex::new((0, None))
 /// every call, and reading the environment there would cost more than small kernels do.
 static SERIAL: AtomicBool = AtomicBool::new(false);
 
-/// Whether the user set `RAYON_NUM_THREADS` (before [`configure_process`] filled it in).
-static RAYON_THREADS_FROM_USER: AtomicBool = AtomicBool::new(false);
-
-/// Whether `RAYON_NUM_THREADS` is the user's choice, to be left alone.
-pub fn rayon_threads_from_user() -> bool {
-    RAYON_THREADS_FROM_USER.load(Ordering::Relaxed)
-        || (std::env::var_os("RAYON_NUM_THREADS").is_some() && !CONFIGURED.load(Ordering::Relaxed))
-}
-
-static CONFIGURED: AtomicBool = AtomicBool::new(false);
-
 /// Whether tensor work should stay on the calling thread.
 pub fn serial() -> bool {
     SERIAL.load(Ordering::Relaxed) || rayon::current_num_threads() <= 1
-}
-
-/// Sets the thread counts a process should run with; call first thing in `main`, before
-/// any tensor work starts threads (the CLI does).
-///
-/// - `CANDLE_NUM_THREADS=1` unless set: candle's element-wise pool fights the matrix
-///   products' pool for the cores (see `.cargo/config.toml`); the fused kernels
-///   (`runtime::kernels`) run element-wise work on the products' pool instead.
-/// - `RAYON_NUM_THREADS` to the available parallelism unless set: when it is unset, candle
-///   counts physical cores by reading `/proc/cpuinfo` at every matrix product, which
-///   costs as much as a small product.
-pub fn configure_process() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-    let user = std::env::var_os("RAYON_NUM_THREADS").is_some();
-    RAYON_THREADS_FROM_USER.store(user, Ordering::Relaxed);
-    if !user {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    }
-    CONFIGURED.store(true, Ordering::Relaxed);
 }
 
 /// While alive, candle's matrix products run on the calling thread. Nested and concurrent

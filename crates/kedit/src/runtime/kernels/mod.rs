@@ -12,7 +12,7 @@
 //! composed versions.
 
 pub mod gate;
-mod real;
+pub(crate) mod real;
 pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
@@ -71,19 +71,19 @@ fn for_rows<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + 
 /// dispatches its own kernels). The loop must be a named `#[inline(always)]` function called
 /// directly: a closure or a function pointer is compiled out of line, for the baseline.
 macro_rules! wide_fn {
-    (fn $name:ident [$($gp:ident : $gb:path),*] ($($arg:ident : $ty:ty),* $(,)?) => $body:ident) => {
+    (fn $name:ident [$($gp:ident : $gb:path),*] ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? => $body:ident) => {
         #[allow(clippy::too_many_arguments, reason = "the loop's inputs, passed through")]
-        fn $name<$($gp: $gb),*>($($arg: $ty),*) {
+        fn $name<$($gp: $gb),*>($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 #[allow(clippy::too_many_arguments, reason = "as above")]
-                fn avx512<$($gp: $gb),*>($($arg: $ty),*) {
+                fn avx512<$($gp: $gb),*>($($arg: $ty),*) $(-> $ret)? {
                     $body::<$($gp),*>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments, reason = "as above")]
-                fn avx2<$($gp: $gb),*>($($arg: $ty),*) {
+                fn avx2<$($gp: $gb),*>($($arg: $ty),*) $(-> $ret)? {
                     $body::<$($gp),*>($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
