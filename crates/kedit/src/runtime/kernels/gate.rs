@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{data, for_rows, wide_fn, Real};
+use super::{data, for_rows, per_dtype, wide_fn, Real};
 use crate::model::config::Activation;
 
 /// act(gate) · up, elementwise.
@@ -214,15 +214,7 @@ impl CustomOp2 for Gated {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         same_shape(xl, ul, self.name())?;
         let n = self.name();
-        let out = match (xs, us) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(forward(data(xs, xl, n)?, Some(data(us, ul, n)?), self.0))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(forward(data(xs, xl, n)?, Some(data(us, ul, n)?), self.0))
-            }
-            _ => candle_core::bail!("gated activation: f32 or f64 of one dtype"),
-        };
+        let out = per_dtype!(n; x = (xs, xl), u = (us, ul) => forward(x, Some(u), self.0));
         Ok((out, xl.shape().clone()))
     }
 
@@ -263,25 +255,7 @@ impl CustomOp3 for GatedBackward {
         same_shape(xl, ul, self.name())?;
         same_shape(xl, gl, self.name())?;
         let n = self.name();
-        let out = match (xs, us, gs) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward(
-                    data(xs, xl, n)?,
-                    Some(data(us, ul, n)?),
-                    data(gs, gl, n)?,
-                    self.0,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward(
-                    data(xs, xl, n)?,
-                    Some(data(us, ul, n)?),
-                    data(gs, gl, n)?,
-                    self.0,
-                ))
-            }
-            _ => candle_core::bail!("gated activation backward: f32 or f64 of one dtype"),
-        };
+        let out = per_dtype!(n; x = (xs, xl), u = (us, ul), g = (gs, gl) => backward(x, Some(u), g, self.0));
         Ok((out, Shape::from((2, xl.shape().elem_count()))))
     }
 }
@@ -295,11 +269,7 @@ impl CustomOp1 for Activate {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let n = self.name();
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(forward(data(s, l, n)?, None, self.0)),
-            CpuStorage::F64(_) => CpuStorage::F64(forward(data(s, l, n)?, None, self.0)),
-            _ => candle_core::bail!("activation: f32 or f64 only"),
-        };
+        let out = per_dtype!(n; x = (s, l) => forward(x, None, self.0));
         Ok((out, l.shape().clone()))
     }
 
@@ -327,15 +297,7 @@ impl CustomOp2 for ActivateBackward {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         same_shape(xl, gl, self.name())?;
         let n = self.name();
-        let out = match (xs, gs) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward(data(xs, xl, n)?, None, data(gs, gl, n)?, self.0))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward(data(xs, xl, n)?, None, data(gs, gl, n)?, self.0))
-            }
-            _ => candle_core::bail!("activation backward: f32 or f64 of one dtype"),
-        };
+        let out = per_dtype!(n; x = (xs, xl), g = (gs, gl) => backward(x, None, g, self.0));
         Ok((out, xl.shape().clone()))
     }
 }

@@ -40,6 +40,32 @@ fn data<'a, T: WithDType>(
     }
 }
 
+/// `CpuStorage` of `$body` computed in the inputs' float type: each `$v` is bound to the
+/// data of its `(storage, layout)` as `&[f32]` or `&[f64]` (as the first input's), and
+/// `$body` must give a `Vec` of that type. Inputs of another dtype are an error.
+macro_rules! per_dtype {
+    ($op:expr; $v0:ident = ($s0:expr, $l0:expr) $(, $v:ident = ($s:expr, $l:expr))* => $body:expr) => {
+        match $s0 {
+            CpuStorage::F32(_) => {
+                let $v0 = data::<f32>($s0, $l0, $op)?;
+                $(let $v = data::<f32>($s, $l, $op)?;)*
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                let $v0 = data::<f64>($s0, $l0, $op)?;
+                $(let $v = data::<f64>($s, $l, $op)?;)*
+                CpuStorage::F64($body)
+            }
+            other => candle_core::bail!(
+                "{}: f32 or f64 only, not {:?}",
+                $op,
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
+        }
+    };
+}
+pub(crate) use per_dtype;
+
 /// Elements per parallel task: below this, handing work to another thread costs more
 /// than it saves.
 const TASK_ELEMENTS: usize = 16 * 1024;

@@ -2,7 +2,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{data, for_rows, real, wide_fn, Real};
+use super::{data, for_rows, per_dtype, real, wide_fn, Real};
 
 /// RMSNorm of `x: [..., d]` with `w: [d]` (both f32 or both f64, on the CPU).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
@@ -95,19 +95,8 @@ impl CustomOp2 for RmsNorm {
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         check_width(xl, wl)?;
-        let out = match (xs, ws) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(forward(
-                data(xs, xl, self.name())?,
-                data(ws, wl, self.name())?,
-                self.eps,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(forward(
-                data(xs, xl, self.name())?,
-                data(ws, wl, self.name())?,
-                self.eps,
-            )),
-            _ => candle_core::bail!("rms_norm: f32 or f64 input and weight of one dtype"),
-        };
+        let n = self.name();
+        let out = per_dtype!(n; x = (xs, xl), w = (ws, wl) => forward(x, w, self.eps));
         Ok((out, xl.shape().clone()))
     }
 
@@ -165,25 +154,8 @@ impl CustomOp3 for RmsNormBackward {
             candle_core::bail!("rms_norm backward: gradient shape differs from the input's");
         }
         let n = self.name();
-        let out = match (xs, ws, gs) {
-            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward(
-                    data(xs, xl, n)?,
-                    data(ws, wl, n)?,
-                    data(gs, gl, n)?,
-                    self.eps,
-                ))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward(
-                    data(xs, xl, n)?,
-                    data(ws, wl, n)?,
-                    data(gs, gl, n)?,
-                    self.eps,
-                ))
-            }
-            _ => candle_core::bail!("rms_norm backward: f32 or f64 tensors of one dtype"),
-        };
+        let out =
+            per_dtype!(n; x = (xs, xl), w = (ws, wl), g = (gs, gl) => backward(x, w, g, self.eps));
         Ok((out, xl.shape().clone()))
     }
 }

@@ -4,7 +4,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 
-use super::{data, for_rows, wide_fn, Real};
+use super::{data, for_rows, per_dtype, wide_fn, Real};
 
 /// How to rotate: the first `rotary_dim` of each head's dimensions, in halves (Llama) or
 /// in adjacent pairs (GPT-J), times `scale`.
@@ -84,7 +84,7 @@ fn rotate<T: Real>(src: &[T], dst: &mut [T], cos: &[T], sin: &[T], r: Rotation, 
 }
 
 impl Rope {
-    fn run<T: Real>(
+    fn rotate<T: Real>(
         &self,
         x: &[T],
         dims: (usize, usize, usize, usize),
@@ -113,7 +113,7 @@ impl Rope {
     }
 }
 
-// Output rows `first..` of the rotation (see `Rope::run`).
+// Output rows `first..` of the rotation (see `Rope::rotate`).
 wide_fn!(fn rotate_rows_wide [T: Real] (x: &[T], cos: &[T], sin: &[T], dims: (usize, usize, usize, usize), rotation: Rotation, back: bool, first: usize, chunk: &mut [T]) => rotate_rows);
 
 #[inline(always)]
@@ -170,11 +170,7 @@ impl CustomOp1 for Rope {
             ((a, b, c, hd), Shape::from((a, c, b, hd)))
         };
         let n = self.name();
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(self.run(data(s, l, n)?, dims)?),
-            CpuStorage::F64(_) => CpuStorage::F64(self.run(data(s, l, n)?, dims)?),
-            _ => candle_core::bail!("rope: f32 or f64 only"),
-        };
+        let out = per_dtype!(n; x = (s, l) => self.rotate(x, dims)?);
         Ok((out, out_shape))
     }
 

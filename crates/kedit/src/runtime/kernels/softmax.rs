@@ -3,7 +3,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-use super::{data, for_rows, real, wide_fn, Real};
+use super::{data, for_rows, per_dtype, real, wide_fn, Real};
 
 /// softmax(x) over the last dimension.
 pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -147,15 +147,8 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let w = last_dim(l)?;
-        let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(forward(data(s, l, self.name())?, w, None, self.log))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(forward(data(s, l, self.name())?, w, None, self.log))
-            }
-            _ => candle_core::bail!("softmax: f32 or f64 only"),
-        };
+        let n = self.name();
+        let out = per_dtype!(n; x = (s, l) => forward(x, w, None, self.log));
         Ok((out, l.shape().clone()))
     }
 
@@ -190,21 +183,7 @@ impl CustomOp2 for MaskedSoftmax {
             );
         }
         let n = self.name();
-        let out = match (s, ms) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(forward(
-                data(s, l, n)?,
-                keys,
-                Some((data(ms, ml, n)?, heads, len)),
-                false,
-            )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(forward(
-                data(s, l, n)?,
-                keys,
-                Some((data(ms, ml, n)?, heads, len)),
-                false,
-            )),
-            _ => candle_core::bail!("masked softmax: f32 or f64 scores and mask of one dtype"),
-        };
+        let out = per_dtype!(n; x = (s, l), m = (ms, ml) => forward(x, keys, Some((m, heads, len)), false));
         Ok((out, l.shape().clone()))
     }
 
@@ -241,15 +220,7 @@ impl CustomOp2 for SoftmaxBackward {
         }
         let w = last_dim(yl)?;
         let n = self.name();
-        let out = match (ys, gs) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(backward(data(ys, yl, n)?, data(gs, gl, n)?, w, self.log))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(backward(data(ys, yl, n)?, data(gs, gl, n)?, w, self.log))
-            }
-            _ => candle_core::bail!("softmax backward: f32 or f64 of one dtype"),
-        };
+        let out = per_dtype!(n; y = (ys, yl), g = (gs, gl) => backward(y, g, w, self.log));
         Ok((out, yl.shape().clone()))
     }
 }
