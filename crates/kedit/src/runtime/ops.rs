@@ -20,7 +20,7 @@ pub const MASKED: f64 = -1.0e9;
 /// RMSNorm: x / sqrt(mean(x²) + eps) · w; the fused kernel where it can run.
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if kernels::fusable(x) && x.dtype() == w.dtype() {
-        return Ok(kernels::rms_norm::rms_norm(x, w, eps)?);
+        return Ok(kernels::norm::rms_norm(x, w, eps)?);
     }
     rms_norm_composed(x, w, eps)
 }
@@ -33,8 +33,21 @@ pub fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
 }
 
-/// LayerNorm: (x − mean) / sqrt(var + eps) · w + b, variance biased as in PyTorch.
+/// LayerNorm: (x − mean) / sqrt(var + eps) · w + b, variance biased as in PyTorch; the
+/// fused kernel where it can run.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    if kernels::fusable(x) && x.dtype() == w.dtype() {
+        let y = kernels::norm::layer_norm(x, w, eps)?;
+        return Ok(match b {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        });
+    }
+    layer_norm_composed(x, w, b, eps)
+}
+
+/// LayerNorm from primitives: the reference for the fused kernel.
+pub fn layer_norm_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centred = x.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;

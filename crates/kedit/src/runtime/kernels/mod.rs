@@ -1,5 +1,6 @@
 //! Fused CPU kernels with their own backward, for the operations a forward pass runs at
-//! every layer: RMSNorm, the attention softmax with its mask, RoPE, the gated activation.
+//! every layer: RMSNorm and LayerNorm, the attention softmax with its mask, RoPE, the gated
+//! activation.
 //!
 //! Why: composed from candle's primitives, each of these is several full passes over
 //! memory on one thread (candle's element-wise pool is off: see `.cargo/config.toml`), and
@@ -12,8 +13,8 @@
 //! composed versions.
 
 pub mod gate;
+pub mod norm;
 pub(crate) mod real;
-pub mod rms_norm;
 pub mod rope;
 pub mod softmax;
 
