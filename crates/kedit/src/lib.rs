@@ -14,6 +14,7 @@
 //! - [`evaluate`]: metrics. [`experiment`]: editing modes, run store, reports.
 //! - [`stats`]: second-moment statistics of MLP keys (ROME's C), cached and resumable.
 //! - [`trace`]: causal tracing and locating the layer to edit.
+//! - [`encoder`]: the sentence encoder (all-MiniLM-L6-v2) for retrieval and scope classifiers.
 //!
 //! ```no_run
 //! use kedit::editor::Editor;
@@ -56,6 +57,7 @@ pub mod cache;
 pub mod data;
 pub mod edit;
 pub mod editor;
+pub mod encoder;
 pub mod error;
 pub mod evaluate;
 pub mod experiment;

@@ -19,7 +19,7 @@ const LAYERS: [&[&str]; 14] = [
     &["tokenizer"],
     &["model"],
     &["runtime"],
-    &["lm", "stats", "trace"],
+    &["lm", "stats", "trace", "encoder"],
     &["request"],
     &["prompts", "data"],
     &["edit"],
