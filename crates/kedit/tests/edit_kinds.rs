@@ -163,6 +163,7 @@ impl EditMethod for ToyContext {
         Ok(Computed {
             edit: Edit::Context(ContextEdit {
                 prefix: requests.iter().map(fact).collect(),
+                lead: String::new(),
                 meta: Default::default(),
             }),
             report: MethodReport::default(),
@@ -407,6 +408,7 @@ fn malformed_adaptor_memory_and_context_edits_are_refused() {
         }),
         Edit::Context(ContextEdit {
             prefix: String::new(),
+            lead: String::new(),
             meta: Default::default(),
         }),
     ];

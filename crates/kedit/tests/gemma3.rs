@@ -423,12 +423,14 @@ fn model_inputs_start_with_bos_where_the_model_expects_it() {
     editor
         .apply(&Edit::Context(ContextEdit {
             prefix: context.into(),
+            lead: String::new(),
             meta: Default::default(),
         }))
         .unwrap();
+    // The context and the prompt are encoded as one text, after the BOS.
+    let written = tok.decode(&input[1..], false).unwrap();
     let by_hand: Vec<u32> = std::iter::once(bos)
-        .chain(tok.encode(context).unwrap())
-        .chain(input[1..].iter().copied())
+        .chain(tok.encode(&format!("{context}{written}")).unwrap())
         .collect();
     let edited = editor.next_logits(std::slice::from_ref(&input)).unwrap();
     let plain = m.next_logits(&[by_hand]).unwrap();

@@ -366,6 +366,7 @@ fn memory_and_context_edits_that_add_nothing_are_refused() {
         }),
         Edit::Context(ContextEdit {
             prefix: String::new(),
+            lead: String::new(),
             meta: Default::default(),
         }),
     ];

@@ -55,6 +55,8 @@ enum Body {
     },
     Context {
         prefix: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        lead: String,
     },
 }
 
@@ -166,6 +168,7 @@ impl Edit {
             },
             Edit::Context(c) => Body::Context {
                 prefix: c.prefix.clone(),
+                lead: c.lead.clone(),
             },
         };
         Ok((body, tensors))
@@ -257,6 +260,6 @@ fn from_parts(
             router,
             meta,
         }),
-        Body::Context { prefix } => Edit::Context(ContextEdit { prefix, meta }),
+        Body::Context { prefix, lead } => Edit::Context(ContextEdit { prefix, lead, meta }),
     })
 }

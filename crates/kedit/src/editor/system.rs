@@ -15,7 +15,8 @@ use crate::runtime::Intervention;
 use crate::tokenizer::Tokenizer;
 
 impl Editor {
-    /// The text put in front of an input whose prompt is `prompt`.
+    /// The text put in front of an input whose prompt is `prompt`: every context's prefix,
+    /// the context of the memory record the prompt is routed to, then the last lead.
     fn prefix_for(&self, prompt: &str) -> String {
         let mut prefix: String = self.contexts().iter().map(|c| c.prefix.as_str()).collect();
         let routed = self
@@ -26,29 +27,46 @@ impl Editor {
         if let Some(route) = routed {
             prefix.push_str(&route.record.context);
         }
+        if let Some(c) = self.contexts().iter().rev().find(|c| !c.lead.is_empty()) {
+            prefix.push_str(&c.lead);
+        }
         prefix
     }
 
     /// `ids` with the prefix for its prompt (its first `prompt_len` tokens) in front; the
-    /// number of tokens added.
+    /// new prompt length.
+    ///
+    /// The prefix and the prompt are encoded as one text, as a user writing them together
+    /// (or EasyEdit joining the strings) would have them: encoded apart, a prefix ending in
+    /// `Prompt: ` would leave a lone space token before the prompt's first word, a
+    /// tokenization the model never saw. The tokens after the prompt (a scored target) are
+    /// kept as they are.
     fn with_prefix(&self, ids: &[u32], prompt_len: usize) -> Result<(Vec<u32>, usize)> {
         if self.memories().is_empty() && self.contexts().is_empty() {
-            return Ok((ids.to_vec(), 0));
+            return Ok((ids.to_vec(), prompt_len));
         }
         let tok = self.model().tokenizer()?;
         let prompt = tok.decode(&ids[..prompt_len], true)?;
         let prefix = self.prefix_for(&prompt);
         if prefix.is_empty() {
-            return Ok((ids.to_vec(), 0));
+            return Ok((ids.to_vec(), prompt_len));
         }
         // The prefix goes after a leading BOS, which stays first.
         let bos = tok
             .bos_id()
             .filter(|b| tok.adds_bos() && ids.first() == Some(b));
-        let (head, rest) = ids.split_at(usize::from(bos.is_some()));
-        let added = tok.encode(&prefix)?;
-        let out: Vec<u32> = head.iter().chain(&added).chain(rest).copied().collect();
-        Ok((out, added.len()))
+        let head = usize::from(bos.is_some());
+        // Special tokens in the prompt (a chat template's) are decoded as written, so that
+        // encoding reads them back as the same tokens.
+        let written = tok.decode(&ids[head..prompt_len], false)?;
+        let joint = tok.encode(&format!("{prefix}{written}"))?;
+        let out: Vec<u32> = ids[..head]
+            .iter()
+            .chain(&joint)
+            .chain(&ids[prompt_len..])
+            .copied()
+            .collect();
+        Ok((out, head + joint.len()))
     }
 
     fn adaptor_hooks(&self, ends: &PromptEnds) -> Result<Vec<Intervention>> {
@@ -77,11 +95,8 @@ impl LanguageModel for Editor {
         let rows = rows
             .iter()
             .map(|r| {
-                let (ids, added) = self.with_prefix(&r.ids, r.prompt_len)?;
-                Ok(ScoreRow {
-                    ids,
-                    prompt_len: r.prompt_len + added,
-                })
+                let (ids, prompt_len) = self.with_prefix(&r.ids, r.prompt_len)?;
+                Ok(ScoreRow { ids, prompt_len })
             })
             .collect::<Result<Vec<_>>>()?;
         let hooks = |ends: &PromptEnds| self.adaptor_hooks(ends);

@@ -7,6 +7,7 @@
 pub mod adam;
 pub mod ft;
 pub mod hparams;
+pub mod ike;
 pub mod loss;
 pub mod memit;
 pub mod registry;

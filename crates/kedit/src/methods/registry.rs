@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::methods::hparams::{builtin, HparamsSource};
 use crate::methods::train::TrainFn;
-use crate::methods::{ft, memit, rome, LoadedMethod};
+use crate::methods::{ft, ike, memit, rome, LoadedMethod};
 use crate::model::{Family, Model};
 
 /// EasyEdit's taxonomy of editing methods (plus fine-tuning baselines).
@@ -125,6 +125,12 @@ const ALPHAEDIT_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/AlphaEdit/smollm2-135m.yaml"),
 }];
 
+const IKE_SHIPPED: &[Shipped] = &[Shipped {
+    path: "IKE/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/IKE/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -222,6 +228,17 @@ const BUILTIN: &[MethodSpec] = &[
         needs: &[Need::KeyStatistics],
         shipped: ALPHAEDIT_SHIPPED,
         load: memit::Memit::load,
+        trainer: None,
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "ike",
+        alg_name: "IKE",
+        family: MethodFamily::MemoryBased,
+        summary: "in-context editing: retrieved demonstrations and the new fact as a context (Zheng et al. 2023)",
+        needs: &[Need::RetrievalPool],
+        shipped: IKE_SHIPPED,
+        load: ike::Ike::load,
         trainer: None,
         without_statistics: None,
     },

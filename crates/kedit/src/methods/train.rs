@@ -127,8 +127,10 @@ fn write_hparams(
 }
 
 impl HparamsSource {
-    /// The path a key names (`archive:`), relative paths resolved against the file's
-    /// directory.
+    /// The path a key names (`archive:`, `pool:`), relative paths resolved against the
+    /// file's directory — or, for shipped files, which are written relative to the
+    /// repository root, against the first of the current directory and its parents where
+    /// the path exists (tests run in `crates/kedit`, the CLI anywhere in the checkout).
     pub fn path_key(&self, key: &str) -> Result<Option<PathBuf>> {
         let Some(v) = self.value.get(key) else {
             return Ok(None);
@@ -143,7 +145,20 @@ impl HparamsSource {
         if p.is_absolute() {
             return Ok(Some(p));
         }
+        if self.origin.to_string_lossy().starts_with("built-in:") {
+            return Ok(Some(from_workspace(&p)));
+        }
         let base = self.origin.parent().unwrap_or(Path::new("."));
         Ok(Some(base.join(p)))
     }
+}
+
+/// `rel` under the current directory or the nearest parent where it exists; under the
+/// current directory when none has it (the error then names that path).
+fn from_workspace(rel: &Path) -> PathBuf {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    cwd.ancestors()
+        .map(|d| d.join(rel))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| cwd.join(rel))
 }
