@@ -3,6 +3,7 @@
 //! its record's context in front of it; any other input reaches the model untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,15 @@ pub enum Router {
     /// Jaccard similarity of the lower-cased word sets of the input and a record's prompt;
     /// the most similar record at or above `threshold` is chosen.
     WordOverlap { threshold: f64 },
+    /// SERAC's scope classifier ([`super::ScopeClassifier`], a file written by `kedit train
+    /// --method serac`, identified by its fingerprint): the record with the highest
+    /// in-scope probability is chosen when that is at or above `threshold`. The Editor
+    /// loads the classifier when the memory is applied.
+    Scope {
+        classifier: PathBuf,
+        fingerprint: String,
+        threshold: f64,
+    },
 }
 
 /// Records and their router. Applying a memory edit adds a memory to the system; inputs
@@ -55,18 +65,22 @@ impl MemoryEdit {
             )));
         }
         match self.router {
-            Router::WordOverlap { threshold } if !(0.0..=1.0).contains(&threshold) => {
+            Router::WordOverlap { threshold } | Router::Scope { threshold, .. }
+                if !(0.0..=1.0).contains(&threshold) =>
+            {
                 Err(Error::EditRefused(format!(
-                    "the word-overlap threshold {threshold} is outside [0, 1]"
+                    "the routing threshold {threshold} is outside [0, 1]"
                 )))
             }
             _ => Ok(()),
         }
     }
 
-    /// The record `input` is routed to, if any.
+    /// The record `input` is routed to by a rule that needs no model (word overlap);
+    /// `None` for a scope-classifier memory, which the Editor routes.
     pub fn route(&self, input: &str) -> Option<Route<'_>> {
         match self.router {
+            Router::Scope { .. } => None,
             Router::WordOverlap { threshold } => {
                 let words = word_set(input);
                 self.records

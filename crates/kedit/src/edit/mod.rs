@@ -7,6 +7,7 @@ pub mod adaptor;
 pub mod context;
 mod file;
 pub mod memory;
+pub mod scope;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use std::collections::BTreeMap;
 pub use adaptor::{AdaptorEdit, AdaptorPositions};
 pub use context::ContextEdit;
 pub use memory::{MemoryEdit, MemoryRecord, Route, Router};
+pub use scope::ScopeClassifier;
 pub use weights::{Delta, WeightEdit};
 
 /// One edit (of one request, or one batch of requests).

@@ -6,18 +6,24 @@
 //! Weights are immutable reference-counted tensors, so a checkpoint is a cheap copy of the
 //! parameter map and restoring it gives bit-identical weights — no arithmetic undo.
 
+mod scope_index;
 mod system;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::Tensor;
 use serde::Serialize;
 
-use crate::edit::{weights, AdaptorEdit, ContextEdit, Edit, MemoryEdit, WeightEdit};
+use crate::edit::{
+    weights, AdaptorEdit, ContextEdit, Edit, MemoryEdit, Router, ScopeClassifier, WeightEdit,
+};
+use crate::encoder::SentenceEncoder;
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
 use crate::model::{Model, ParamId, Params};
 use crate::runtime::Site;
+use scope_index::ScopeIndex;
 
 /// When an edit is refused.
 #[derive(Clone, Debug, Serialize)]
@@ -43,6 +49,8 @@ struct Extras {
     /// At most one codebook per site.
     adaptors: BTreeMap<Site, AdaptorEdit>,
     memories: Vec<MemoryEdit>,
+    /// For each memory, its scope index when a scope classifier routes it.
+    scopes: Vec<Option<ScopeIndex>>,
     contexts: Vec<ContextEdit>,
 }
 
@@ -95,6 +103,9 @@ pub struct Editor {
     original: Params,
     extras: Extras,
     applied: Vec<AppliedEdit>,
+    /// Scope classifiers loaded for memories, by fingerprint: kept across reverts, so that
+    /// re-applying a memory does not read its classifier again.
+    classifiers: BTreeMap<String, Arc<ScopeClassifier>>,
     pub guard: Guard,
 }
 
@@ -105,6 +116,7 @@ impl Editor {
             model,
             extras: Extras::default(),
             applied: Vec::new(),
+            classifiers: BTreeMap::new(),
             guard: Guard::default(),
         }
     }
@@ -181,7 +193,19 @@ impl Editor {
             }
             Edit::Memory(m) => {
                 m.check()?;
+                let scope = match &m.router {
+                    Router::Scope {
+                        classifier,
+                        fingerprint,
+                        threshold,
+                    } => {
+                        let c = self.scope_classifier(classifier, fingerprint)?;
+                        Some(ScopeIndex::build(c, m, *threshold)?)
+                    }
+                    Router::WordOverlap { .. } => None,
+                };
                 self.extras.memories.push(m.clone());
+                self.extras.scopes.push(scope);
                 AppliedEdit {
                     entries: m.records.len(),
                     ..AppliedEdit::of_kind("memory")
@@ -263,6 +287,36 @@ impl Editor {
             ));
         }
         Ok(record)
+    }
+
+    /// The scope classifier saved at `path`, which must be the one the memory was made
+    /// with (`fingerprint`); loaded once per editor.
+    fn scope_classifier(
+        &mut self,
+        path: &std::path::Path,
+        fingerprint: &str,
+    ) -> Result<Arc<ScopeClassifier>> {
+        if let Some(c) = self.classifiers.get(fingerprint) {
+            return Ok(c.clone());
+        }
+        let base_dir = ScopeClassifier::base_dir_of(path)?;
+        let base_dir = if base_dir.is_dir() {
+            base_dir
+        } else {
+            SentenceEncoder::default_dir()
+        };
+        let c = ScopeClassifier::load(path, &SentenceEncoder::load(&base_dir)?)?;
+        let got = format!("{:016x}", c.fingerprint());
+        if got != fingerprint {
+            return Err(Error::EditRefused(format!(
+                "{}: the scope classifier there has fingerprint {got}; the memory was made with \
+                 {fingerprint} (the file was retrained or replaced since)",
+                path.display()
+            )));
+        }
+        let c = Arc::new(c);
+        self.classifiers.insert(got, c.clone());
+        Ok(c)
     }
 
     fn check_logits_finite(&self) -> Result<()> {

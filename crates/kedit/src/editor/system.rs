@@ -17,20 +17,59 @@ use crate::tokenizer::Tokenizer;
 impl Editor {
     /// The text put in front of an input whose prompt is `prompt`: every context's prefix,
     /// the context of the memory record the prompt is routed to, then the last lead.
-    fn prefix_for(&self, prompt: &str) -> String {
+    fn prefix_for(&self, prompt: &str) -> Result<String> {
         let mut prefix: String = self.contexts().iter().map(|c| c.prefix.as_str()).collect();
-        let routed = self
-            .memories()
-            .iter()
-            .filter_map(|m| m.route(prompt))
-            .max_by(|a, b| a.score.total_cmp(&b.score));
-        if let Some(route) = routed {
-            prefix.push_str(&route.record.context);
+        if let Some(context) = self.routed_context(prompt)? {
+            prefix.push_str(context);
         }
         if let Some(c) = self.contexts().iter().rev().find(|c| !c.lead.is_empty()) {
             prefix.push_str(&c.lead);
         }
-        prefix
+        Ok(prefix)
+    }
+
+    /// The context of the record, over every memory, that `prompt` is routed to with the
+    /// highest score (word overlap, or a scope classifier's probability).
+    fn routed_context(&self, prompt: &str) -> Result<Option<&str>> {
+        // (score, memory, record) of the best match so far.
+        let mut best: Option<(f64, usize, usize)> = None;
+        let mut consider = |score: f64, memory: usize, record: usize| {
+            if best.is_none_or(|(s, _, _)| score > s) {
+                best = Some((score, memory, record));
+            }
+        };
+        // One embedding of the prompt per classifier, however many memories use it.
+        let mut embedded: Vec<(u64, Tensor)> = Vec::new();
+        let memories = &self.extras.memories;
+        for (m, (memory, scope)) in memories.iter().zip(&self.extras.scopes).enumerate() {
+            match scope {
+                None => {
+                    if let Some(r) = memory.route(prompt) {
+                        let i = memory
+                            .records
+                            .iter()
+                            .position(|x| std::ptr::eq(x, r.record))
+                            .expect("a route names one of its memory's records");
+                        consider(r.score, m, i);
+                    }
+                }
+                Some(index) => {
+                    let fp = index.classifier.fingerprint();
+                    let x = match embedded.iter().find(|(f, _)| *f == fp) {
+                        Some((_, x)) => x.clone(),
+                        None => {
+                            let x = index.classifier.embed(&[prompt])?;
+                            embedded.push((fp, x.clone()));
+                            x
+                        }
+                    };
+                    if let Some((i, p)) = index.best(&x)? {
+                        consider(p, m, i);
+                    }
+                }
+            }
+        }
+        Ok(best.map(|(_, m, i)| memories[m].records[i].context.as_str()))
     }
 
     /// `ids` with the prefix for its prompt (its first `prompt_len` tokens) in front; the
@@ -47,7 +86,7 @@ impl Editor {
         }
         let tok = self.model().tokenizer()?;
         let prompt = tok.decode(&ids[..prompt_len], true)?;
-        let prefix = self.prefix_for(&prompt);
+        let prefix = self.prefix_for(&prompt)?;
         if prefix.is_empty() {
             return Ok((ids.to_vec(), prompt_len));
         }

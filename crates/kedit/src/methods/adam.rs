@@ -34,6 +34,41 @@ impl Adam {
         })
     }
 
+    /// Steps taken and each variable's first and second moments, in the order given to
+    /// [`Adam::new`] (saved with a checkpoint so that training resumes exactly).
+    pub fn moments(&self) -> (i32, Vec<(Tensor, Tensor)>) {
+        let m = self
+            .state
+            .iter()
+            .map(|(_, m, v)| (m.clone(), v.clone()))
+            .collect();
+        (self.step, m)
+    }
+
+    /// Restores what [`moments`](Self::moments) returned.
+    pub fn restore(&mut self, step: i32, moments: Vec<(Tensor, Tensor)>) -> Result<()> {
+        if moments.len() != self.state.len() {
+            return Err(crate::error::Error::invalid(format!(
+                "the optimiser state has {} variables; {} are trained",
+                moments.len(),
+                self.state.len()
+            )));
+        }
+        for ((var, m, v), (m2, v2)) in self.state.iter_mut().zip(moments) {
+            if m2.dims() != var.dims() || v2.dims() != var.dims() {
+                return Err(crate::error::Error::invalid(format!(
+                    "the optimiser state has moments of shape {:?} for a variable of shape {:?}",
+                    m2.dims(),
+                    var.dims()
+                )));
+            }
+            *m = m2;
+            *v = v2;
+        }
+        self.step = step;
+        Ok(())
+    }
+
     /// One update from the gradients of `grads` (variables without a gradient are skipped).
     pub fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
         self.step += 1;

@@ -12,6 +12,7 @@ pub mod loss;
 pub mod memit;
 pub mod registry;
 pub mod rome;
+pub mod serac;
 pub mod train;
 
 use std::path::{Path, PathBuf};

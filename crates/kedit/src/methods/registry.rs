@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::methods::hparams::{builtin, HparamsSource};
 use crate::methods::train::TrainFn;
-use crate::methods::{ft, ike, memit, rome, LoadedMethod};
+use crate::methods::{ft, ike, memit, rome, serac, LoadedMethod};
 use crate::model::{Family, Model};
 
 /// EasyEdit's taxonomy of editing methods (plus fine-tuning baselines).
@@ -131,6 +131,12 @@ const IKE_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/IKE/smollm2-135m.yaml"),
 }];
 
+const SERAC_SHIPPED: &[Shipped] = &[Shipped {
+    path: "SERAC/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/SERAC/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -240,6 +246,17 @@ const BUILTIN: &[MethodSpec] = &[
         shipped: IKE_SHIPPED,
         load: ike::Ike::load,
         trainer: None,
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "serac",
+        alg_name: "SERAC",
+        family: MethodFamily::MemoryBased,
+        summary: "edit memory + trained scope classifier; in-scope inputs answered with their edit in context (Mitchell et al. 2022)",
+        needs: &[Need::TrainedCheckpoint],
+        shipped: SERAC_SHIPPED,
+        load: serac::Serac::load,
+        trainer: Some(serac::train::train),
         without_statistics: None,
     },
 ];

@@ -71,6 +71,15 @@ impl SafetensorFiles {
                 "no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)",
             ));
         };
+        Self::open_paths(paths)
+    }
+
+    /// Opens one safetensors file (a checkpoint kedit wrote).
+    pub fn open_file(path: &Path) -> Result<Self> {
+        Self::open_paths(vec![path.to_path_buf()])
+    }
+
+    fn open_paths(paths: Vec<PathBuf>) -> Result<Self> {
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for path in paths {
@@ -111,6 +120,24 @@ impl SafetensorFiles {
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
         }
+    }
+
+    /// The bytes of a `u8` tensor (a JSON manifest stored beside the weights).
+    pub fn get_raw_u8(&self, name: &str) -> Result<Vec<u8>> {
+        let &i = self
+            .index
+            .get(name)
+            .ok_or_else(|| Error::tensor(self.describe(), name, "is missing"))?;
+        let (path, mmap) = &self.files[i];
+        let st =
+            SafeTensors::deserialize(mmap).map_err(|e| Error::tensor(path, name, e.to_string()))?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| Error::tensor(path, name, e.to_string()))?;
+        if view.dtype() != StDtype::U8 {
+            return Err(Error::tensor(path, name, "is not a u8 tensor"));
+        }
+        Ok(view.data().to_vec())
     }
 
     /// The tensor as f32 (bf16/f16/f64 are converted).

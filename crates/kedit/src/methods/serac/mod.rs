@@ -1,0 +1,212 @@
+//! SERAC (Mitchell et al. 2022, "Memory-Based Model Editing at Scale"): edits are kept in a
+//! memory outside the weights. A scope classifier — the sentence encoder fine-tuned by
+//! `kedit train --method serac` ([`train`]) — decides whether an input falls within a stored
+//! edit; if it does, the input is answered with that edit in front of it
+//! (`New Fact: {prompt} {target}\nPrompt: {input}`), otherwise the model answers untouched.
+//! The counterfactual model here is the base model reading the edit in context (see
+//! docs/memory-based.md for what that gives up against a trained one).
+
+mod pairs;
+pub mod train;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::edit::{Edit, MemoryEdit, MemoryRecord, Router, ScopeClassifier};
+use crate::editor::Editor;
+use crate::encoder::{SentenceEncoder, DEFAULT_ENCODER_DIR};
+use crate::error::{Error, Result};
+use crate::methods::hparams::lenient_f64;
+use crate::methods::{
+    filter_warnings, Computed, EditContext, EditMethod, HparamsSource, LoadedMethod, MethodReport,
+};
+use crate::model::Model;
+use crate::request::EditRequest;
+pub use pairs::{scope_examples, ScopeExample};
+
+/// EasyEdit's SERAC keys where they apply, and kedit's own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SeracHparams {
+    /// The encoder the classifier is fine-tuned from: a directory, or `all-MiniLM-L6-v2`.
+    #[serde(default = "default_encoder")]
+    pub cls_name: String,
+    /// The trained classifier (written by `kedit train`; relative to the hparams file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<String>,
+    /// Learning rate of the encoder's weights.
+    #[serde(deserialize_with = "lenient_f64")]
+    pub lr: f64,
+    /// Learning rate of the logit's scale and offset (two numbers that must move much
+    /// further than any one weight).
+    #[serde(deserialize_with = "lenient_f64")]
+    pub scale_lr: f64,
+    /// Examples per training step.
+    pub batch_size: usize,
+    /// Training steps at most.
+    pub max_iters: usize,
+    /// Steps between validations (and checkpoints).
+    pub val_every: usize,
+    /// Validations without improvement before training stops.
+    pub early_stop_patience: usize,
+    /// Encoder layers trained, counted from the top (the embeddings stay frozen).
+    pub train_layers: usize,
+    /// Initial scale and offset of the cosine logit.
+    #[serde(deserialize_with = "lenient_f64")]
+    pub scale_init: f64,
+    #[serde(deserialize_with = "lenient_f64")]
+    pub bias_init: f64,
+    /// In-scope probability from which an input is routed to an edit.
+    #[serde(deserialize_with = "lenient_f64")]
+    pub threshold: f64,
+    /// The text put in front of a routed input; `{prompt}` and `{target}` are the edit's.
+    pub context_template: String,
+    /// Validation records used at most (each a memory entry and its probes).
+    pub val_records: usize,
+}
+
+fn default_encoder() -> String {
+    DEFAULT_ENCODER_DIR.into()
+}
+
+impl SeracHparams {
+    fn check(&self, source: &HparamsSource) -> Result<()> {
+        source.check("lr", self.lr).positive()?;
+        source.check("scale_lr", self.scale_lr).positive()?;
+        source
+            .check("threshold", self.threshold)
+            .in_range(0.0, 1.0)?;
+        source.check("scale_init", self.scale_init).positive()?;
+        source.check("bias_init", self.bias_init).finite()?;
+        for (key, v) in [
+            ("batch_size", self.batch_size),
+            ("max_iters", self.max_iters),
+            ("val_every", self.val_every),
+            ("early_stop_patience", self.early_stop_patience),
+            ("train_layers", self.train_layers),
+            ("val_records", self.val_records),
+        ] {
+            if v == 0 {
+                return Err(source.error(key, "must be at least 1"));
+            }
+        }
+        if self.batch_size < 2 {
+            return Err(source.error(
+                "batch_size",
+                "must be at least 2 (the other examples of a batch are its negatives)",
+            ));
+        }
+        if !self.context_template.contains("{prompt}")
+            || !self.context_template.contains("{target}")
+        {
+            return Err(source.error(
+                "context_template",
+                "must contain {prompt} and {target} (the edit the routed input is answered with)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The encoder directory `cls_name` names.
+    pub fn encoder_dir(&self) -> PathBuf {
+        let p = PathBuf::from(&self.cls_name);
+        if p.is_dir() {
+            return p;
+        }
+        if p.file_name().and_then(|f| f.to_str()) == Some(DEFAULT_ENCODER_DIR) {
+            return SentenceEncoder::default_dir();
+        }
+        p
+    }
+
+    /// The context a routed input gets for `r`.
+    pub fn context(&self, r: &EditRequest) -> String {
+        self.context_template
+            .replace("{prompt}", &r.prompt)
+            .replace("{target}", &r.target_new)
+    }
+}
+
+pub struct Serac {
+    hp: SeracHparams,
+    classifier_path: PathBuf,
+    fingerprint: String,
+}
+
+impl Serac {
+    pub fn load(_name: &str, source: HparamsSource, _model: &Model) -> Result<LoadedMethod> {
+        let (hp, unknown): (SeracHparams, _) = source.deserialize()?;
+        hp.check(&source)?;
+        let Some(path) = source.path_key("archive")? else {
+            return Err(source.error(
+                "archive",
+                "is missing: SERAC edits with a trained scope classifier — run `kedit train \
+                 --method serac --data TRAIN.json --val VAL.json --out DIR`, then pass \
+                 `--hparams DIR/hparams.yaml`",
+            ));
+        };
+        let base = SentenceEncoder::load(&hp.encoder_dir())?;
+        let classifier = Arc::new(ScopeClassifier::load(&path, &base)?);
+        Ok(LoadedMethod {
+            warnings: filter_warnings(&source.origin, unknown),
+            hparams_origin: source.origin.clone(),
+            method: Box::new(Serac {
+                hp,
+                fingerprint: format!("{:016x}", classifier.fingerprint()),
+                classifier_path: path,
+            }),
+        })
+    }
+}
+
+impl EditMethod for Serac {
+    fn name(&self) -> &str {
+        "SERAC"
+    }
+
+    fn max_batch(&self) -> Option<usize> {
+        None
+    }
+
+    fn hparams_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
+    }
+
+    fn compute(
+        &self,
+        system: &Editor,
+        requests: &[EditRequest],
+        _ctx: &EditContext,
+    ) -> Result<Computed> {
+        for r in requests {
+            self.check_request(system.model(), r)?;
+        }
+        if requests.is_empty() {
+            return Err(Error::invalid("SERAC was given no request"));
+        }
+        let records = requests
+            .iter()
+            .map(|r| MemoryRecord {
+                prompt: r.prompt.clone(),
+                target: r.target_new.clone(),
+                context: self.hp.context(r),
+            })
+            .collect();
+        let mut meta = BTreeMap::new();
+        meta.insert("method".into(), "SERAC".into());
+        Ok(Computed {
+            edit: Edit::Memory(MemoryEdit {
+                records,
+                router: Router::Scope {
+                    classifier: self.classifier_path.clone(),
+                    fingerprint: self.fingerprint.clone(),
+                    threshold: self.hp.threshold,
+                },
+                meta,
+            }),
+            report: MethodReport::default(),
+        })
+    }
+}
