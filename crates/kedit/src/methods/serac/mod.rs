@@ -41,7 +41,7 @@ pub struct SeracHparams {
     pub lr: f64,
     /// Learning rate of the logit's scale and offset (two numbers that must move much
     /// further than any one weight).
-    #[serde(deserialize_with = "lenient_f64")]
+    #[serde(default = "default_scale_lr", deserialize_with = "lenient_f64")]
     pub scale_lr: f64,
     /// Examples per training step.
     pub batch_size: usize,
@@ -65,6 +65,10 @@ pub struct SeracHparams {
     pub context_template: String,
     /// Validation records used at most (each a memory entry and its probes).
     pub val_records: usize,
+}
+
+fn default_scale_lr() -> f64 {
+    1e-2
 }
 
 fn default_encoder() -> String {
