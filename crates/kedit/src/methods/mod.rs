@@ -6,6 +6,7 @@
 
 pub mod adam;
 pub mod ft;
+pub mod grace;
 pub mod hparams;
 pub mod loss;
 pub mod memit;

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::methods::hparams::{builtin, HparamsSource};
 use crate::methods::train::TrainFn;
-use crate::methods::{ft, memit, rome, LoadedMethod};
+use crate::methods::{ft, grace, memit, rome, LoadedMethod};
 use crate::model::{Family, Model};
 
 /// EasyEdit's taxonomy of editing methods (plus fine-tuning baselines).
@@ -125,6 +125,12 @@ const ALPHAEDIT_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/AlphaEdit/smollm2-135m.yaml"),
 }];
 
+const GRACE_SHIPPED: &[Shipped] = &[Shipped {
+    path: "GRACE/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/GRACE/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -222,6 +228,17 @@ const BUILTIN: &[MethodSpec] = &[
         needs: &[Need::KeyStatistics],
         shipped: ALPHAEDIT_SHIPPED,
         load: memit::Memit::load,
+        trainer: None,
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "grace",
+        alg_name: "GRACE",
+        family: MethodFamily::MemoryBased,
+        summary: "a codebook at one layer: a hidden state near an edited prompt's key is replaced by a trained value (Hartvigsen et al. 2023)",
+        needs: &[],
+        shipped: GRACE_SHIPPED,
+        load: grace::Grace::load,
         trainer: None,
         without_statistics: None,
     },
