@@ -9,15 +9,14 @@ mod common;
 use std::path::Path;
 
 use candle_core::Tensor;
-use common::{smollm2, zsre_dev};
+use common::{argmax_token, run_mode, smollm2, zsre_dev};
 use kedit::edit::{AdaptorEdit, Edit};
 use kedit::editor::Editor;
 use kedit::evaluate::{evaluate, MetricOptions, Metrics};
 use kedit::experiment::summary::summarize;
-use kedit::experiment::{run, Mode, RunOptions, RunStore};
+use kedit::experiment::Mode;
 use kedit::lm::LanguageModel;
 use kedit::methods::{self, EditContext, EditMethod, HparamsSource};
-use kedit::progress::Silent;
 use kedit::request::EditRequest;
 use kedit::Site;
 
@@ -65,14 +64,7 @@ fn next_logits(lm: &dyn LanguageModel, prompt: &str) -> Tensor {
 }
 
 fn top1(lm: &dyn LanguageModel, prompt: &str) -> String {
-    let id = next_logits(lm, prompt)
-        .squeeze(0)
-        .unwrap()
-        .argmax(0)
-        .unwrap()
-        .to_scalar::<u32>()
-        .unwrap();
-    lm.tokenizer().unwrap().decode(&[id], false).unwrap()
+    argmax_token(lm.tokenizer().unwrap(), &next_logits(lm, prompt))
 }
 
 /// MLP output at the prompt's last token (the codebook's query) of the plain model.
@@ -84,7 +76,12 @@ fn query(site: Site, prompt: &str) -> Vec<f32> {
         .capture([site])
         .run()
         .unwrap();
-    out.capture(site).unwrap().squeeze(0).unwrap().to_vec2::<f32>().unwrap()[ids.len() - 1]
+    out.capture(site)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap()[ids.len() - 1]
         .clone()
 }
 
@@ -138,14 +135,21 @@ fn an_edit_says_the_target_and_leaves_prompts_outside_every_radius_bit_identical
     for (prompt, logits) in UNRELATED.iter().zip(&before) {
         // The claim holds only outside the ball: check that these prompts are.
         let d = distance(&query(a.site, prompt), &key);
-        assert!(d > a.radii[0], "{prompt}: {d} within the radius {}", a.radii[0]);
+        assert!(
+            d > a.radii[0],
+            "{prompt}: {d} within the radius {}",
+            a.radii[0]
+        );
         let after: Vec<f32> = next_logits(&editor, prompt)
             .flatten_all()
             .unwrap()
             .to_vec1()
             .unwrap();
         assert!(
-            after.iter().zip(logits).all(|(x, y)| x.to_bits() == y.to_bits()),
+            after
+                .iter()
+                .zip(logits)
+                .all(|(x, y)| x.to_bits() == y.to_bits()),
             "{prompt}: logits changed"
         );
     }
@@ -170,7 +174,10 @@ fn calls_grow_the_codebook_an_entry_per_fact_and_a_re_edit_takes_its_entry_over(
     editor.apply(&second.edit).unwrap();
     assert_eq!(editor.adaptor(site).unwrap().len(), 3);
     let refs: Vec<&EditRequest> = requests.iter().collect();
-    for (r, m) in requests.iter().zip(evaluate(&editor, &refs, None, &options()).unwrap()) {
+    for (r, m) in requests
+        .iter()
+        .zip(evaluate(&editor, &refs, None, &options()).unwrap())
+    {
         assert_eq!(
             m.rewrite_acc.iter().sum::<f64>() / m.rewrite_acc.len() as f64,
             1.0,
@@ -187,7 +194,11 @@ fn calls_grow_the_codebook_an_entry_per_fact_and_a_re_edit_takes_its_entry_over(
     let c = method
         .compute(&editor, &[request(EIFFEL, "Berlin")], &ctx)
         .unwrap();
-    assert!(c.report.notes.contains(&("replaced".into(), "1".into())), "{:?}", c.report.notes);
+    assert!(
+        c.report.notes.contains(&("replaced".into(), "1".into())),
+        "{:?}",
+        c.report.notes
+    );
     editor.apply(&c.edit).unwrap();
     assert_eq!(editor.adaptor(site).unwrap().len(), 4);
     assert_eq!(top1(&editor, EIFFEL), " Berlin");
@@ -234,34 +245,12 @@ fn a_saved_edit_reloads_with_identical_metrics_and_revert_leaves_the_system_pris
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn run_mode(method: &dyn EditMethod, requests: &[EditRequest], mode: Mode) -> RunStore {
-    let mut editor = Editor::new(smollm2().clone());
-    let mut store = RunStore::in_memory();
-    let opts = RunOptions {
-        mode,
-        batch_size: 2,
-        metrics: options(),
-    };
-    run(
-        &mut editor,
-        method,
-        &EditContext::default(),
-        requests,
-        &opts,
-        &mut store,
-        &mut Silent,
-    )
-    .unwrap();
-    assert!(editor.is_pristine().unwrap(), "{mode:?}: pristine after");
-    store
-}
-
 #[test]
 fn every_mode_of_the_harness_edits_reliably_and_keeps_locality() {
     let method = grace();
     let requests = zsre_dev(3);
     for mode in [Mode::Single, Mode::Sequential, Mode::Batch] {
-        let store = run_mode(method.as_ref(), &requests, mode);
+        let store = run_mode(method.as_ref(), &requests, mode, options());
         let post: Vec<&Metrics> = store
             .cases
             .values()

@@ -169,7 +169,10 @@ impl GraceHparams {
         if self.dropout != 0.0 {
             return Err(source.error(
                 "dropout",
-                &format!(" must be 0: GRACE applies no dropout (got {})", self.dropout),
+                &format!(
+                    " must be 0: GRACE applies no dropout (got {})",
+                    self.dropout
+                ),
             ));
         }
         if let Some(b) = self.batch_size {

@@ -40,8 +40,7 @@ use crate::methods::rome::value::{
     value_stars_from, KlAt, ValueHparams, ValuePrompts, DEFAULT_GROUPS, DEFAULT_WAVE,
 };
 use crate::methods::{
-    filter_warnings, Computed, EditContext, EditMethod, HparamsSource, LoadedMethod,
-    MethodReport,
+    filter_warnings, Computed, EditContext, EditMethod, HparamsSource, LoadedMethod, MethodReport,
 };
 use crate::model::Model;
 use crate::prompts::spaced_target;
@@ -200,8 +199,7 @@ impl EditMethod for Grace {
         for (i, (p, key)) in prompts.iter().zip(&keys).enumerate() {
             let placed = book.place(key.clone(), &p.label, self.hp.eps, self.hp.eps_expand);
             *counts.entry(placed.kind()).or_default() += 1;
-            if let Placement::Split { distance, .. } | Placement::Expanded { distance, .. } =
-                placed
+            if let Placement::Split { distance, .. } | Placement::Expanded { distance, .. } = placed
             {
                 report.log.push(format!(
                     "GRACE case {}: {} (distance {distance:.3})",
