@@ -294,7 +294,9 @@ fn shipped_with(line: &str) -> String {
     let mut text: String = include_str!("../../../hparams/GRACE/smollm2-135m.yaml")
         .lines()
         .filter(|l| {
-            !l.starts_with(&format!("{key}:")) && !(key == "inner_params" && l.starts_with("- "))
+            let replaced =
+                l.starts_with(&format!("{key}:")) || (key == "inner_params" && l.starts_with("- "));
+            !replaced
         })
         .map(|l| format!("{l}\n"))
         .collect();

@@ -363,7 +363,7 @@ fn optimise_wave(
     let mut groups = build_groups(model, prompts, &all, hp)?;
     let dtype = model.dtype();
     let mut tracks = Vec::with_capacity(n);
-    for r in 0..n {
+    for (r, start) in init.iter().enumerate() {
         // v₀ from the request's first rewriting row (the bare prompt).
         let mut sites = Vec::new();
         let outputs = first_row_outputs(&groups, r)?;
@@ -376,7 +376,7 @@ fn optimise_wave(
                     offset + r
                 )));
             }
-            let delta = match &init[r] {
+            let delta = match start {
                 Some(start) if s + 1 == n_sites => {
                     if start.dims() != [model.config.d_model] {
                         return Err(Error::invalid(format!(
