@@ -142,6 +142,24 @@ pub fn check_subject_request(model: &Model, request: &EditRequest, extra: usize)
     Ok(())
 }
 
+/// What every `compute` checks first: at least one request, and each accepted by the
+/// method's `check_request` (a refusal names its case).
+pub fn check_requests(
+    method: &dyn EditMethod,
+    model: &Model,
+    requests: &[EditRequest],
+) -> Result<()> {
+    if requests.is_empty() {
+        return Err(crate::error::Error::invalid("no request to edit"));
+    }
+    for r in requests {
+        method
+            .check_request(model, r)
+            .map_err(|e| crate::error::Error::invalid(format!("case {}: {e}", r.case_id)))?;
+    }
+    Ok(())
+}
+
 /// A method ready to run, with the warnings its hyper-parameters raised.
 pub struct LoadedMethod {
     pub method: Box<dyn EditMethod>,

@@ -40,7 +40,8 @@ use crate::methods::rome::value::{
     value_stars_from, KlAt, ValueHparams, ValuePrompts, DEFAULT_GROUPS, DEFAULT_WAVE,
 };
 use crate::methods::{
-    filter_warnings, Computed, EditContext, EditMethod, HparamsSource, LoadedMethod, MethodReport,
+    check_requests, filter_warnings, Computed, EditContext, EditMethod, HparamsSource,
+    LoadedMethod, MethodReport,
 };
 use crate::model::Model;
 use crate::prompts::spaced_target;
@@ -168,13 +169,7 @@ impl EditMethod for Grace {
         ctx: &EditContext,
     ) -> Result<Computed> {
         let model = system.model();
-        if requests.is_empty() {
-            return Err(Error::invalid("no request to edit"));
-        }
-        for r in requests {
-            self.check_request(model, r)
-                .map_err(|e| Error::invalid(format!("case {}: {e}", r.case_id)))?;
-        }
+        check_requests(self, model, requests)?;
         let mut report = MethodReport::default();
         let prompts: Vec<EditPrompt> = requests
             .iter()
