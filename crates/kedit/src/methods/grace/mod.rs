@@ -44,7 +44,6 @@ use crate::methods::{
     LoadedMethod, MethodReport,
 };
 use crate::model::Model;
-use crate::prompts::spaced_target;
 use crate::request::EditRequest;
 use crate::rng::Rng;
 use crate::runtime::Site;
@@ -57,7 +56,8 @@ pub struct Grace {
 }
 
 /// A request as GRACE trains it: the prompt's tokens (the key is read at the last) and the
-/// target's, split where the metrics split `prompt + " " + target` tokenised as one text.
+/// target's, split where EasyEdit (and kedit's metrics) split `prompt + " " + target`
+/// tokenised as one text: after as many tokens as the prompt alone has.
 struct EditPrompt {
     lookup: Lookup,
     target: Vec<u32>,
@@ -82,7 +82,9 @@ impl Grace {
 
     fn edit_prompt(model: &Model, r: &EditRequest) -> Result<EditPrompt> {
         let tok = model.tokenizer()?;
-        let ids = tok.encode_input(&format!("{}{}", r.prompt, spaced_target(&r.target_new)))?;
+        // `prompt + " " + target`, always one space added: EasyEdit's GRACE trains on this
+        // text and the metrics score it, even for a target that starts with a space.
+        let ids = tok.encode_input(&format!("{} {}", r.prompt, r.target_new))?;
         let prompt_len = tok.encode_input(&r.prompt)?.len().min(ids.len());
         if prompt_len == 0 || ids.len() <= prompt_len {
             return Err(Error::invalid(
