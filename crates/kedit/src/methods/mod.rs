@@ -143,7 +143,7 @@ pub fn check_subject_request(model: &Model, request: &EditRequest, extra: usize)
 }
 
 /// What every `compute` checks first: at least one request, and each accepted by the
-/// method's `check_request` (a refusal names its case).
+/// method's `check_request` (its refusal as it is: the harness names the case).
 pub fn check_requests(
     method: &dyn EditMethod,
     model: &Model,
@@ -153,9 +153,7 @@ pub fn check_requests(
         return Err(crate::error::Error::invalid("no request to edit"));
     }
     for r in requests {
-        method
-            .check_request(model, r)
-            .map_err(|e| crate::error::Error::invalid(format!("case {}: {e}", r.case_id)))?;
+        method.check_request(model, r)?;
     }
     Ok(())
 }
