@@ -175,30 +175,7 @@ impl EditMethod for ToyContext {
 }
 
 fn run_mode(method: &dyn EditMethod, requests: &[EditRequest], mode: Mode) -> RunStore {
-    let model = smollm2().clone();
-    let mut editor = Editor::new(model);
-    let mut store = RunStore::in_memory();
-    let opts = RunOptions {
-        mode,
-        batch_size: 2,
-        metrics: metric_options(),
-    };
-    run(
-        &mut editor,
-        method,
-        &EditContext::default(),
-        requests,
-        &opts,
-        &mut store,
-        &mut Silent,
-    )
-    .unwrap();
-    assert!(
-        editor.is_pristine().unwrap(),
-        "{}: pristine after the run",
-        method.name()
-    );
-    store
+    common::run_mode(method, requests, mode, metric_options())
 }
 
 /// Reliability before and after, over the cases of a run (post-edit values).

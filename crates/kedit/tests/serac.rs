@@ -219,8 +219,7 @@ fn broken_checkpoints_and_training_files_are_clear_errors() {
         seed: 0,
     };
     let err = train(&Registry::builtin(), smollm2(), job, &mut Silent)
-        .err()
-        .expect("no usable pairs")
+        .expect_err("no usable pairs")
         .to_string();
     assert!(err.contains("paraphrase"), "{err}");
     // SERAC without a trained classifier names the key and how to get one.

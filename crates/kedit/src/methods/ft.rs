@@ -21,8 +21,8 @@ use crate::methods::hparams::{
 };
 use crate::methods::loss::mean_row_nll;
 use crate::methods::{
-    check_subject_request, filter_warnings, Computed, EditContext, EditMethod, LoadedMethod,
-    MethodReport,
+    check_requests, check_subject_request, filter_warnings, Computed, EditContext, EditMethod,
+    LoadedMethod, MethodReport,
 };
 use crate::model::{Model, ParamId};
 use crate::prompts::{spaced_target, target_ids};
@@ -239,12 +239,7 @@ impl EditMethod for Ft {
         _ctx: &EditContext,
     ) -> Result<Computed> {
         let model = system.model();
-        if requests.is_empty() {
-            return Err(Error::invalid("no request to edit"));
-        }
-        for r in requests {
-            self.check_request(model, r)?;
-        }
+        check_requests(self, model, requests)?;
         let mut report = MethodReport::default();
         let first_layer = self
             .hp

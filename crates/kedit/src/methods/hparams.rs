@@ -435,15 +435,23 @@ pub fn resolve_module(model: &Model, key: &str, template: &str, layer: usize) ->
         )));
     }
     let name = template.replace("{}", &layer.to_string());
-    if let Ok(id) = name.parse::<ParamId>() {
-        return Ok(id);
-    }
-    canonical_of(model.config.family, model.config.n_layers, &name).ok_or_else(|| {
+    resolve_param(model, &name).ok_or_else(|| {
         Error::config(format!(
             "`{key}: {template}` names `{name}`, which is not a parameter of this {} model",
             model.config.family.hf_class()
         ))
     })
+}
+
+/// The canonical parameter a module or parameter name denotes: canonical
+/// (`blocks.5.mlp.out_proj.weight`), Hugging Face (`model.layers.5.mlp.down_proj`) or
+/// EasyEdit's indexed form (`model.layers[5].mlp.down_proj.weight`, GRACE's `inner_params`).
+pub fn resolve_param(model: &Model, name: &str) -> Option<ParamId> {
+    let name = name.replace('[', ".").replace(']', "");
+    if let Ok(id) = name.parse::<ParamId>() {
+        return Some(id);
+    }
+    canonical_of(model.config.family, model.config.n_layers, &name)
 }
 
 /// Parses one of the EasyEdit YAML files shipped with kedit.

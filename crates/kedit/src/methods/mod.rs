@@ -6,6 +6,7 @@
 
 pub mod adam;
 pub mod ft;
+pub mod grace;
 pub mod hparams;
 pub mod ike;
 pub mod loss;
@@ -140,6 +141,22 @@ pub trait EditMethod: Send + Sync {
 pub fn check_subject_request(model: &Model, request: &EditRequest, extra: usize) -> Result<()> {
     request.check_size(model, extra)?;
     subject_template(&request.prompt, &request.subject)?;
+    Ok(())
+}
+
+/// What every `compute` checks first: at least one request, and each accepted by the
+/// method's `check_request` (its refusal as it is: the harness names the case).
+pub fn check_requests(
+    method: &dyn EditMethod,
+    model: &Model,
+    requests: &[EditRequest],
+) -> Result<()> {
+    if requests.is_empty() {
+        return Err(crate::error::Error::invalid("no request to edit"));
+    }
+    for r in requests {
+        method.check_request(model, r)?;
+    }
     Ok(())
 }
 

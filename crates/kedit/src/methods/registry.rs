@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::methods::hparams::{builtin, HparamsSource};
 use crate::methods::train::TrainFn;
-use crate::methods::{ft, ike, memit, rome, serac, LoadedMethod};
+use crate::methods::{ft, grace, ike, memit, rome, serac, LoadedMethod};
 use crate::model::{Family, Model};
 
 /// EasyEdit's taxonomy of editing methods (plus fine-tuning baselines).
@@ -137,6 +137,12 @@ const SERAC_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/SERAC/smollm2-135m.yaml"),
 }];
 
+const GRACE_SHIPPED: &[Shipped] = &[Shipped {
+    path: "GRACE/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/GRACE/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -257,6 +263,17 @@ const BUILTIN: &[MethodSpec] = &[
         shipped: SERAC_SHIPPED,
         load: serac::Serac::load,
         trainer: Some(serac::train::train),
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "grace",
+        alg_name: "GRACE",
+        family: MethodFamily::MemoryBased,
+        summary: "a codebook at one layer: a hidden state near an edited prompt's key is replaced by a trained value (Hartvigsen et al. 2023)",
+        needs: &[],
+        shipped: GRACE_SHIPPED,
+        load: grace::Grace::load,
+        trainer: None,
         without_statistics: None,
     },
 ];

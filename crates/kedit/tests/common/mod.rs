@@ -308,6 +308,11 @@ pub fn top1(e: &kedit::editor::Editor, prompt: &str) -> String {
         .unwrap()
         .logits
         .unwrap();
+    argmax_token(tok, &logits)
+}
+
+/// The most likely token of next-token logits `[1, vocab]`, decoded.
+pub fn argmax_token(tok: &kedit::tokenizer::Tokenizer, logits: &Tensor) -> String {
     let id = logits
         .squeeze(0)
         .unwrap()
@@ -316,6 +321,39 @@ pub fn top1(e: &kedit::editor::Editor, prompt: &str) -> String {
         .to_scalar::<u32>()
         .unwrap();
     tok.decode(&[id], false).unwrap()
+}
+
+/// Runs `method` over `requests` in `mode` (calls of 2 requests in batch and sequential
+/// mode) on a fresh editor, which must be pristine afterwards.
+pub fn run_mode(
+    method: &dyn kedit::methods::EditMethod,
+    requests: &[kedit::request::EditRequest],
+    mode: kedit::experiment::Mode,
+    metrics: kedit::evaluate::MetricOptions,
+) -> kedit::experiment::RunStore {
+    let mut editor = kedit::editor::Editor::new(smollm2().clone());
+    let mut store = kedit::experiment::RunStore::in_memory();
+    let opts = kedit::experiment::RunOptions {
+        mode,
+        batch_size: 2,
+        metrics,
+    };
+    kedit::experiment::run(
+        &mut editor,
+        method,
+        &kedit::methods::EditContext::default(),
+        requests,
+        &opts,
+        &mut store,
+        &mut kedit::progress::Silent,
+    )
+    .unwrap();
+    assert!(
+        editor.is_pristine().unwrap(),
+        "{} {mode:?}: pristine after the run",
+        method.name()
+    );
+    store
 }
 
 /// `hparams/<method_dir>/smollm2-135m.yaml` with C from 200 documents of the small test

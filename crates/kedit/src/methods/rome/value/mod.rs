@@ -296,11 +296,30 @@ pub fn value_stars(
     hp: &ValueHparams,
     log: &mut Vec<String>,
 ) -> Result<Vec<ValueStar>> {
+    value_stars_from(model, prompts, &vec![None; prompts.len()], hp, log)
+}
+
+/// [`value_stars`] with each request's MLP δ starting at `init[r]` (`[d_model]`) instead of
+/// zero, where given: GRACE starts a value from a random vector or from one already trained.
+pub fn value_stars_from(
+    model: &Model,
+    prompts: &[ValuePrompts],
+    init: &[Option<Tensor>],
+    hp: &ValueHparams,
+    log: &mut Vec<String>,
+) -> Result<Vec<ValueStar>> {
     check_prompts(prompts)?;
+    if init.len() != prompts.len() {
+        return Err(Error::invalid(format!(
+            "{} starting δs for {} requests",
+            init.len(),
+            prompts.len()
+        )));
+    }
+    let wave = hp.wave.max(1);
     let mut out = Vec::with_capacity(prompts.len());
-    for (w, wave) in prompts.chunks(hp.wave.max(1)).enumerate() {
-        let offset = w * hp.wave.max(1);
-        out.extend(optimise_wave(model, wave, offset, hp, log)?);
+    for (w, (chunk, starts)) in prompts.chunks(wave).zip(init.chunks(wave)).enumerate() {
+        out.extend(optimise_wave(model, chunk, starts, w * wave, hp, log)?);
     }
     Ok(out)
 }
@@ -334,6 +353,7 @@ impl Track {
 fn optimise_wave(
     model: &Model,
     prompts: &[ValuePrompts],
+    init: &[Option<Tensor>],
     offset: usize,
     hp: &ValueHparams,
     log: &mut Vec<String>,
@@ -343,10 +363,12 @@ fn optimise_wave(
     let mut groups = build_groups(model, prompts, &all, hp)?;
     let dtype = model.dtype();
     let mut tracks = Vec::with_capacity(n);
-    for r in 0..n {
+    for (r, start) in init.iter().enumerate() {
         // v₀ from the request's first rewriting row (the bare prompt).
         let mut sites = Vec::new();
-        for v0 in first_row_outputs(&groups, r)? {
+        let outputs = first_row_outputs(&groups, r)?;
+        let n_sites = outputs.len();
+        for (s, v0) in outputs.into_iter().enumerate() {
             let v0_norm = l2_norm(&v0)?;
             if !(v0_norm > 0.0 && v0_norm.is_finite()) {
                 return Err(Error::EditRefused(format!(
@@ -354,8 +376,22 @@ fn optimise_wave(
                     offset + r
                 )));
             }
+            let delta = match start {
+                Some(start) if s + 1 == n_sites => {
+                    if start.dims() != [model.config.d_model] {
+                        return Err(Error::invalid(format!(
+                            "request {}: a starting δ of shape {:?}; [{}] was expected",
+                            offset + r,
+                            start.dims(),
+                            model.config.d_model
+                        )));
+                    }
+                    Var::from_tensor(&start.to_dtype(dtype)?)?
+                }
+                _ => Var::zeros(model.config.d_model, dtype, model.device())?,
+            };
             sites.push(SiteTrack {
-                delta: Var::zeros(model.config.d_model, dtype, model.device())?,
+                delta,
                 v0,
                 v0_norm,
                 max_norm: hp.clamp_norm_factor * v0_norm,
