@@ -49,8 +49,8 @@ struct Extras {
     /// At most one codebook per site.
     adaptors: BTreeMap<Site, AdaptorEdit>,
     memories: Vec<MemoryEdit>,
-    /// For each memory, its scope index when a scope classifier routes it.
-    scopes: Vec<Option<ScopeIndex>>,
+    /// The memories routed by scope classifiers, one index per classifier.
+    scopes: Vec<ScopeIndex>,
     contexts: Vec<ContextEdit>,
 }
 
@@ -193,19 +193,30 @@ impl Editor {
             }
             Edit::Memory(m) => {
                 m.check()?;
-                let scope = match &m.router {
-                    Router::Scope {
-                        classifier,
-                        fingerprint,
-                        threshold,
-                    } => {
-                        let c = self.scope_classifier(classifier, fingerprint)?;
-                        Some(ScopeIndex::build(c, m, *threshold)?)
-                    }
-                    Router::WordOverlap { .. } => None,
-                };
+                if let Router::Scope {
+                    classifier,
+                    fingerprint,
+                    threshold,
+                } = &m.router
+                {
+                    let c = self.scope_classifier(classifier, fingerprint)?;
+                    let at = self.extras.memories.len();
+                    let fp = c.fingerprint();
+                    let index = match self
+                        .extras
+                        .scopes
+                        .iter_mut()
+                        .find(|s| s.classifier.fingerprint() == fp)
+                    {
+                        Some(index) => index,
+                        None => {
+                            self.extras.scopes.push(ScopeIndex::new(c)?);
+                            self.extras.scopes.last_mut().expect("just pushed")
+                        }
+                    };
+                    index.add(at, m, *threshold)?;
+                }
                 self.extras.memories.push(m.clone());
-                self.extras.scopes.push(scope);
                 AppliedEdit {
                     entries: m.records.len(),
                     ..AppliedEdit::of_kind("memory")

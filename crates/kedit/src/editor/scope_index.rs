@@ -1,5 +1,6 @@
-//! A memory routed by SERAC's scope classifier, ready to route: the classifier and the
-//! embeddings of its records' prompts, made once when the memory is applied.
+//! Memories routed by SERAC's scope classifier, ready to route: per classifier, one matrix
+//! of every record's prompt embedding over all the memories that use it, so an input is
+//! embedded once and compared with a thousand stored edits in one product.
 
 use std::sync::Arc;
 
@@ -8,32 +9,43 @@ use candle_core::Tensor;
 use crate::edit::{MemoryEdit, ScopeClassifier};
 use crate::error::Result;
 
+/// The records of every memory routed by one classifier.
 #[derive(Clone, Debug)]
 pub(crate) struct ScopeIndex {
     pub classifier: Arc<ScopeClassifier>,
-    /// `[records, dim]`, unit rows.
+    /// `[records, dim]`, unit rows, in the order the memories were applied.
     keys: Tensor,
-    threshold: f64,
+    /// For each row: its memory (index into the editor's memories), its record, and the
+    /// probability from which that memory routes.
+    rows: Vec<(usize, usize, f64)>,
 }
 
 impl ScopeIndex {
-    pub fn build(
-        classifier: Arc<ScopeClassifier>,
-        memory: &MemoryEdit,
-        threshold: f64,
-    ) -> Result<Self> {
-        let prompts: Vec<&str> = memory.records.iter().map(|r| r.prompt.as_str()).collect();
-        let keys = classifier.embed(&prompts)?;
+    pub fn new(classifier: Arc<ScopeClassifier>) -> Result<Self> {
+        let dim = classifier.encoder.dim();
         Ok(ScopeIndex {
             classifier,
-            keys,
-            threshold,
+            keys: Tensor::zeros((0, dim), candle_core::DType::F32, &candle_core::Device::Cpu)?,
+            rows: Vec::new(),
         })
     }
 
-    /// The record an input with unit embedding `x` (`[1, dim]`) is in the scope of, with
-    /// its probability, when that reaches the threshold.
-    pub fn best(&self, x: &Tensor) -> Result<Option<(usize, f64)>> {
+    /// Adds the records of `memory`, the editor's memory number `at`.
+    pub fn add(&mut self, at: usize, memory: &MemoryEdit, threshold: f64) -> Result<()> {
+        let prompts: Vec<&str> = memory.records.iter().map(|r| r.prompt.as_str()).collect();
+        let keys = self.classifier.embed(&prompts)?;
+        self.keys = Tensor::cat(&[&self.keys, &keys], 0)?;
+        self.rows
+            .extend((0..prompts.len()).map(|i| (at, i, threshold)));
+        Ok(())
+    }
+
+    /// The (memory, record, probability) an input with unit embedding `x` (`[1, dim]`) is
+    /// routed to: the most probable record, when that reaches its memory's threshold.
+    pub fn best(&self, x: &Tensor) -> Result<Option<(usize, usize, f64)>> {
+        if self.rows.is_empty() {
+            return Ok(None);
+        }
         let logits = self
             .classifier
             .logits(x, &self.keys)?
@@ -43,6 +55,7 @@ impl ScopeIndex {
             return Ok(None);
         };
         let p = 1.0 / (1.0 + (-f64::from(logit)).exp());
-        Ok((p >= self.threshold).then_some((i, p)))
+        let (memory, record, threshold) = self.rows[i];
+        Ok((p >= threshold).then_some((memory, record, p)))
     }
 }

@@ -38,35 +38,22 @@ impl Editor {
                 best = Some((score, memory, record));
             }
         };
-        // One embedding of the prompt per classifier, however many memories use it.
-        let mut embedded: Vec<(u64, Tensor)> = Vec::new();
         let memories = &self.extras.memories;
-        for (m, (memory, scope)) in memories.iter().zip(&self.extras.scopes).enumerate() {
-            match scope {
-                None => {
-                    if let Some(r) = memory.route(prompt) {
-                        let i = memory
-                            .records
-                            .iter()
-                            .position(|x| std::ptr::eq(x, r.record))
-                            .expect("a route names one of its memory's records");
-                        consider(r.score, m, i);
-                    }
-                }
-                Some(index) => {
-                    let fp = index.classifier.fingerprint();
-                    let x = match embedded.iter().find(|(f, _)| *f == fp) {
-                        Some((_, x)) => x.clone(),
-                        None => {
-                            let x = index.classifier.embed(&[prompt])?;
-                            embedded.push((fp, x.clone()));
-                            x
-                        }
-                    };
-                    if let Some((i, p)) = index.best(&x)? {
-                        consider(p, m, i);
-                    }
-                }
+        for (m, memory) in memories.iter().enumerate() {
+            if let Some(r) = memory.route(prompt) {
+                let i = memory
+                    .records
+                    .iter()
+                    .position(|x| std::ptr::eq(x, r.record))
+                    .expect("a route names one of its memory's records");
+                consider(r.score, m, i);
+            }
+        }
+        // One embedding of the prompt per classifier, however many memories use it.
+        for index in &self.extras.scopes {
+            let x = index.classifier.embed(&[prompt])?;
+            if let Some((m, i, p)) = index.best(&x)? {
+                consider(p, m, i);
             }
         }
         Ok(best.map(|(_, m, i)| memories[m].records[i].context.as_str()))
