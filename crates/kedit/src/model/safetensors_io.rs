@@ -122,8 +122,12 @@ impl SafetensorFiles {
         }
     }
 
-    /// The bytes of a `u8` tensor (a JSON manifest stored beside the weights).
-    pub fn get_raw_u8(&self, name: &str) -> Result<Vec<u8>> {
+    /// Runs `f` on the tensor's view in its memory-mapped file.
+    fn with_view<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&Path, safetensors::tensor::TensorView<'_>) -> Result<T>,
+    ) -> Result<T> {
         let &i = self
             .index
             .get(name)
@@ -134,40 +138,39 @@ impl SafetensorFiles {
         let view = st
             .tensor(name)
             .map_err(|e| Error::tensor(path, name, e.to_string()))?;
-        if view.dtype() != StDtype::U8 {
-            return Err(Error::tensor(path, name, "is not a u8 tensor"));
-        }
-        Ok(view.data().to_vec())
+        f(path, view)
+    }
+
+    /// The bytes of a `u8` tensor (a JSON manifest stored beside the weights).
+    pub fn get_raw_u8(&self, name: &str) -> Result<Vec<u8>> {
+        self.with_view(name, |path, view| {
+            if view.dtype() != StDtype::U8 {
+                return Err(Error::tensor(path, name, "is not a u8 tensor"));
+            }
+            Ok(view.data().to_vec())
+        })
     }
 
     /// The tensor as f32 (bf16/f16/f64 are converted).
     pub fn get(&self, name: &str) -> Result<Tensor> {
-        let &i = self
-            .index
-            .get(name)
-            .ok_or_else(|| Error::tensor(self.describe(), name, "is missing"))?;
-        let (path, mmap) = &self.files[i];
-        let st =
-            SafeTensors::deserialize(mmap).map_err(|e| Error::tensor(path, name, e.to_string()))?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| Error::tensor(path, name, e.to_string()))?;
-        let dtype = match view.dtype() {
-            StDtype::F32 => DType::F32,
-            StDtype::F16 => DType::F16,
-            StDtype::BF16 => DType::BF16,
-            StDtype::F64 => DType::F64,
-            other => {
-                return Err(Error::tensor(
-                    path,
-                    name,
-                    format!("dtype {other:?} is not a floating-point type kedit can load"),
-                ))
-            }
-        };
-        let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
-            .map_err(|e| Error::tensor(path, name, e.to_string()))?;
-        Ok(t.to_dtype(DType::F32)?)
+        self.with_view(name, |path, view| {
+            let dtype = match view.dtype() {
+                StDtype::F32 => DType::F32,
+                StDtype::F16 => DType::F16,
+                StDtype::BF16 => DType::BF16,
+                StDtype::F64 => DType::F64,
+                other => {
+                    return Err(Error::tensor(
+                        path,
+                        name,
+                        format!("dtype {other:?} is not a floating-point type kedit can load"),
+                    ))
+                }
+            };
+            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+                .map_err(|e| Error::tensor(path, name, e.to_string()))?;
+            Ok(t.to_dtype(DType::F32)?)
+        })
     }
 }
 

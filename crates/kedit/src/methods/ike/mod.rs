@@ -17,7 +17,8 @@ use crate::editor::Editor;
 use crate::encoder::{SentenceEncoder, DEFAULT_ENCODER_DIR};
 use crate::error::{Error, Result};
 use crate::methods::{
-    filter_warnings, Computed, EditContext, EditMethod, HparamsSource, LoadedMethod, MethodReport,
+    check_requests, filter_warnings, Computed, EditContext, EditMethod, HparamsSource,
+    LoadedMethod, MethodReport,
 };
 use crate::model::Model;
 use crate::progress::Progress;
@@ -200,12 +201,7 @@ impl EditMethod for Ike {
         ctx: &EditContext,
     ) -> Result<Computed> {
         let model = system.model();
-        for r in requests {
-            self.check_request(model, r)?;
-        }
-        if requests.is_empty() {
-            return Err(Error::invalid("IKE was given no request"));
-        }
+        check_requests(self, model, requests)?;
         let mut report = MethodReport::default();
         let mut prefix = String::new();
         if let Some(store) = report.timed("demonstrations", |_| self.store(ctx, &mut ()))? {

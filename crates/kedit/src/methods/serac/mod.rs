@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize};
 use crate::edit::{Edit, MemoryEdit, MemoryRecord, Router, ScopeClassifier};
 use crate::editor::Editor;
 use crate::encoder::{SentenceEncoder, DEFAULT_ENCODER_DIR};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::methods::hparams::lenient_f64;
 use crate::methods::{
-    filter_warnings, Computed, EditContext, EditMethod, HparamsSource, LoadedMethod, MethodReport,
+    check_requests, filter_warnings, Computed, EditContext, EditMethod, HparamsSource,
+    LoadedMethod, MethodReport,
 };
 use crate::model::Model;
 use crate::request::EditRequest;
@@ -184,12 +185,7 @@ impl EditMethod for Serac {
         requests: &[EditRequest],
         _ctx: &EditContext,
     ) -> Result<Computed> {
-        for r in requests {
-            self.check_request(system.model(), r)?;
-        }
-        if requests.is_empty() {
-            return Err(Error::invalid("SERAC was given no request"));
-        }
+        check_requests(self, system.model(), requests)?;
         let records = requests
             .iter()
             .map(|r| MemoryRecord {
