@@ -56,6 +56,8 @@ enum Command {
     Edit(edit::Args),
     /// Time the teacher-forced metrics: batched forwards vs one forward per prompt.
     BenchEval(bench::eval::Args),
+    /// Memory-based methods: adding edits one by one, then scoring through all of them
+    BenchMemory(bench::memory::Args),
     /// Second-moment statistics E[k kᵀ] of MLP keys, several layers in one cached pass.
     Stats(stats::Args),
     /// Causal tracing of one prompt: where is the fact recalled?
@@ -115,6 +117,7 @@ fn main() {
         Command::Methods(a) => methods::run(a),
         Command::Train(a) => train::run(a),
         Command::BenchEval(a) => bench::eval::run(a),
+        Command::BenchMemory(a) => bench::memory::run(a),
         Command::Stats(a) => stats::run(a),
         Command::Trace(a) => trace::run(a),
         Command::Locate(a) => locate::run(a),

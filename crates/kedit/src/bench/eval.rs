@@ -53,7 +53,7 @@ pub fn pre_edit_metrics(model: &Model, requests: &[EditRequest]) -> Result<EvalB
 
 /// The teacher-forced pairs the metrics score without a ground truth (EasyEdit's set:
 /// rewrite, rephrases, portability, locality).
-fn teacher_forced_pairs(requests: &[EditRequest]) -> Vec<Pair> {
+pub(crate) fn teacher_forced_pairs(requests: &[EditRequest]) -> Vec<Pair> {
     let mut out = Vec::new();
     for r in requests {
         out.push(Pair::new(&r.prompt, &r.target_new));

@@ -6,11 +6,13 @@
 //! - [`runtime`]: matrix products, prefill, forward+backward (`kedit bench`);
 //! - [`locate`]: key statistics and causal tracing (`kedit bench-stats`, `kedit bench-trace`);
 //! - [`edit`]: seconds per edit, phase by phase, and peak memory (`kedit bench-edit`);
-//! - [`eval`]: batched vs per-prompt metric forwards (`kedit bench-eval`).
+//! - [`eval`]: batched vs per-prompt metric forwards (`kedit bench-eval`);
+//! - [`memory`]: adding edits to a memory and scoring through it (`kedit bench-memory`).
 
 pub mod edit;
 pub mod eval;
 pub mod locate;
+pub mod memory;
 pub mod runtime;
 
 use std::time::Instant;

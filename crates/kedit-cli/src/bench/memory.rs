@@ -1,0 +1,73 @@
+//! `kedit bench-memory`: adding edits to a memory-based method one by one, then scoring
+//! through the system that holds them all against the plain model.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use kedit::bench::memory::memory_bench;
+use kedit::data::{load, Format, LoadOptions};
+use kedit::methods::{EditContext, Registry};
+
+use crate::output::print_json;
+use crate::ModelArg;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArg,
+    #[arg(long, default_value = "serac", help = crate::method_help())]
+    method: String,
+    /// EasyEdit-style hyper-parameter YAML (SERAC: the hparams.yaml `kedit train` wrote).
+    #[arg(long)]
+    hparams: Option<PathBuf>,
+    /// Edit requests to store, in file order (ZsRE, KnowEdit, CounterFact).
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "auto")]
+    format: Format,
+    /// Edits stored, one per call.
+    #[arg(long, default_value_t = 1000, value_parser = crate::bounds::count(1, 100_000))]
+    stored: usize,
+    /// Requests of the file (its first ones) whose teacher-forced prompts are scored.
+    #[arg(long, default_value_t = 100, value_parser = crate::bounds::count(1, 100_000))]
+    probes: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let model = args.model.load()?;
+    let loaded = Registry::builtin().load(&args.method, args.hparams.as_deref(), &model)?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    let opts = LoadOptions {
+        skip_invalid: true,
+        limit: Some(args.stored.max(args.probes)),
+    };
+    let data = load(&args.data, args.format, &opts)
+        .with_context(|| format!("loading {}", args.data.display()))?;
+    let stored = &data.requests[..args.stored.min(data.requests.len())];
+    let probes = &data.requests[..args.probes.min(data.requests.len())];
+    let b = memory_bench(
+        loaded.method.as_ref(),
+        &model,
+        stored,
+        probes,
+        &EditContext::default(),
+        &mut crate::progress::Bars::default(),
+    )?;
+    if args.json {
+        return print_json(&b);
+    }
+    println!("{} with {} edits stored, one per call", b.method, b.stored);
+    println!(
+        "  one edit: compute {:.1} ms, apply {:.1} ms (median; last tenth {:.1} / {:.1} ms)",
+        b.compute_ms, b.apply_ms, b.compute_ms_full, b.apply_ms_full
+    );
+    println!(
+        "  scoring {} teacher-forced prompts: plain {:.2} s, through the memory {:.2} s ({:.2}×)",
+        b.prompts, b.plain_seconds, b.edited_seconds, b.ratio
+    );
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! What edits kept outside the weights cost as they pile up (`kedit bench-memory`): the
+//! time to add one edit to a system already holding many (the method's compute and the
+//! Editor's apply, separately), and the time to score prompts through a system holding
+//! `stored` edits against the plain model on the same prompts.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::bench::{eval::teacher_forced_pairs, median};
+use crate::editor::Editor;
+use crate::error::Result;
+use crate::evaluate::metrics::teacher_forced::score;
+use crate::methods::{EditContext, EditMethod};
+use crate::model::Model;
+use crate::progress::Progress;
+use crate::request::EditRequest;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryBench {
+    pub method: String,
+    pub stored: usize,
+    /// Median milliseconds of one edit's compute, and of its apply, over all the adds.
+    pub compute_ms: f64,
+    pub apply_ms: f64,
+    /// The same for the last tenth of the adds (the memory nearly full).
+    pub compute_ms_full: f64,
+    pub apply_ms_full: f64,
+    /// Teacher-forced prompts scored.
+    pub prompts: usize,
+    pub plain_seconds: f64,
+    pub edited_seconds: f64,
+    /// edited / plain.
+    pub ratio: f64,
+}
+
+/// Adds `stored` one by one (each its own edit, as a sequential stream does), then scores
+/// the teacher-forced prompts of `probes` through the edited system and the plain model.
+pub fn memory_bench(
+    method: &dyn EditMethod,
+    model: &Model,
+    stored: &[EditRequest],
+    probes: &[EditRequest],
+    ctx: &EditContext,
+    progress: &mut dyn Progress,
+) -> Result<MemoryBench> {
+    let mut editor = Editor::new(model.clone());
+    method.prepare(model, ctx, progress)?;
+    progress.phase("adding edits", stored.len(), 0);
+    let (mut compute, mut apply) = (Vec::new(), Vec::new());
+    for r in stored {
+        let t = Instant::now();
+        let computed = method.compute(&editor, std::slice::from_ref(r), ctx)?;
+        compute.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        editor.apply(&computed.edit)?;
+        apply.push(t.elapsed().as_secs_f64() * 1e3);
+        progress.advance(1);
+    }
+    let tail = stored.len() - stored.len() / 10;
+    let pairs = teacher_forced_pairs(probes);
+    let t = Instant::now();
+    score(model, &pairs, false)?;
+    let plain_seconds = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    score(&editor, &pairs, false)?;
+    let edited_seconds = t.elapsed().as_secs_f64();
+    let med = |v: &[f64]| median(v.to_vec()).unwrap_or(f64::NAN);
+    Ok(MemoryBench {
+        method: method.name().to_string(),
+        stored: stored.len(),
+        compute_ms: med(&compute),
+        apply_ms: med(&apply),
+        compute_ms_full: med(&compute[tail.min(compute.len())..]),
+        apply_ms_full: med(&apply[tail.min(apply.len())..]),
+        prompts: pairs.len(),
+        plain_seconds,
+        edited_seconds,
+        ratio: edited_seconds / plain_seconds,
+    })
+}
