@@ -28,7 +28,10 @@ pub struct Args {
     /// Edits stored, one per call.
     #[arg(long, default_value_t = 1000, value_parser = crate::bounds::count(1, 100_000))]
     stored: usize,
-    /// Requests of the file (its first ones) whose teacher-forced prompts are scored.
+    /// Requests whose teacher-forced prompts are scored: the first ones of this file
+    /// [default: of --data, i.e. edits that are stored, so their prompts are routed].
+    #[arg(long)]
+    probe_data: Option<PathBuf>,
     #[arg(long, default_value_t = 100, value_parser = crate::bounds::count(1, 100_000))]
     probes: usize,
     #[arg(long)]
@@ -48,7 +51,15 @@ pub fn run(args: Args) -> Result<()> {
     let data = load(&args.data, args.format, &opts)
         .with_context(|| format!("loading {}", args.data.display()))?;
     let stored = &data.requests[..args.stored.min(data.requests.len())];
-    let probes = &data.requests[..args.probes.min(data.requests.len())];
+    let probe_requests = match &args.probe_data {
+        Some(path) => {
+            load(path, args.format, &opts)
+                .with_context(|| format!("loading {}", path.display()))?
+                .requests
+        }
+        None => data.requests.clone(),
+    };
+    let probes = &probe_requests[..args.probes.min(probe_requests.len())];
     let b = memory_bench(
         loaded.method.as_ref(),
         &model,
