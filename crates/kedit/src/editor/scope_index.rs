@@ -40,22 +40,23 @@ impl ScopeIndex {
         Ok(())
     }
 
-    /// The (memory, record, probability) an input with unit embedding `x` (`[1, dim]`) is
-    /// routed to: the most probable record, when that reaches its memory's threshold.
-    pub fn best(&self, x: &Tensor) -> Result<Option<(usize, usize, f64)>> {
+    /// For each input (unit embeddings `[inputs, dim]`), the (memory, record,
+    /// probability) it is routed to: its most probable record, when that reaches its
+    /// memory's threshold.
+    pub fn best(&self, xs: &Tensor) -> Result<Vec<Option<(usize, usize, f64)>>> {
+        let n = xs.dim(0)?;
         if self.rows.is_empty() {
-            return Ok(None);
+            return Ok(vec![None; n]);
         }
-        let logits = self
-            .classifier
-            .logits(x, &self.keys)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let Some((i, &logit)) = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) else {
-            return Ok(None);
-        };
-        let p = 1.0 / (1.0 + (-f64::from(logit)).exp());
-        let (memory, record, threshold) = self.rows[i];
-        Ok((p >= threshold).then_some((memory, record, p)))
+        let logits = self.classifier.logits(xs, &self.keys)?.to_vec2::<f32>()?;
+        Ok(logits
+            .iter()
+            .map(|row| {
+                let (i, &logit) = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+                let p = 1.0 / (1.0 + (-f64::from(logit)).exp());
+                let (memory, record, threshold) = self.rows[i];
+                (p >= threshold).then_some((memory, record, p))
+            })
+            .collect())
     }
 }

@@ -127,10 +127,12 @@ fn write_hparams(
 }
 
 impl HparamsSource {
-    /// The path a key names (`archive:`, `pool:`), relative paths resolved against the
-    /// file's directory — or, for shipped files, which are written relative to the
-    /// repository root, against the first of the current directory and its parents where
-    /// the path exists (tests run in `crates/kedit`, the CLI anywhere in the checkout).
+    /// The path a key names (`archive:`, `pool:`). A relative path is resolved against the
+    /// file's directory when it exists there; shipped files are written relative to the
+    /// repository root, so otherwise (and always for the built-in copies) against the first
+    /// of the current directory and its parents where it exists (tests run in
+    /// `crates/kedit`, the CLI anywhere in the checkout); when none has it, the error names
+    /// the path beside the file.
     pub fn path_key(&self, key: &str) -> Result<Option<PathBuf>> {
         let Some(v) = self.value.get(key) else {
             return Ok(None);
@@ -148,8 +150,13 @@ impl HparamsSource {
         if self.origin.to_string_lossy().starts_with("built-in:") {
             return Ok(Some(from_workspace(&p)));
         }
-        let base = self.origin.parent().unwrap_or(Path::new("."));
-        Ok(Some(base.join(p)))
+        let beside = self.origin.parent().unwrap_or(Path::new(".")).join(&p);
+        if beside.exists() {
+            return Ok(Some(beside));
+        }
+        // A shipped file read from disk (or copied elsewhere) still names repository paths.
+        let found = from_workspace(&p);
+        Ok(Some(if found.exists() { found } else { beside }))
     }
 }
 

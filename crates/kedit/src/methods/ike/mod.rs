@@ -76,23 +76,26 @@ pub struct Ike {
     pool: Option<(PathBuf, Vec<EditRequest>)>,
     /// Built once per run, in `prepare` or at the first edit.
     store: Mutex<Option<Arc<DemoStore>>>,
+    /// Malformed records of the pool file, left out.
+    skipped: usize,
 }
 
 impl Ike {
     pub fn load(_name: &str, source: HparamsSource, _model: &Model) -> Result<LoadedMethod> {
         let (hp, unknown): (IkeHparams, _) = source.deserialize()?;
         if hp.use_icl_examples && hp.k == 0 {
-            return Err(source.error("k", "must be at least 1 (or set use_icl_examples: false)"));
+            return Err(source.error("k", " must be at least 1 (or set use_icl_examples: false)"));
         }
         let encoder = Arc::new(SentenceEncoder::load(&encoder_dir(
             &hp.sentence_model_name,
         ))?);
-        let mut warnings = filter_warnings(&source.origin, unknown);
+        let warnings = filter_warnings(&source.origin, unknown);
+        let mut skipped = 0;
         let pool = if hp.use_icl_examples {
             let path = source.path_key("pool")?.ok_or_else(|| {
                 source.error(
                     "pool",
-                    "is missing: IKE retrieves its demonstrations from a file of training \
+                    " is missing: IKE retrieves its demonstrations from a file of training \
                      records (e.g. ../shared/data/zsre/zsre_mend_train-1k.json)",
                 )
             })?;
@@ -101,14 +104,10 @@ impl Ike {
                 ..Default::default()
             };
             let loaded = data::load(&path, Format::Auto, &opts)?;
-            if let Some((i, e)) = loaded.skipped.first() {
-                warnings.push(format!(
-                    "{}: {} malformed record(s) left out of the retrieval pool (the first, \
-                     record {i}: {e})",
-                    path.display(),
-                    loaded.skipped.len()
-                ));
-            }
+            // Not a warning about the settings: the pool file's malformed records (ZsRE's
+            // training file has two empty targets) are left out, and each edit's report says
+            // how many.
+            skipped = loaded.skipped.len();
             let records = loaded.requests;
             if records.is_empty() {
                 return Err(Error::invalid(format!(
@@ -128,6 +127,7 @@ impl Ike {
                 encoder,
                 pool,
                 store: Mutex::new(None),
+                skipped,
             }),
         })
     }
@@ -240,6 +240,9 @@ impl EditMethod for Ike {
             )));
         }
         report.note("context_tokens", own);
+        if self.skipped > 0 {
+            report.note("pool_records_left_out", self.skipped);
+        }
         let mut meta = std::collections::BTreeMap::new();
         meta.insert("method".into(), self.name().to_string());
         meta.insert(

@@ -94,13 +94,13 @@ impl SeracHparams {
             ("val_records", self.val_records),
         ] {
             if v == 0 {
-                return Err(source.error(key, "must be at least 1"));
+                return Err(source.error(key, " must be at least 1"));
             }
         }
         if self.batch_size < 2 {
             return Err(source.error(
                 "batch_size",
-                "must be at least 2 (the other examples of a batch are its negatives)",
+                " must be at least 2 (the other examples of a batch are its negatives)",
             ));
         }
         if !self.context_template.contains("{prompt}")
@@ -108,7 +108,7 @@ impl SeracHparams {
         {
             return Err(source.error(
                 "context_template",
-                "must contain {prompt} and {target} (the edit the routed input is answered with)",
+                " must contain {prompt} and {target} (the edit the routed input is answered with)",
             ));
         }
         Ok(())
@@ -147,7 +147,7 @@ impl Serac {
         let Some(path) = source.path_key("archive")? else {
             return Err(source.error(
                 "archive",
-                "is missing: SERAC edits with a trained scope classifier — run `kedit train \
+                " is missing: SERAC edits with a trained scope classifier — run `kedit train \
                  --method serac --data TRAIN.json --val VAL.json --out DIR`, then pass \
                  `--hparams DIR/hparams.yaml`",
             ));
