@@ -95,6 +95,16 @@ impl SentenceEncoder {
         }
     }
 
+    /// The directory a hyper-parameter names (EasyEdit's `sentence_model_name`,
+    /// `cls_name`): a directory as given, or the fetched default for its name.
+    pub fn dir_named(name: &str) -> PathBuf {
+        let p = PathBuf::from(name);
+        if !p.is_dir() && p.file_name().and_then(|f| f.to_str()) == Some(DEFAULT_ENCODER_DIR) {
+            return Self::default_dir();
+        }
+        p
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

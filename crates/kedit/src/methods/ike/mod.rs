@@ -6,7 +6,7 @@
 
 mod demos;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -86,7 +86,7 @@ impl Ike {
         if hp.use_icl_examples && hp.k == 0 {
             return Err(source.error("k", " must be at least 1 (or set use_icl_examples: false)"));
         }
-        let encoder = Arc::new(SentenceEncoder::load(&encoder_dir(
+        let encoder = Arc::new(SentenceEncoder::load(&SentenceEncoder::dir_named(
             &hp.sentence_model_name,
         ))?);
         let warnings = filter_warnings(&source.origin, unknown);
@@ -154,18 +154,6 @@ impl Ike {
         *slot = Some(built.clone());
         Ok(Some(built))
     }
-}
-
-/// A directory as given, or the fetched default for its name.
-fn encoder_dir(name: &str) -> PathBuf {
-    let p = Path::new(name);
-    if p.is_dir() {
-        return p.to_path_buf();
-    }
-    if p.file_name().and_then(|f| f.to_str()) == Some(DEFAULT_ENCODER_DIR) {
-        return SentenceEncoder::default_dir();
-    }
-    p.to_path_buf()
 }
 
 impl EditMethod for Ike {

@@ -116,14 +116,7 @@ impl SeracHparams {
 
     /// The encoder directory `cls_name` names.
     pub fn encoder_dir(&self) -> PathBuf {
-        let p = PathBuf::from(&self.cls_name);
-        if p.is_dir() {
-            return p;
-        }
-        if p.file_name().and_then(|f| f.to_str()) == Some(DEFAULT_ENCODER_DIR) {
-            return SentenceEncoder::default_dir();
-        }
-        p
+        SentenceEncoder::dir_named(&self.cls_name)
     }
 
     /// The context a routed input gets for `r`.
