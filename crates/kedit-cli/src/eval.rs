@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use kedit::data::{load, Format, LoadOptions};
+use kedit::data::{load_all, Format, LoadOptions};
 use kedit::editor::Editor;
 use kedit::evaluate::MetricOptions;
 use kedit::experiment::modes::pre_edit;
@@ -30,9 +30,10 @@ pub struct Args {
     /// EasyEdit-style hyper-parameter YAML [default: the shipped one for the model].
     #[arg(long)]
     hparams: Option<PathBuf>,
-    /// Dataset file (JSON).
-    #[arg(long)]
-    data: PathBuf,
+    /// Dataset file (JSON); repeat to stream one file after another (e.g. ZsRE dev, then
+    /// ZsRE train, for a 1000-edit lifelong run).
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
     /// auto, zsre, knowedit, counterfact, counterfact-rome.
     #[arg(long, default_value = "auto")]
     format: String,
@@ -69,7 +70,13 @@ pub fn run_cmd(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let mode: Mode = args.mode.parse()?;
     let format: Format = args.format.parse()?;
-    let data = load(
+    let names = args
+        .data
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let data = load_all(
         &args.data,
         format,
         &LoadOptions {
@@ -77,12 +84,12 @@ pub fn run_cmd(args: Args) -> Result<()> {
             limit: args.limit,
         },
     )
-    .with_context(|| format!("loading {}", args.data.display()))?;
+    .with_context(|| format!("loading {names}"))?;
     for (i, why) in &data.skipped {
         eprintln!("skipped record {i}: {why}");
     }
     if data.requests.is_empty() {
-        bail!("{}: no usable record", args.data.display());
+        bail!("{names}: no usable record");
     }
     let batch_size = if mode == Mode::Single {
         1
@@ -113,8 +120,13 @@ pub fn run_cmd(args: Args) -> Result<()> {
             .map_or(serde_json::Value::Null, |l| l.method.hparams_json()),
         model: model.source.path.display().to_string(),
         model_fingerprint: format!("{:016x}", model.fingerprint()?),
-        data: args.data.display().to_string(),
-        data_sha256: kedit::hash::sha256_file(&args.data)?,
+        data: names.clone(),
+        data_sha256: args
+            .data
+            .iter()
+            .map(|p| kedit::hash::sha256_file(p))
+            .collect::<kedit::error::Result<Vec<_>>>()?
+            .join(" + "),
         format: format!("{:?}", data.format).to_ascii_lowercase(),
         limit: args.limit,
         skip_invalid: args.skip_invalid,

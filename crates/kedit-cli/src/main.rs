@@ -9,6 +9,7 @@ mod eval;
 mod fuzz;
 mod generate;
 mod inspect;
+mod lifelong;
 mod locate;
 mod methods;
 mod output;
@@ -68,6 +69,8 @@ enum Command {
     BenchStats(bench::locate::StatsArgs),
     /// Measure causal tracing: seconds per fact.
     BenchTrace(bench::locate::TraceBenchArgs),
+    /// The lifelong table: sequential runs of T edits each (WISE's shape) and its picture.
+    Lifelong(lifelong::Args),
     /// Fuzz every input format (model files, hyper-parameters, datasets): each case must
     /// end in a result or a typed error, within a memory bound.
     Fuzz(fuzz::Args),
@@ -124,6 +127,7 @@ fn main() {
         Command::BenchStats(a) => bench::locate::run_stats(a),
         Command::BenchTrace(a) => bench::locate::run_trace(a),
         Command::Fuzz(a) => fuzz::run(a),
+        Command::Lifelong(a) => lifelong::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -592,3 +592,51 @@ fn mutated_records_never_panic_and_every_record_is_accounted_for() {
     }
     eprintln!("{runs} mutated files in {:?}", start.elapsed());
 }
+
+#[test]
+fn files_stream_one_after_another_under_one_limit_and_must_share_a_format() {
+    let dev = data("zsre/zsre_mend_eval_portability_gpt4.dev.json");
+    let train = data("zsre/zsre_mend_train-1k.json");
+    let opts = LoadOptions {
+        skip_invalid: true,
+        limit: Some(1000),
+    };
+    let all = kedit::data::load_all(&[dev.clone(), train.clone()], Format::Auto, &opts).unwrap();
+    assert_eq!(all.requests.len(), 1000);
+    // The lifelong stream: the 433 dev records, then train records up to 568 (534 is bad).
+    let d = load(&dev, Format::Auto, &LoadOptions::default()).unwrap();
+    assert_eq!(all.requests[432], d.requests[432]);
+    let t = load(&train, Format::Auto, &opts).unwrap();
+    assert_eq!(all.requests[433], t.requests[0]);
+    assert_eq!(all.requests[999], t.requests[566]);
+    assert_eq!(all.skipped.len(), 1);
+    assert_eq!(all.skipped[0].0, 433 + 534, "numbered in the stream");
+    assert!(all.skipped[0]
+        .1
+        .to_string()
+        .contains("zsre_mend_train-1k.json"));
+    // Without skipping, the bad record stops the load and names its file.
+    let err = kedit::data::load_all(
+        &[dev.clone(), train],
+        Format::Auto,
+        &LoadOptions {
+            limit: Some(1000),
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("zsre_mend_train-1k.json") && err.contains("534"),
+        "{err}"
+    );
+    // A stream of two formats is refused.
+    let cf = data("counterfact/counterfact-val.json");
+    let err = kedit::data::load_all(&[dev, cf], Format::Auto, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("counterfact-val.json") && err.contains("one format"),
+        "{err}"
+    );
+}

@@ -32,7 +32,7 @@ pub mod knowedit;
 pub mod zsre;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde_json::Value;
@@ -152,6 +152,51 @@ pub struct Loaded {
 pub fn load(path: &Path, format: Format, opts: &LoadOptions) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     load_from_slice(&bytes, path, format, opts)
+}
+
+/// The requests of several files, one after the other (a stream that runs on from one
+/// dataset into another, e.g. ZsRE dev then ZsRE train for lifelong editing). `limit`
+/// counts over all files; every file must read as the same format. Skipped records are
+/// numbered by their place in the whole stream; their errors name their own file.
+pub fn load_all(paths: &[PathBuf], format: Format, opts: &LoadOptions) -> Result<Loaded> {
+    let mut all: Option<Loaded> = None;
+    for path in paths {
+        let taken = all.as_ref().map_or(0, |a| a.requests.len());
+        if opts.limit.is_some_and(|n| taken >= n) {
+            break;
+        }
+        let offset = all
+            .as_ref()
+            .map_or(0, |a| a.requests.len() + a.skipped.len());
+        let part = load(
+            path,
+            format,
+            &LoadOptions {
+                skip_invalid: opts.skip_invalid,
+                limit: opts.limit.map(|n| n - taken),
+            },
+        )?;
+        all = Some(match all {
+            None => part,
+            Some(mut a) => {
+                if a.format != part.format {
+                    return Err(Error::data(
+                        path,
+                        format!(
+                            "reads as {} but the files before it as {}; a stream must be of one \
+                             format",
+                            part.format, a.format
+                        ),
+                    ));
+                }
+                a.requests.extend(part.requests);
+                a.skipped
+                    .extend(part.skipped.into_iter().map(|(i, e)| (offset + i, e)));
+                a
+            }
+        });
+    }
+    all.ok_or_else(|| Error::config("no dataset file was given"))
 }
 
 /// Like [`load`], from the file's contents; `path` only names the source in errors.

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::edit::{
     AdaptorEdit, AdaptorPositions, ContextEdit, Delta, Edit, MemoryEdit, MemoryRecord, Router,
-    WeightEdit,
+    SideMemory, SideMemoryEdit, SideMemoryInfo, WeightEdit,
 };
 use crate::error::{Error, Result};
 use crate::hash::Fast64;
+use crate::model::config::Activation;
 use crate::model::fingerprint::tensor_hash;
 use crate::model::safetensors_io::save_atomic;
 use crate::model::ParamId;
@@ -48,6 +49,14 @@ enum Body {
         site: String,
         positions: AdaptorPositions,
         radii: Vec<f64>,
+    },
+    SideMemory {
+        layer: usize,
+        activation: Activation,
+        act_ratio: f64,
+        total_edits: usize,
+        /// One per memory `m{i}` (its `delta` the tensor `m{i}.delta`).
+        memories: Vec<SideMemoryInfo>,
     },
     Memory {
         records: Vec<MemoryRecord>,
@@ -162,6 +171,18 @@ impl Edit {
                     radii: a.radii.clone(),
                 }
             }
+            Edit::SideMemory(e) => {
+                for (i, m) in e.memories.iter().enumerate() {
+                    tensors.insert(format!("m{i}.delta"), m.delta.to_dtype(DType::F32)?);
+                }
+                Body::SideMemory {
+                    layer: e.layer,
+                    activation: e.activation,
+                    act_ratio: e.act_ratio,
+                    total_edits: e.total_edits,
+                    memories: e.memories.iter().map(|m| m.info.clone()).collect(),
+                }
+            }
             Edit::Memory(m) => Body::Memory {
                 records: m.records.clone(),
                 router: m.router.clone(),
@@ -255,6 +276,29 @@ fn from_parts(
                 meta,
             })
         }
+        Body::SideMemory {
+            layer,
+            activation,
+            act_ratio,
+            total_edits,
+            memories,
+        } => Edit::SideMemory(SideMemoryEdit {
+            layer,
+            activation,
+            act_ratio,
+            total_edits,
+            memories: memories
+                .into_iter()
+                .enumerate()
+                .map(|(i, info)| {
+                    Ok(SideMemory {
+                        delta: get(&format!("m{i}.delta"))?,
+                        info,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            meta,
+        }),
         Body::Memory { records, router } => Edit::Memory(MemoryEdit {
             records,
             router,

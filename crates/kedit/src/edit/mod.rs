@@ -1,5 +1,5 @@
-//! Edits as values. An edit is one of four kinds — weight deltas, a site adaptor, a
-//! memory, a context — and every kind is saved, loaded, applied, reverted and
+//! Edits as values. An edit is one of five kinds — weight deltas, a site adaptor (a
+//! codebook), side memories of one projection, a memory, a context — and every kind is saved, loaded, applied, reverted and
 //! fingerprinted the same way. Methods return edits; the [`crate::editor::Editor`] applies
 //! them; nothing else changes the edited system.
 
@@ -8,6 +8,7 @@ pub mod context;
 mod file;
 pub mod memory;
 pub mod scope;
+pub mod side_memory;
 pub mod weights;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ pub use adaptor::{AdaptorEdit, AdaptorPositions};
 pub use context::ContextEdit;
 pub use memory::{MemoryEdit, MemoryRecord, Route, Router};
 pub use scope::ScopeClassifier;
+pub use side_memory::{SideMemory, SideMemoryEdit, SideMemoryInfo};
 pub use weights::{Delta, WeightEdit};
 
 /// One edit (of one request, or one batch of requests).
@@ -25,6 +27,8 @@ pub enum Edit {
     Weights(WeightEdit),
     /// A codebook at a site (GRACE).
     Adaptor(AdaptorEdit),
+    /// Side memories of one MLP output projection, routed by activation (WISE).
+    SideMemory(SideMemoryEdit),
     /// Edit records and their router (SERAC).
     Memory(MemoryEdit),
     /// A prompt prefix (IKE).
@@ -37,6 +41,7 @@ impl Edit {
         match self {
             Edit::Weights(_) => "weights",
             Edit::Adaptor(_) => "adaptor",
+            Edit::SideMemory(_) => "side_memory",
             Edit::Memory(_) => "memory",
             Edit::Context(_) => "context",
         }
@@ -47,6 +52,7 @@ impl Edit {
         match self {
             Edit::Weights(e) => &e.meta,
             Edit::Adaptor(e) => &e.meta,
+            Edit::SideMemory(e) => &e.meta,
             Edit::Memory(e) => &e.meta,
             Edit::Context(e) => &e.meta,
         }
@@ -56,6 +62,7 @@ impl Edit {
         match self {
             Edit::Weights(e) => &mut e.meta,
             Edit::Adaptor(e) => &mut e.meta,
+            Edit::SideMemory(e) => &mut e.meta,
             Edit::Memory(e) => &mut e.meta,
             Edit::Context(e) => &mut e.meta,
         }
@@ -79,6 +86,12 @@ impl From<WeightEdit> for Edit {
 impl From<AdaptorEdit> for Edit {
     fn from(e: AdaptorEdit) -> Self {
         Edit::Adaptor(e)
+    }
+}
+
+impl From<SideMemoryEdit> for Edit {
+    fn from(e: SideMemoryEdit) -> Self {
+        Edit::SideMemory(e)
     }
 }
 

@@ -16,12 +16,13 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::edit::{
-    weights, AdaptorEdit, ContextEdit, Edit, MemoryEdit, Router, ScopeClassifier, WeightEdit,
+    weights, AdaptorEdit, ContextEdit, Edit, MemoryEdit, Router, ScopeClassifier, SideMemoryEdit,
+    WeightEdit,
 };
 use crate::encoder::SentenceEncoder;
 use crate::error::{Error, Result};
 use crate::lm::LanguageModel;
-use crate::model::{Model, ParamId, Params};
+use crate::model::{BlockParam, Model, ParamId, Params};
 use crate::runtime::Site;
 use scope_index::ScopeIndex;
 
@@ -48,6 +49,8 @@ impl Default for Guard {
 struct Extras {
     /// At most one codebook per site.
     adaptors: BTreeMap<Site, AdaptorEdit>,
+    /// At most one set of side memories per layer.
+    side_memories: BTreeMap<usize, SideMemoryEdit>,
     memories: Vec<MemoryEdit>,
     /// The memories routed by scope classifiers, one index per classifier.
     scopes: Vec<ScopeIndex>,
@@ -56,7 +59,10 @@ struct Extras {
 
 impl Extras {
     fn is_empty(&self) -> bool {
-        self.adaptors.is_empty() && self.memories.is_empty() && self.contexts.is_empty()
+        self.adaptors.is_empty()
+            && self.side_memories.is_empty()
+            && self.memories.is_empty()
+            && self.contexts.is_empty()
     }
 }
 
@@ -132,6 +138,11 @@ impl Editor {
         self.extras.adaptors.get(&site)
     }
 
+    /// The side memories of `layer`'s MLP output projection, if an edit put them there.
+    pub fn side_memory(&self, layer: usize) -> Option<&SideMemoryEdit> {
+        self.extras.side_memories.get(&layer)
+    }
+
     pub fn memories(&self) -> &[MemoryEdit] {
         &self.extras.memories
     }
@@ -191,6 +202,20 @@ impl Editor {
                     ..AppliedEdit::of_kind("adaptor")
                 }
             }
+            Edit::SideMemory(e) => {
+                e.site().check(self.model.config.n_layers)?;
+                let w = self
+                    .model
+                    .params
+                    .require(ParamId::Block(e.layer, BlockParam::OutWeight))?;
+                e.check(w.dims2()?)?;
+                self.extras.side_memories.insert(e.layer, e.clone());
+                AppliedEdit {
+                    entries: e.len(),
+                    site: Some(e.site().to_string()),
+                    ..AppliedEdit::of_kind("side_memory")
+                }
+            }
             Edit::Memory(m) => {
                 m.check()?;
                 if let Router::Scope {
@@ -231,7 +256,10 @@ impl Editor {
         // Memories and contexts add text in front of inputs and change no number of the
         // model: they cannot make a logit non-finite, and a forward to prove it would be most
         // of the cost of adding an edit to a memory.
-        let changes_numbers = matches!(edit, Edit::Weights(_) | Edit::Adaptor(_));
+        let changes_numbers = matches!(
+            edit,
+            Edit::Weights(_) | Edit::Adaptor(_) | Edit::SideMemory(_)
+        );
         if self.guard.check_forward && changes_numbers {
             self.check_logits_finite()?;
         }

@@ -124,6 +124,7 @@ impl Editor {
             .adaptors
             .values()
             .map(|a| a.intervention(ends))
+            .chain(self.extras.side_memories.values().map(|s| s.intervention()))
             .collect())
     }
 

@@ -3,6 +3,7 @@
 //! and the metrics and is the only place that combines them.
 
 pub mod efficiency;
+pub mod lifelong;
 pub mod modes;
 pub mod report;
 pub mod store;

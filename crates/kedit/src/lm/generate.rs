@@ -1,5 +1,7 @@
 //! Text generation with a KV cache: greedy or seeded top-k sampling, many prompts at once.
 
+use std::collections::BTreeMap;
+
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -7,7 +9,8 @@ use crate::error::{Error, Result};
 use crate::lm::{Hooks, LanguageModel, PromptEnds};
 use crate::model::Model;
 use crate::rng::Rng;
-use crate::runtime::{LogitsAt, Padding, TokenBatch};
+use crate::runtime::side_memory::Routes;
+use crate::runtime::{Action, Intervention, LogitsAt, Padding, Site, TokenBatch};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Sampling {
@@ -116,6 +119,9 @@ pub fn generate_with(
         .keep_kv()
         .run()?;
     let mut logits = first.logits()?.clone();
+    // Side memories route a row by its prompt; the tokens generated after it are answered
+    // by the same memory (one token alone says too little about what is being asked).
+    let routes = first.routes;
     let mut cache = first.kv.expect("asked for");
     let mut next_pos = batch.next_positions();
     for step in 0..opts.max_new_tokens {
@@ -141,7 +147,7 @@ pub fn generate_with(
         };
         let step_out = model
             .forward(&batch)
-            .interventions(hooks(&ends)?)
+            .interventions(with_routes(hooks(&ends)?, &routes))
             .prefix(&cache)
             .keep_kv()
             .logits(LogitsAt::Last)
@@ -233,4 +239,18 @@ pub fn top_next_tokens(lm: &dyn LanguageModel, prompt: &[u32], k: usize) -> Resu
             })
         })
         .collect()
+}
+
+/// `interventions` with the side memories' routing fixed to `routes` where one was taken.
+fn with_routes(
+    mut interventions: Vec<Intervention>,
+    routes: &BTreeMap<Site, Routes>,
+) -> Vec<Intervention> {
+    for iv in &mut interventions {
+        if let (Action::SideMemory { forced, .. }, Some(r)) = (&mut iv.action, routes.get(&iv.site))
+        {
+            *forced = Some(r.clone());
+        }
+    }
+    interventions
 }

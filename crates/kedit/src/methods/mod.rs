@@ -15,6 +15,7 @@ pub mod registry;
 pub mod rome;
 pub mod serac;
 pub mod train;
+pub mod wise;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

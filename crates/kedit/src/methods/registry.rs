@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::methods::hparams::{builtin, HparamsSource};
 use crate::methods::train::TrainFn;
-use crate::methods::{ft, grace, ike, memit, rome, serac, LoadedMethod};
+use crate::methods::{ft, grace, ike, memit, rome, serac, wise, LoadedMethod};
 use crate::model::{Family, Model};
 
 /// EasyEdit's taxonomy of editing methods (plus fine-tuning baselines).
@@ -143,6 +143,12 @@ const GRACE_SHIPPED: &[Shipped] = &[Shipped {
     text: include_str!("../../../../hparams/GRACE/smollm2-135m.yaml"),
 }];
 
+const WISE_SHIPPED: &[Shipped] = &[Shipped {
+    path: "WISE/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/WISE/smollm2-135m.yaml"),
+}];
+
 const BUILTIN: &[MethodSpec] = &[
     MethodSpec {
         name: "ft-l",
@@ -273,6 +279,17 @@ const BUILTIN: &[MethodSpec] = &[
         needs: &[],
         shipped: GRACE_SHIPPED,
         load: grace::Grace::load,
+        trainer: None,
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "wise",
+        alg_name: "WISE",
+        family: MethodFamily::MemoryBased,
+        summary: "a side copy of one MLP projection, written in random subspace shards and routed by activation (Wang et al. 2024)",
+        needs: &[],
+        shipped: WISE_SHIPPED,
+        load: wise::Wise::load,
         trainer: None,
         without_statistics: None,
     },

@@ -10,10 +10,11 @@ use crate::model::config::{BlockLayout, ModelConfig, NormKind, Rope};
 use crate::model::params::{BlockParam, ParamId};
 use crate::model::Model;
 use crate::runtime::batch::TokenBatch;
-use crate::runtime::intervention::Intervention;
+use crate::runtime::intervention::{Action, Intervention};
 use crate::runtime::kernels;
 use crate::runtime::kv_cache::{interleave, KvCache, LayerKv};
 use crate::runtime::ops::{self, host_tensor, Weight, MASKED};
+use crate::runtime::side_memory::{self, Routes};
 use crate::runtime::sites::Site;
 
 /// Weights to use instead of the model's own, by canonical id. A weight given here takes
@@ -40,6 +41,8 @@ pub enum LogitsAt {
 pub struct ForwardOutput {
     /// Captured site tensors, `[rows, len, width]`, after that site's interventions.
     pub captures: BTreeMap<Site, Tensor>,
+    /// The rows' routes at each site where side memories acted.
+    pub routes: BTreeMap<Site, Routes>,
     pub logits: Option<Tensor>,
     /// The residual stream where the pass stopped (after its last block, before the final norm).
     pub resid: Tensor,
@@ -180,6 +183,7 @@ struct Pass<'m> {
     /// The rotary tables of sliding-window layers with a RoPE base of their own.
     local_rope: Option<RopeTables>,
     captures: BTreeMap<Site, Tensor>,
+    routes: BTreeMap<Site, Routes>,
 }
 
 impl<'m> Pass<'m> {
@@ -194,6 +198,14 @@ impl<'m> Pass<'m> {
             .chain(req.interventions.iter().map(|i| &i.site))
         {
             site.check(cfg.n_layers)?;
+        }
+        if let Some(iv) = req.interventions.iter().find(|i| {
+            matches!(i.action, Action::SideMemory { .. }) && !matches!(i.site, Site::MlpOut(_))
+        }) {
+            return Err(Error::invalid(format!(
+                "side memories act at an MLP output site; `{}` is not one",
+                iv.site
+            )));
         }
         if let Some(l) = req.stop_after {
             if l >= cfg.n_layers {
@@ -290,6 +302,7 @@ impl<'m> Pass<'m> {
             rope,
             local_rope,
             captures: BTreeMap::new(),
+            routes: BTreeMap::new(),
             req,
         })
     }
@@ -345,7 +358,9 @@ impl<'m> Pass<'m> {
 
     /// Applies the interventions at `site`, records it if captured.
     fn site(&mut self, site: Site, mut h: Tensor) -> Result<Tensor> {
-        for iv in self.req.interventions.iter().filter(|i| i.site == site) {
+        let here =
+            |i: &&Intervention| i.site == site && !matches!(i.action, Action::SideMemory { .. });
+        for iv in self.req.interventions.iter().filter(here) {
             h = iv.apply(&h)?;
         }
         if self.req.capture.contains(&site) {
@@ -418,6 +433,7 @@ impl<'m> Pass<'m> {
         };
         Ok(ForwardOutput {
             captures: self.captures,
+            routes: self.routes,
             logits,
             resid: h,
             kv,
@@ -467,7 +483,31 @@ impl<'m> Pass<'m> {
             ops::activation(&pre, self.cfg.activation)?
         };
         let key = self.site(Site::MlpKey(l), key)?;
-        let out = self.linear(&key, p(OutWeight), Some(p(OutBias)))?;
+        let mut out = self.linear(&key, p(OutWeight), Some(p(OutBias)))?;
+        // Side memories read the key as well as the output, so they act here, before the
+        // site's other interventions.
+        for iv in &self.req.interventions {
+            if let (
+                Action::SideMemory {
+                    memories,
+                    activation,
+                    forced,
+                },
+                true,
+            ) = (&iv.action, iv.site == Site::MlpOut(l))
+            {
+                let (routed, routes) = side_memory::route(
+                    &out,
+                    &key,
+                    &side_memory::routed_tokens(self.req.batch),
+                    memories,
+                    *activation,
+                    forced.as_deref(),
+                )?;
+                out = routed;
+                self.routes.insert(Site::MlpOut(l), routes);
+            }
+        }
         self.site(Site::MlpOut(l), out)
     }
 

@@ -5,8 +5,10 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::model::config::Activation;
 use crate::rng::Rng;
 use crate::runtime::ops::host_tensor;
+use crate::runtime::side_memory::{Routes, SideWeight};
 use crate::runtime::sites::Site;
 
 #[derive(Clone, Debug)]
@@ -25,6 +27,16 @@ pub enum Action {
         keys: Tensor,
         values: Tensor,
         radii: Vec<f64>,
+    },
+    /// Side memories (WISE) of the MLP output projection, at an `MlpOut` site: each row of
+    /// the batch is answered by the memory it activates most over its threshold, or by the
+    /// main weight ([`crate::runtime::side_memory::route`]). Acts on whole rows; `at` is
+    /// not read.
+    SideMemory {
+        memories: Vec<SideWeight>,
+        activation: Activation,
+        /// Routes decided by an earlier pass (one per row), used instead of deciding here.
+        forced: Option<Routes>,
     },
 }
 
@@ -79,9 +91,28 @@ impl Intervention {
         }
     }
 
+    /// Side memories at the output projection of `layer`'s MLP, for every row.
+    pub fn side_memory(layer: usize, memories: Vec<SideWeight>, activation: Activation) -> Self {
+        Intervention {
+            site: Site::MlpOut(layer),
+            at: Vec::new(),
+            action: Action::SideMemory {
+                memories,
+                activation,
+                forced: None,
+            },
+        }
+    }
+
     /// Applies the intervention to a site's tensor `h` of shape `[rows, len, width]`.
     pub(crate) fn apply(&self, h: &Tensor) -> Result<Tensor> {
         let (rows, len, width) = h.dims3()?;
+        if let Action::SideMemory { .. } = self.action {
+            return Err(Error::invalid(format!(
+                "side memories act at an MLP output site with the MLP's key; `{}` is not one",
+                self.site
+            )));
+        }
         let n = self.at.len();
         if n == 0 {
             return Ok(h.clone());
@@ -113,7 +144,9 @@ impl Intervention {
         let device = h.device();
         let values = match &self.action {
             Action::Replace(v) | Action::Add(v) => self.expand(v, n, width)?,
-            Action::Codebook { .. } => unreachable!("resolved to a replacement above"),
+            Action::Codebook { .. } | Action::SideMemory { .. } => {
+                unreachable!("resolved above")
+            }
             Action::Noise { std, seed } => {
                 let mut rng = Rng::new(*seed);
                 let noise: Vec<f32> = (0..n * width)
@@ -135,7 +168,10 @@ impl Intervention {
                 let keep = host_tensor(keep, (rows * len, 1), dtype, device)?;
                 (flat.broadcast_mul(&keep)? + placed)?
             }
-            Action::Add(_) | Action::Noise { .. } | Action::Codebook { .. } => (flat + placed)?,
+            Action::Add(_)
+            | Action::Noise { .. }
+            | Action::Codebook { .. }
+            | Action::SideMemory { .. } => (flat + placed)?,
         };
         Ok(out.reshape((rows, len, width))?)
     }

@@ -8,6 +8,7 @@ pub mod kv_cache;
 pub mod nll;
 pub mod ops;
 pub mod process;
+pub mod side_memory;
 pub mod sites;
 pub mod summary;
 pub mod threads;

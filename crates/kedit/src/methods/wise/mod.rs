@@ -1,0 +1,488 @@
+//! WISE (Wang et al. 2024): lifelong editing in a side memory.
+//!
+//! The side memory is a copy of one MLP output projection, held as its difference Δ from
+//! the main weight. Each edit trains Δ, in the random subspace of the current knowledge
+//! shard only (a gradient mask freeing `mask_ratio` of the entries), so that
+//! - the edit's prompts, under ROME's context templates, produce the target (NLL of its
+//!   tokens), and
+//! - the side memory's *activation distance* — the mean over a row's tokens of
+//!   ‖act(h_side) − act(h_main)‖ — rises above β on the edit's prompts, stays below α on
+//!   an irrelevant input, and separates the two by γ.
+//!
+//! At inference each input row is answered by the memory it activates most beyond that
+//! memory's threshold (`act_ratio` × the smallest distance its edits reached), or by the
+//! main weight. After `save_freq` edits a shard closes and a new subspace opens; every
+//! `merge_freq` edits the closed shards since the last merge are TIES-merged into one
+//! memory. The whole state comes back as one [`SideMemoryEdit`]: applying it sets the side
+//! memories of the layer, so single, sequential and batch modes need nothing else.
+//!
+//! Differences from EasyEdit's, on purpose: an edit row's distance is measured over its
+//! prompt's tokens, not over the answer too (EasyEdit's router then needs the answer in
+//! its input to recognise the edit: scored teacher-forced it sees it, asked the question
+//! it does not); no weight decay on the side memory (EasyEdit's
+//! SGD decays the whole copy, main weight included, toward zero), the distance of an edit
+//! is measured after its last step rather than before it, and is the least over its rows
+//! rather than their mean, and a row's routing does not
+//! depend on the other rows of its batch.
+
+pub mod hparams;
+pub mod shard;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use candle_core::{DType, Tensor, Var};
+
+use crate::data::{self, Format, LoadOptions};
+use crate::edit::{Edit, SideMemory, SideMemoryEdit, SideMemoryInfo};
+use crate::editor::Editor;
+use crate::error::{Error, Result};
+use crate::hash::Fast64;
+use crate::methods::loss::mean_row_nll;
+use crate::methods::rome::templates::{context_templates, count_warnings, TemplateSpec};
+use crate::methods::{
+    check_requests, filter_warnings, Computed, EditContext, EditMethod, HparamsSource,
+    LoadedMethod, MethodReport,
+};
+use crate::model::{BlockParam, Model, ParamId};
+use crate::request::EditRequest;
+use crate::runtime::side_memory::{activation_distance, routed_tokens, side_change};
+use crate::runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};
+use hparams::WiseHparams;
+use shard::{subspace_mask, ties_merge};
+
+pub struct Wise {
+    hp: WiseHparams,
+    layer: usize,
+    /// `prompt answer` texts a side memory must not react to.
+    irrelevant: Vec<String>,
+    templates: Mutex<HashMap<TemplateSpec, Vec<String>>>,
+}
+
+/// One edit's training rows: the templated prompts with the target, then the irrelevant
+/// inputs.
+struct Rows {
+    batch: TokenBatch,
+    /// Rows holding the edit (the rest is the irrelevant one).
+    edit_rows: usize,
+    /// Where the target's tokens are predicted, what they are, and their row.
+    entries: Vec<(usize, usize)>,
+    targets: Vec<u32>,
+    entry_rows: Vec<usize>,
+    /// The tokens whose activation distance counts (`[rows * len]`): an edit row's
+    /// templated prompt — what the router will see when the prompt is asked, before any
+    /// answer — and every token of an irrelevant row; never a sequence's first token
+    /// (the router leaves it out: [`routed_tokens`]).
+    measured: Vec<bool>,
+}
+
+/// What one edit's training ended with.
+struct Trained {
+    delta: Tensor,
+    /// The smallest activation distance of the edit's rows under the trained memory.
+    act: f64,
+    steps: usize,
+    loss: f64,
+    nll: f64,
+    /// The largest activation distance of the irrelevant rows.
+    irrelevant_act: f64,
+}
+
+impl Wise {
+    pub fn load(_name: &str, source: HparamsSource, model: &Model) -> Result<LoadedMethod> {
+        let (hp, unknown): (WiseHparams, _) = source.deserialize()?;
+        let layer = hp.check(&source, model)?;
+        let path = source
+            .path_key("irrelevant_data")?
+            .expect("a required key was deserialised");
+        let loaded = data::load(
+            &path,
+            Format::Auto,
+            &LoadOptions {
+                skip_invalid: true,
+                ..Default::default()
+            },
+        )?;
+        let irrelevant: Vec<String> = loaded
+            .requests
+            .iter()
+            .skip(hp.irrelevant_from)
+            .flat_map(|r| r.locality.values().flatten())
+            .map(|p| format!("{} {}", p.prompt, p.answer))
+            .collect();
+        if irrelevant.is_empty() {
+            return Err(Error::invalid(format!(
+                "{}: no locality prompt in its records from {} on: WISE needs irrelevant \
+                 inputs (`irrelevant_data`, `irrelevant_from`)",
+                path.display(),
+                hp.irrelevant_from
+            )));
+        }
+        let mut warnings = filter_warnings(&source.origin, unknown);
+        warnings.extend(count_warnings(&hp.context_template_length_params).map(|w| {
+            format!(
+                "{}: `context_template_length_params`: {w}",
+                source.origin.display()
+            )
+        }));
+        Ok(LoadedMethod {
+            warnings,
+            hparams_origin: source.origin.clone(),
+            method: Box::new(Wise {
+                hp,
+                layer,
+                irrelevant,
+                templates: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    pub fn layer(&self) -> usize {
+        self.layer
+    }
+
+    fn templates(&self, model: &Model, ctx: &EditContext) -> Result<Vec<String>> {
+        let spec = TemplateSpec {
+            length_params: self.hp.context_template_length_params.clone(),
+            seed: self.hp.context_template_seed ^ ctx.seed,
+        };
+        let mut cache = self.templates.lock().expect("template cache lock");
+        if let Some(t) = cache.get(&spec) {
+            return Ok(t.clone());
+        }
+        let t = context_templates(model, &spec, &ctx.cache)?;
+        cache.insert(spec, t.clone());
+        Ok(t)
+    }
+
+    /// The irrelevant inputs paired with `r`: drawn by the run's seed and the request, so
+    /// a resumed or reordered run trains the same memory.
+    fn irrelevant_for(&self, r: &EditRequest, ctx: &EditContext) -> Vec<&str> {
+        let mut h = Fast64::new();
+        h.u64(ctx.seed);
+        h.str(&r.prompt);
+        h.str(&r.target_new);
+        let mut rng = crate::rng::Rng::new(h.finish());
+        (0..self.hp.irrelevant_per_edit)
+            .map(|_| {
+                let i = (rng.uniform() * self.irrelevant.len() as f64) as usize;
+                self.irrelevant[i.min(self.irrelevant.len() - 1)].as_str()
+            })
+            .collect()
+    }
+
+    fn rows(
+        &self,
+        model: &Model,
+        r: &EditRequest,
+        templates: &[String],
+        irrelevant: &[&str],
+    ) -> Result<Rows> {
+        let tok = model.tokenizer()?;
+        let mut seqs = Vec::new();
+        let mut spans = Vec::new();
+        for t in templates {
+            // As EasyEdit: `prompt + " " + target` tokenised as one text; the templated
+            // prompt's own token count marks where the target starts.
+            let full =
+                tok.encode_input(&t.replace("{}", &format!("{} {}", r.prompt, r.target_new)))?;
+            let n_prompt = tok.encode_input(&t.replace("{}", &r.prompt))?.len();
+            if n_prompt == 0 || full.len() <= n_prompt {
+                return Err(Error::invalid(format!(
+                    "case {}: the target adds no token after the prompt (nothing to train)",
+                    r.case_id
+                )));
+            }
+            spans.push((n_prompt, full.len()));
+            seqs.push(full);
+        }
+        let edit_rows = seqs.len();
+        for text in irrelevant {
+            seqs.push(tok.encode_input(text)?);
+        }
+        let batch = TokenBatch::new(&seqs, Padding::Right, tok.pad_id())?;
+        let mut measured = routed_tokens(&batch);
+        for (row, &(n_prompt, _)) in spans.iter().enumerate() {
+            for t in 0..batch.len {
+                let at = row * batch.len + t;
+                measured[at] = measured[at] && batch.index(row, n_prompt) > t;
+            }
+        }
+        let mut entries = Vec::new();
+        let mut targets = Vec::new();
+        let mut entry_rows = Vec::new();
+        for (row, &(n_prompt, len)) in spans.iter().enumerate() {
+            for p in n_prompt - 1..len - 1 {
+                entries.push((row, batch.index(row, p)));
+                targets.push(seqs[row][p + 1]);
+                entry_rows.push(row);
+            }
+        }
+        Ok(Rows {
+            batch,
+            edit_rows,
+            entries,
+            targets,
+            entry_rows,
+            measured,
+        })
+    }
+
+    /// Trains the open memory's `delta` on one edit, in the subspace `mask`.
+    fn train(&self, model: &Model, rows: &Rows, delta: &Tensor, mask: &Tensor) -> Result<Trained> {
+        let l = self.layer;
+        let act = model.config.activation;
+        let b = &rows.batch;
+        let frozen = model
+            .forward(b)
+            .capture([Site::ResidPre(l), Site::MlpKey(l), Site::MlpOut(l)])
+            .stop_after(l)
+            .run()?;
+        let resid = frozen.capture(Site::ResidPre(l))?.clone();
+        let key = frozen.capture(Site::MlpKey(l))?.clone();
+        let main = frozen.capture(Site::MlpOut(l))?.clone();
+        let every: Vec<(usize, usize)> = (0..b.rows)
+            .flat_map(|r| (0..b.len).map(move |t| (r, t)))
+            .collect();
+        let width = main.dim(2)?;
+        let n = rows.edit_rows;
+        let (alpha, beta, gamma) = (self.hp.alpha(), self.hp.beta(), self.hp.gamma());
+        let c = self.hp.norm_constraint;
+        let var = Var::from_tensor(&delta.to_dtype(key.dtype())?)?;
+        let mut previous = f64::INFINITY;
+        let mut last = (f64::NAN, f64::NAN);
+        let mut steps = 0;
+        for _ in 0..self.hp.n_iter {
+            let change = side_change(&key, var.as_tensor())?;
+            let logits = model
+                .forward(b)
+                .start_at(l, resid.clone())
+                .intervene(Intervention::add(
+                    Site::MlpOut(l),
+                    every.clone(),
+                    change.reshape((b.rows * b.len, width))?,
+                ))
+                .logits(LogitsAt::Entries(rows.entries.clone()))
+                .run()?
+                .logits
+                .expect("asked for logits");
+            let nll = mean_row_nll(&logits, &rows.targets, &rows.entry_rows, n)?;
+            let dist = activation_distance(&main, &change, &rows.measured, act)?;
+            let inside = dist.narrow(0, 0, n)?;
+            let outside = dist.narrow(0, n, b.rows - n)?;
+            // EasyEdit's margins, each a mean over the terms still violated (every pair of
+            // an edit row and an irrelevant row for the separation).
+            let pairs = outside.unsqueeze(1)?.broadcast_sub(&inside.unsqueeze(0)?)?;
+            let separation = positive_mean(&(pairs + gamma)?)?;
+            let quiet = positive_mean(&(&outside - alpha)?)?;
+            let loud = positive_mean(&((&inside * -1.0)? + beta)?)?;
+            let loss = (((&nll + separation)? + quiet)? + loud)?;
+            let value = scalar(&loss)?;
+            if !value.is_finite() {
+                return Err(Error::EditRefused(format!(
+                    "WISE: the loss became {value} at step {steps}"
+                )));
+            }
+            last = (value, scalar(&nll)?);
+            // EasyEdit's stopping rule: the loss has settled near zero.
+            if (previous - value).abs() <= 1e-4 && value <= 0.02 {
+                break;
+            }
+            previous = value;
+            let grads = loss.backward()?;
+            let g = grads
+                .get(var.as_tensor())
+                .ok_or_else(|| Error::invalid("WISE: no gradient reached the side memory"))?;
+            let g = g.broadcast_mul(&mask.to_dtype(g.dtype())?)?;
+            let next = (var.as_tensor() - (g * self.hp.edit_lr)?)?.clamp(-c, c)?;
+            var.set(&next)?;
+            steps += 1;
+        }
+        let change = side_change(&key, var.as_tensor())?;
+        let dist = activation_distance(&main, &change, &rows.measured, act)?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        // The least activated of the edit's rows, not their mean (EasyEdit's): the
+        // threshold derived from it must let every form of the prompt through, the bare
+        // one included.
+        let act_in = dist[..n].iter().copied().fold(f64::INFINITY, f64::min);
+        Ok(Trained {
+            delta: var.as_tensor().to_dtype(DType::F32)?,
+            act: act_in,
+            steps,
+            loss: last.0,
+            nll: last.1,
+            irrelevant_act: dist[n..].iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
+
+    /// Merges the closed shards written since the last merge into one memory.
+    fn merge(&self, state: &mut SideMemoryEdit) -> Result<usize> {
+        let k = self.hp.merge_freq / self.hp.save_freq;
+        let start = state.memories.len().saturating_sub(k);
+        let group: Vec<SideMemory> = state.memories.drain(start..).collect();
+        if group.len() < 2 {
+            state.memories.extend(group);
+            return Ok(0);
+        }
+        let deltas: Vec<Tensor> = group.iter().map(|m| m.delta.clone()).collect();
+        let merged = ties_merge(&deltas, self.hp.weights, self.hp.densities)?;
+        state.memories.push(SideMemory {
+            delta: merged,
+            info: SideMemoryInfo {
+                min_act: group
+                    .iter()
+                    .map(|m| m.info.min_act)
+                    .fold(f64::INFINITY, f64::min),
+                edits: group.iter().map(|m| m.info.edits).sum(),
+                mask_seed: group[0].info.mask_seed,
+                open: false,
+            },
+        });
+        Ok(group.len())
+    }
+}
+
+/// The mean of the positive entries of `t` (0 when none is positive), differentiable.
+fn positive_mean(t: &Tensor) -> Result<Tensor> {
+    let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let count = values.iter().filter(|&&v| v > 0.0).count();
+    if count == 0 {
+        return Ok(Tensor::zeros((), t.dtype(), t.device())?);
+    }
+    Ok((t.relu()?.sum_all()? / count as f64)?)
+}
+
+fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+}
+
+impl EditMethod for Wise {
+    fn name(&self) -> &str {
+        "WISE"
+    }
+
+    fn max_batch(&self) -> Option<usize> {
+        None
+    }
+
+    fn hparams_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.hp).expect("hyper-parameters serialise")
+    }
+
+    fn check_request(&self, model: &Model, request: &EditRequest) -> Result<()> {
+        request.check_size(model, 0)?;
+        let tok = model.tokenizer()?;
+        let full = tok.encode_input(&format!("{} {}", request.prompt, request.target_new))?;
+        if full.len() <= tok.encode_input(&request.prompt)?.len() {
+            return Err(Error::invalid(
+                "the target adds no token after the prompt (nothing to train)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn compute(
+        &self,
+        system: &Editor,
+        requests: &[EditRequest],
+        ctx: &EditContext,
+    ) -> Result<Computed> {
+        let model = system.model();
+        check_requests(self, model, requests)?;
+        let mut report = MethodReport::default();
+        let templates = report.timed("templates", |_| self.templates(model, ctx))?;
+        let shape = model
+            .params
+            .require(ParamId::Block(self.layer, BlockParam::OutWeight))?
+            .dims2()?;
+        let mut state = match system.side_memory(self.layer) {
+            Some(s) => s.clone(),
+            None => SideMemoryEdit {
+                layer: self.layer,
+                activation: model.config.activation,
+                act_ratio: self.hp.act_ratio,
+                memories: Vec::new(),
+                total_edits: 0,
+                meta: BTreeMap::new(),
+            },
+        };
+        state.act_ratio = self.hp.act_ratio;
+        let (mut steps, mut merged) = (0, 0);
+        let mut stats = Vec::new();
+        for r in requests {
+            if !state.memories.last().is_some_and(|m| m.info.open) {
+                let mut h = Fast64::new();
+                h.u64(ctx.seed);
+                h.u64(state.total_edits as u64);
+                state.memories.push(SideMemory {
+                    delta: Tensor::zeros(shape, DType::F32, model.device())?,
+                    info: SideMemoryInfo {
+                        min_act: 0.0,
+                        edits: 0,
+                        mask_seed: h.finish(),
+                        open: true,
+                    },
+                });
+            }
+            let memory = state.memories.last_mut().expect("just ensured");
+            let mask = subspace_mask(
+                shape,
+                self.hp.mask_ratio,
+                memory.info.mask_seed,
+                model.device(),
+            )?;
+            let rows = self.rows(model, r, &templates, &self.irrelevant_for(r, ctx))?;
+            let trained =
+                report.timed("train", |_| self.train(model, &rows, &memory.delta, &mask))?;
+            report.log.push(format!(
+                "WISE case {}: {} steps, loss {:.4} (target NLL {:.4}), activation {:.3} on the \
+                 edit, {:.3} on an irrelevant input",
+                r.case_id,
+                trained.steps,
+                trained.loss,
+                trained.nll,
+                trained.act,
+                trained.irrelevant_act
+            ));
+            steps += trained.steps;
+            stats.push((trained.act, trained.irrelevant_act, trained.nll));
+            memory.delta = trained.delta;
+            memory.info.min_act = if memory.info.edits == 0 {
+                trained.act
+            } else {
+                memory.info.min_act.min(trained.act)
+            };
+            memory.info.edits += 1;
+            if memory.info.edits >= self.hp.save_freq {
+                memory.info.open = false;
+            }
+            state.total_edits += 1;
+            if state.total_edits % self.hp.merge_freq == 0 {
+                merged += report.timed("merge", |_| self.merge(&mut state))?;
+            }
+        }
+        let mean =
+            |f: fn(&(f64, f64, f64)) -> f64| stats.iter().map(f).sum::<f64>() / stats.len() as f64;
+        report.note(
+            "steps_mean",
+            format!("{:.1}", steps as f64 / requests.len() as f64),
+        );
+        report.note("edit_act_mean", format!("{:.3}", mean(|s| s.0)));
+        report.note("irrelevant_act_mean", format!("{:.3}", mean(|s| s.1)));
+        report.note("target_nll_mean", format!("{:.4}", mean(|s| s.2)));
+        report.note("memories", state.memories.len());
+        report.note("total_edits", state.total_edits);
+        if merged > 0 {
+            report.note("shards_merged", merged);
+        }
+        state.meta = BTreeMap::from([
+            ("method".to_string(), "WISE".to_string()),
+            ("hparams".to_string(), self.hparams_json().to_string()),
+        ]);
+        Ok(Computed {
+            edit: Edit::SideMemory(state),
+            report,
+        })
+    }
+}
