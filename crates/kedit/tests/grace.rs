@@ -9,10 +9,12 @@ mod common;
 use std::path::Path;
 
 use candle_core::Tensor;
-use common::{argmax_token, run_mode, smollm2, zsre_dev};
+use common::{
+    bare_request, run_mode, smollm2, system_top1, teacher_forced, zsre_dev, EIFFEL, UNRELATED,
+};
 use kedit::edit::{AdaptorEdit, Edit};
 use kedit::editor::Editor;
-use kedit::evaluate::{evaluate, MetricOptions, Metrics};
+use kedit::evaluate::{evaluate, Metrics};
 use kedit::experiment::summary::summarize;
 use kedit::experiment::Mode;
 use kedit::lm::LanguageModel;
@@ -41,30 +43,9 @@ fn adaptor(edit: &Edit) -> &AdaptorEdit {
     }
 }
 
-fn request(prompt: &str, target: &str) -> EditRequest {
-    EditRequest {
-        case_id: format!("{prompt} -> {target}"),
-        prompt: prompt.into(),
-        subject: String::new(),
-        target_new: target.into(),
-        ..Default::default()
-    }
-}
-
-const EIFFEL: &str = "The Eiffel Tower is located in the city of";
-const UNRELATED: [&str; 3] = [
-    "The capital of Japan is",
-    "Water boils at a temperature of",
-    "The author of Hamlet is",
-];
-
 fn next_logits(lm: &dyn LanguageModel, prompt: &str) -> Tensor {
     let ids = lm.tokenizer().unwrap().encode(prompt).unwrap();
     lm.next_logits(&[ids]).unwrap()
-}
-
-fn top1(lm: &dyn LanguageModel, prompt: &str) -> String {
-    argmax_token(lm.tokenizer().unwrap(), &next_logits(lm, prompt))
 }
 
 /// MLP output at the prompt's last token (the codebook's query) of the plain model.
@@ -93,19 +74,11 @@ fn distance(a: &[f32], b: &[f32]) -> f64 {
         .sqrt()
 }
 
-fn options() -> MetricOptions {
-    MetricOptions {
-        fluency: false,
-        free_generation: false,
-        seed: 0,
-    }
-}
-
 #[test]
 fn an_edit_says_the_target_and_leaves_prompts_outside_every_radius_bit_identical() {
     let method = grace();
     let mut editor = Editor::new(smollm2().clone());
-    assert_eq!(top1(&editor, EIFFEL), " Paris");
+    assert_eq!(system_top1(&editor, EIFFEL), " Paris");
     let before: Vec<Vec<f32>> = UNRELATED
         .iter()
         .map(|p| {
@@ -118,7 +91,11 @@ fn an_edit_says_the_target_and_leaves_prompts_outside_every_radius_bit_identical
         .collect();
     let t = std::time::Instant::now();
     let computed = method
-        .compute(&editor, &[request(EIFFEL, "Rome")], &EditContext::default())
+        .compute(
+            &editor,
+            &[bare_request(EIFFEL, "Rome")],
+            &EditContext::default(),
+        )
         .unwrap();
     println!(
         "GRACE edit: {:.2} s, notes {:?}",
@@ -127,7 +104,7 @@ fn an_edit_says_the_target_and_leaves_prompts_outside_every_radius_bit_identical
     );
     assert!(editor.is_pristine().unwrap(), "compute changed the system");
     editor.apply(&computed.edit).unwrap();
-    assert_eq!(top1(&editor, EIFFEL), " Rome");
+    assert_eq!(system_top1(&editor, EIFFEL), " Rome");
 
     let a = adaptor(&computed.edit);
     assert_eq!(a.len(), 1);
@@ -155,7 +132,7 @@ fn an_edit_says_the_target_and_leaves_prompts_outside_every_radius_bit_identical
     }
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
-    assert_eq!(top1(&editor, EIFFEL), " Paris");
+    assert_eq!(system_top1(&editor, EIFFEL), " Paris");
 }
 
 #[test]
@@ -176,7 +153,7 @@ fn calls_grow_the_codebook_an_entry_per_fact_and_a_re_edit_takes_its_entry_over(
     let refs: Vec<&EditRequest> = requests.iter().collect();
     for (r, m) in requests
         .iter()
-        .zip(evaluate(&editor, &refs, None, &options()).unwrap())
+        .zip(evaluate(&editor, &refs, None, &teacher_forced()).unwrap())
     {
         assert_eq!(
             m.rewrite_acc.iter().sum::<f64>() / m.rewrite_acc.len() as f64,
@@ -186,13 +163,13 @@ fn calls_grow_the_codebook_an_entry_per_fact_and_a_re_edit_takes_its_entry_over(
         );
     }
     // The same prompt edited again: its entry now says the newer target.
-    let again = request(EIFFEL, "Rome");
+    let again = bare_request(EIFFEL, "Rome");
     let c = method.compute(&editor, &[again], &ctx).unwrap();
     editor.apply(&c.edit).unwrap();
     assert_eq!(editor.adaptor(site).unwrap().len(), 4);
-    assert_eq!(top1(&editor, EIFFEL), " Rome");
+    assert_eq!(system_top1(&editor, EIFFEL), " Rome");
     let c = method
-        .compute(&editor, &[request(EIFFEL, "Berlin")], &ctx)
+        .compute(&editor, &[bare_request(EIFFEL, "Berlin")], &ctx)
         .unwrap();
     assert!(
         c.report.notes.contains(&("replaced".into(), "1".into())),
@@ -201,7 +178,7 @@ fn calls_grow_the_codebook_an_entry_per_fact_and_a_re_edit_takes_its_entry_over(
     );
     editor.apply(&c.edit).unwrap();
     assert_eq!(editor.adaptor(site).unwrap().len(), 4);
-    assert_eq!(top1(&editor, EIFFEL), " Berlin");
+    assert_eq!(system_top1(&editor, EIFFEL), " Berlin");
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
     assert!(editor.adaptor(site).is_none());
@@ -213,13 +190,13 @@ fn a_saved_edit_reloads_with_identical_metrics_and_revert_leaves_the_system_pris
     let requests = zsre_dev(2);
     let refs: Vec<&EditRequest> = requests.iter().collect();
     let mut editor = Editor::new(smollm2().clone());
-    let pre = evaluate(&editor, &refs, None, &options()).unwrap();
+    let pre = evaluate(&editor, &refs, None, &teacher_forced()).unwrap();
     let pre_refs: Vec<&Metrics> = pre.iter().collect();
     let computed = method
         .compute(&editor, &requests, &EditContext::default())
         .unwrap();
     editor.apply(&computed.edit).unwrap();
-    let first = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
+    let first = evaluate(&editor, &refs, Some(&pre_refs), &teacher_forced()).unwrap();
     assert_ne!(first, pre, "the edit changed nothing");
 
     let dir = std::env::temp_dir().join(format!("kedit-grace-{}", std::process::id()));
@@ -228,7 +205,10 @@ fn a_saved_edit_reloads_with_identical_metrics_and_revert_leaves_the_system_pris
     computed.edit.save(&path).unwrap();
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
-    assert_eq!(evaluate(&editor, &refs, None, &options()).unwrap(), pre);
+    assert_eq!(
+        evaluate(&editor, &refs, None, &teacher_forced()).unwrap(),
+        pre
+    );
 
     let back = Edit::load(&path).unwrap();
     assert_eq!(
@@ -238,7 +218,7 @@ fn a_saved_edit_reloads_with_identical_metrics_and_revert_leaves_the_system_pris
     assert_eq!(back.meta(), computed.edit.meta());
     assert_eq!(back.meta()["method"], "GRACE");
     editor.apply(&back).unwrap();
-    let again = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
+    let again = evaluate(&editor, &refs, Some(&pre_refs), &teacher_forced()).unwrap();
     assert_eq!(first, again, "metrics after reloading");
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
@@ -250,7 +230,7 @@ fn every_mode_of_the_harness_edits_reliably_and_keeps_locality() {
     let method = grace();
     let requests = zsre_dev(3);
     for mode in [Mode::Single, Mode::Sequential, Mode::Batch] {
-        let store = run_mode(method.as_ref(), &requests, mode, options());
+        let store = run_mode(method.as_ref(), &requests, mode, teacher_forced());
         let post: Vec<&Metrics> = store
             .cases
             .values()
@@ -272,14 +252,14 @@ fn requests_it_cannot_edit_are_refused_with_their_reason_and_change_nothing() {
     let method = grace();
     let model = smollm2();
     for (r, why) in [
-        (request(EIFFEL, "  "), "target is empty"),
-        (request("", "Rome"), "prompt is empty"),
+        (bare_request(EIFFEL, "  "), "target is empty"),
+        (bare_request("", "Rome"), "prompt is empty"),
     ] {
         let err = method.check_request(model, &r).unwrap_err().to_string();
         assert!(err.contains(why), "{err}");
     }
     let editor = Editor::new(model.clone());
-    let batch = [request(EIFFEL, "Rome"), request(EIFFEL, "")];
+    let batch = [bare_request(EIFFEL, "Rome"), bare_request(EIFFEL, "")];
     let err = method
         .compute(&editor, &batch, &EditContext::default())
         .unwrap_err()

@@ -8,10 +8,13 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{argmax_token, run_mode, smollm2, workspace, zsre_dev, Scratch};
+use common::{
+    bare_request, run_mode, smollm2, system_top1, teacher_forced, workspace, zsre_dev, Scratch,
+    EIFFEL, UNRELATED,
+};
 use kedit::edit::{Edit, SideMemoryEdit};
 use kedit::editor::Editor;
-use kedit::evaluate::{evaluate, MetricOptions, Metrics};
+use kedit::evaluate::{evaluate, Metrics};
 use kedit::experiment::summary::summarize;
 use kedit::experiment::Mode;
 use kedit::lm::{GenerateOptions, LanguageModel};
@@ -41,23 +44,6 @@ fn side(edit: &Edit) -> &SideMemoryEdit {
     }
 }
 
-fn request(prompt: &str, target: &str) -> EditRequest {
-    EditRequest {
-        case_id: format!("{prompt} -> {target}"),
-        prompt: prompt.into(),
-        subject: String::new(),
-        target_new: target.into(),
-        ..Default::default()
-    }
-}
-
-const EIFFEL: &str = "The Eiffel Tower is located in the city of";
-const UNRELATED: [&str; 3] = [
-    "The capital of Japan is",
-    "Water boils at a temperature of",
-    "The author of Hamlet is",
-];
-
 fn logit_bits(lm: &dyn LanguageModel, prompt: &str) -> Vec<u32> {
     let ids = lm.tokenizer().unwrap().encode(prompt).unwrap();
     lm.next_logits(&[ids])
@@ -69,13 +55,6 @@ fn logit_bits(lm: &dyn LanguageModel, prompt: &str) -> Vec<u32> {
         .iter()
         .map(|x| x.to_bits())
         .collect()
-}
-
-/// The edited system's most likely next token (side memories act here, not in the
-/// editor's bare model).
-fn top1(lm: &dyn LanguageModel, prompt: &str) -> String {
-    let ids = lm.tokenizer().unwrap().encode(prompt).unwrap();
-    argmax_token(lm.tokenizer().unwrap(), &lm.next_logits(&[ids]).unwrap())
 }
 
 /// Six greedy tokens after `prompt`, decoded.
@@ -90,26 +69,22 @@ fn say(lm: &dyn LanguageModel, prompt: &str) -> String {
     tok.decode(&out[0], false).unwrap()
 }
 
-fn options() -> MetricOptions {
-    MetricOptions {
-        fluency: false,
-        free_generation: false,
-        seed: 0,
-    }
-}
-
 #[test]
 fn an_edit_says_the_target_and_unrelated_prompts_keep_their_logits_bit_for_bit() {
     let loaded = methods::load("wise", None, smollm2()).unwrap();
     assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
     let method = loaded.method;
     let mut editor = Editor::new(smollm2().clone());
-    assert_eq!(top1(&editor, EIFFEL), " Paris");
+    assert_eq!(system_top1(&editor, EIFFEL), " Paris");
     let before: Vec<Vec<u32>> = UNRELATED.iter().map(|p| logit_bits(&editor, p)).collect();
     let said_before: Vec<String> = UNRELATED.iter().map(|p| say(&editor, p)).collect();
     let t = std::time::Instant::now();
     let computed = method
-        .compute(&editor, &[request(EIFFEL, "Rome")], &EditContext::default())
+        .compute(
+            &editor,
+            &[bare_request(EIFFEL, "Rome")],
+            &EditContext::default(),
+        )
         .unwrap();
     println!(
         "WISE edit: {:.2} s, notes {:?}",
@@ -136,7 +111,7 @@ fn an_edit_says_the_target_and_unrelated_prompts_keep_their_logits_bit_for_bit()
         "{written} of the entries changed"
     );
     editor.apply(&computed.edit).unwrap();
-    assert_eq!(top1(&editor, EIFFEL), " Rome");
+    assert_eq!(system_top1(&editor, EIFFEL), " Rome");
     // Generation: the prompt routes the row, and the tokens after it stay with the memory.
     let said = say(&editor, EIFFEL);
     assert!(said.starts_with(" Rome"), "{said:?}");
@@ -149,7 +124,7 @@ fn an_edit_says_the_target_and_unrelated_prompts_keep_their_logits_bit_for_bit()
     }
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
-    assert_eq!(top1(&editor, EIFFEL), " Paris");
+    assert_eq!(system_top1(&editor, EIFFEL), " Paris");
 }
 
 #[test]
@@ -163,7 +138,7 @@ fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metr
     let requests = zsre_dev(5);
     let refs: Vec<&EditRequest> = requests.iter().collect();
     let mut editor = Editor::new(smollm2().clone());
-    let pre = evaluate(&editor, &refs, None, &options()).unwrap();
+    let pre = evaluate(&editor, &refs, None, &teacher_forced()).unwrap();
     let pre_refs: Vec<&Metrics> = pre.iter().collect();
     // (memories, edits in the newest, open) after each of five sequential edits.
     let expected = [
@@ -192,7 +167,7 @@ fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metr
     let last = last.unwrap();
     assert_eq!(side(&last).total_edits, 5);
     assert_eq!(side(&last).memories[0].info.edits, 4, "the merged memory");
-    let first = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
+    let first = evaluate(&editor, &refs, Some(&pre_refs), &teacher_forced()).unwrap();
     assert_ne!(first, pre, "the edits changed nothing");
 
     let dir = Scratch::new("wise-save");
@@ -200,12 +175,15 @@ fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metr
     last.save(&path).unwrap();
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
-    assert_eq!(evaluate(&editor, &refs, None, &options()).unwrap(), pre);
+    assert_eq!(
+        evaluate(&editor, &refs, None, &teacher_forced()).unwrap(),
+        pre
+    );
     let back = Edit::load(&path).unwrap();
     assert_eq!(back.fingerprint().unwrap(), last.fingerprint().unwrap());
     assert_eq!(back.meta()["method"], "WISE");
     editor.apply(&back).unwrap();
-    let again = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
+    let again = evaluate(&editor, &refs, Some(&pre_refs), &teacher_forced()).unwrap();
     assert_eq!(first, again, "metrics after reloading");
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
@@ -216,7 +194,7 @@ fn every_mode_of_the_harness_edits_reliably_and_keeps_locality() {
     let method = wise_with(&[]);
     let requests = zsre_dev(2);
     for mode in [Mode::Single, Mode::Sequential, Mode::Batch] {
-        let store = run_mode(method.as_ref(), &requests, mode, options());
+        let store = run_mode(method.as_ref(), &requests, mode, teacher_forced());
         let post: Vec<&Metrics> = store
             .cases
             .values()
@@ -260,7 +238,11 @@ fn bad_settings_are_errors_naming_the_key_and_a_malformed_memory_is_refused() {
     let method = wise_with(&[("n_iter", serde_json::json!(2))]);
     let mut editor = Editor::new(model.clone());
     let c = method
-        .compute(&editor, &[request(EIFFEL, "Rome")], &EditContext::default())
+        .compute(
+            &editor,
+            &[bare_request(EIFFEL, "Rome")],
+            &EditContext::default(),
+        )
         .unwrap();
     let Edit::SideMemory(mut bad) = c.edit else {
         unreachable!()

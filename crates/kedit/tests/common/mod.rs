@@ -381,3 +381,38 @@ pub fn hparams_with_small_stats(
     std::fs::write(&path, serde_json::to_string(&hp.value).unwrap()).unwrap();
     path
 }
+
+/// A fact every memory-based test edits, and prompts that have nothing to do with it.
+pub const EIFFEL: &str = "The Eiffel Tower is located in the city of";
+pub const UNRELATED: [&str; 3] = [
+    "The capital of Japan is",
+    "Water boils at a temperature of",
+    "The author of Hamlet is",
+];
+
+/// A request of a prompt and a target alone (no subject, probes or paraphrases).
+pub fn bare_request(prompt: &str, target: &str) -> kedit::request::EditRequest {
+    kedit::request::EditRequest {
+        case_id: format!("{prompt} -> {target}"),
+        prompt: prompt.into(),
+        subject: String::new(),
+        target_new: target.into(),
+        ..Default::default()
+    }
+}
+
+/// The teacher-forced metrics only (no fluency, no free generation): seconds, not minutes.
+pub fn teacher_forced() -> kedit::evaluate::MetricOptions {
+    kedit::evaluate::MetricOptions {
+        fluency: false,
+        free_generation: false,
+        seed: 0,
+    }
+}
+
+/// An edited system's most likely next token after `prompt`, decoded (adaptors and
+/// memories act here, unlike in [`top1`], which runs the editor's bare model).
+pub fn system_top1(lm: &dyn kedit::lm::LanguageModel, prompt: &str) -> String {
+    let ids = lm.tokenizer().unwrap().encode(prompt).unwrap();
+    argmax_token(lm.tokenizer().unwrap(), &lm.next_logits(&[ids]).unwrap())
+}

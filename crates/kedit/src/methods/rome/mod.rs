@@ -38,7 +38,7 @@ use crate::request::EditRequest;
 use crate::stats::{cached_key_stats, require_key_stats, Precision, StatsRequest};
 use key::{key_star, keys_at, Lookup};
 use moment::KeyCovariance;
-use templates::{context_templates, TemplateSpec};
+use templates::{TemplateCache, TemplateSpec};
 use value::{value_star, KlAt, ValueHparams, ValuePrompts};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -212,7 +212,7 @@ pub struct Rome {
     /// to `prepare`, else the first one `compute` is given (EasyEdit also samples them once
     /// per process). Never from an edited model: in sequential mode every edit would then
     /// see other templates, and a resumed run others than an uninterrupted one.
-    templates: Mutex<HashMap<TemplateSpec, Vec<String>>>,
+    templates: TemplateCache,
     /// The factorised C per (layer, fingerprint of the weights below the key).
     covariances: Mutex<HashMap<(usize, u64), Arc<KeyCovariance>>>,
     /// The tokens that end an answer, when `v_answer_end` asks for them (read once).
@@ -256,7 +256,7 @@ impl Rome {
                 name: display.into(),
                 hp,
                 params,
-                templates: Mutex::new(HashMap::new()),
+                templates: TemplateCache::default(),
                 covariances: Mutex::new(HashMap::new()),
                 answer_end: Mutex::new(None),
             }),
@@ -269,7 +269,7 @@ impl Rome {
             name: name.into(),
             hp,
             params,
-            templates: Mutex::new(HashMap::new()),
+            templates: TemplateCache::default(),
             covariances: Mutex::new(HashMap::new()),
             answer_end: Mutex::new(None),
         }
@@ -287,14 +287,8 @@ impl Rome {
     }
 
     pub(crate) fn templates(&self, model: &Model, ctx: &EditContext) -> Result<Vec<String>> {
-        let spec = self.template_spec(ctx);
-        let mut cache = self.templates.lock().expect("template cache lock");
-        if let Some(t) = cache.get(&spec) {
-            return Ok(t.clone());
-        }
-        let t = context_templates(model, &spec, &ctx.cache)?;
-        cache.insert(spec, t.clone());
-        Ok(t)
+        self.templates
+            .get(model, self.template_spec(ctx), &ctx.cache)
     }
 
     /// The corpus and sample count for C: `--corpus` (the context's), else `mom2_dataset`
@@ -480,12 +474,8 @@ impl EditMethod for Rome {
         ctx: &EditContext,
         progress: &mut dyn Progress,
     ) -> Result<()> {
-        let spec = self.template_spec(ctx);
-        let templates = context_templates(original, &spec, &ctx.cache)?;
         self.templates
-            .lock()
-            .expect("template cache lock")
-            .insert(spec, templates);
+            .take_from(original, self.template_spec(ctx), &ctx.cache)?;
         if !self.hp.mom2_adjustment {
             return Ok(());
         }

@@ -4,7 +4,9 @@
 //! EasyEdit samples them once per process with unseeded top-k; ours are seeded and cached
 //! on disk, so two runs edit with the same templates.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +83,32 @@ fn cache_path(cache: &Cache, model: &Model, spec: &TemplateSpec) -> Result<PathB
 }
 
 /// The templates for `model`, from the cache or generated (and then cached).
+/// Context templates per spec, kept for the life of a method: the ones given by the
+/// unedited model, whatever edits a run makes later (a sequential run's later calls would
+/// otherwise see other templates, and a resumed run others than an uninterrupted one).
+#[derive(Debug, Default)]
+pub struct TemplateCache(Mutex<HashMap<TemplateSpec, Vec<String>>>);
+
+impl TemplateCache {
+    /// The templates of `spec`: from memory, else [`context_templates`].
+    pub fn get(&self, model: &Model, spec: TemplateSpec, cache: &Cache) -> Result<Vec<String>> {
+        let mut held = self.0.lock().expect("template cache lock");
+        if let Some(t) = held.get(&spec) {
+            return Ok(t.clone());
+        }
+        let t = context_templates(model, &spec, cache)?;
+        held.insert(spec, t.clone());
+        Ok(t)
+    }
+
+    /// Takes the templates of `spec` from `model` (the unedited one), over any held.
+    pub fn take_from(&self, model: &Model, spec: TemplateSpec, cache: &Cache) -> Result<()> {
+        let t = context_templates(model, &spec, cache)?;
+        self.0.lock().expect("template cache lock").insert(spec, t);
+        Ok(())
+    }
+}
+
 pub fn context_templates(model: &Model, spec: &TemplateSpec, cache: &Cache) -> Result<Vec<String>> {
     let path = cache_path(cache, model, spec)?;
     if let Ok(text) = std::fs::read_to_string(&path) {

@@ -28,8 +28,7 @@
 pub mod hparams;
 pub mod shard;
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor, Var};
 
@@ -39,7 +38,7 @@ use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::hash::Fast64;
 use crate::methods::loss::mean_row_nll;
-use crate::methods::rome::templates::{context_templates, count_warnings, TemplateSpec};
+use crate::methods::rome::templates::{count_warnings, TemplateCache, TemplateSpec};
 use crate::methods::{
     check_requests, filter_warnings, Computed, EditContext, EditMethod, HparamsSource,
     LoadedMethod, MethodReport,
@@ -56,7 +55,7 @@ pub struct Wise {
     layer: usize,
     /// `prompt answer` texts a side memory must not react to.
     irrelevant: Vec<String>,
-    templates: Mutex<HashMap<TemplateSpec, Vec<String>>>,
+    templates: TemplateCache,
 }
 
 /// One edit's training rows: the templated prompts with the target, then the irrelevant
@@ -132,7 +131,7 @@ impl Wise {
                 hp,
                 layer,
                 irrelevant,
-                templates: Mutex::new(HashMap::new()),
+                templates: TemplateCache::default(),
             }),
         })
     }
@@ -146,13 +145,7 @@ impl Wise {
             length_params: self.hp.context_template_length_params.clone(),
             seed: self.hp.context_template_seed ^ ctx.seed,
         };
-        let mut cache = self.templates.lock().expect("template cache lock");
-        if let Some(t) = cache.get(&spec) {
-            return Ok(t.clone());
-        }
-        let t = context_templates(model, &spec, &ctx.cache)?;
-        cache.insert(spec, t.clone());
-        Ok(t)
+        self.templates.get(model, spec, &ctx.cache)
     }
 
     /// The irrelevant inputs paired with `r`: drawn by the run's seed and the request, so
