@@ -145,6 +145,16 @@ pub fn check_subject_request(model: &Model, request: &EditRequest, extra: usize)
     Ok(())
 }
 
+/// Randomness for one request: seeded by the run's seed and the request, so that a
+/// resumed or reordered run draws the same for it.
+pub fn request_rng(seed: u64, r: &EditRequest) -> crate::rng::Rng {
+    let mut h = crate::hash::Fast64::new();
+    h.u64(seed);
+    h.str(&r.prompt);
+    h.str(&r.target_new);
+    crate::rng::Rng::new(h.finish())
+}
+
 /// What every `compute` checks first: at least one request, and each accepted by the
 /// method's `check_request` (its refusal as it is: the harness names the case).
 pub fn check_requests(

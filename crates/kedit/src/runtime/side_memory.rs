@@ -104,6 +104,9 @@ pub fn route(
     forced: Option<&[Option<usize>]>,
 ) -> Result<(Tensor, Routes)> {
     let (rows, _, _) = main.dims3()?;
+    // Each memory's change to the output, computed once: for the distances, then for the
+    // rows it answers.
+    let mut changes: Vec<Option<Tensor>> = vec![None; memories.len()];
     let routes: Routes = match forced {
         Some(f) => {
             if f.len() != rows || f.iter().flatten().any(|&m| m >= memories.len()) {
@@ -127,6 +130,7 @@ pub fn route(
                         best[r] = Some((m, d));
                     }
                 }
+                changes[m] = Some(change);
             }
             best.into_iter().map(|b| b.map(|(m, _)| m)).collect()
         }
@@ -140,10 +144,14 @@ pub fn route(
         if pick.iter().all(|&p| p == 0.0) {
             continue;
         }
+        let change = match changes[m].take() {
+            Some(c) => c,
+            None => side_change(key, &memory.delta)?,
+        };
         let pick = Tensor::from_vec(pick, (rows, 1, 1), main.device())?.to_dtype(main.dtype())?;
         // Rows answered by memory m become `main + change`, computed as the side weight
         // computes them; the others gain exactly zero.
-        let side = (main + side_change(key, &memory.delta)?)?;
+        let side = (main + change)?;
         let keep = (1.0 - &pick)?;
         out = (out.broadcast_mul(&keep)? + side.broadcast_mul(&pick)?)?;
     }

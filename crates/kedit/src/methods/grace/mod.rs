@@ -34,18 +34,16 @@ use candle_core::{DType, Tensor};
 use crate::edit::Edit;
 use crate::editor::Editor;
 use crate::error::{Error, Result};
-use crate::hash::Fast64;
 use crate::methods::rome::key::{at_lookups, Lookup};
 use crate::methods::rome::value::{
     value_stars_from, KlAt, ValueHparams, ValuePrompts, DEFAULT_GROUPS, DEFAULT_WAVE,
 };
 use crate::methods::{
-    check_requests, filter_warnings, Computed, EditContext, EditMethod, HparamsSource,
+    check_requests, filter_warnings, request_rng, Computed, EditContext, EditMethod, HparamsSource,
     LoadedMethod, MethodReport,
 };
 use crate::model::Model;
 use crate::request::EditRequest;
-use crate::rng::Rng;
 use crate::runtime::Site;
 use codebook::{Codebook, Placement};
 use hparams::{GraceHparams, Reg, ValInit};
@@ -136,11 +134,7 @@ impl Grace {
         if self.hp.val_init == ValInit::Warm {
             return Ok(None);
         }
-        let mut h = Fast64::new();
-        h.u64(ctx.seed);
-        h.str(&r.prompt);
-        h.str(&r.target_new);
-        let mut rng = Rng::new(h.finish());
+        let mut rng = request_rng(ctx.seed, r);
         let start: Vec<f64> = key.iter().map(|k| rng.uniform() - k).collect();
         Ok(Some(Tensor::new(start.as_slice(), model.device())?))
     }

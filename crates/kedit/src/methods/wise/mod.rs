@@ -40,7 +40,7 @@ use crate::hash::Fast64;
 use crate::methods::loss::mean_row_nll;
 use crate::methods::rome::templates::{count_warnings, TemplateCache, TemplateSpec};
 use crate::methods::{
-    check_requests, filter_warnings, Computed, EditContext, EditMethod, HparamsSource,
+    check_requests, filter_warnings, request_rng, Computed, EditContext, EditMethod, HparamsSource,
     LoadedMethod, MethodReport,
 };
 use crate::model::{BlockParam, Model, ParamId};
@@ -151,11 +151,7 @@ impl Wise {
     /// The irrelevant inputs paired with `r`: drawn by the run's seed and the request, so
     /// a resumed or reordered run trains the same memory.
     fn irrelevant_for(&self, r: &EditRequest, ctx: &EditContext) -> Vec<&str> {
-        let mut h = Fast64::new();
-        h.u64(ctx.seed);
-        h.str(&r.prompt);
-        h.str(&r.target_new);
-        let mut rng = crate::rng::Rng::new(h.finish());
+        let mut rng = request_rng(ctx.seed, r);
         (0..self.hp.irrelevant_per_edit)
             .map(|_| {
                 let i = (rng.uniform() * self.irrelevant.len() as f64) as usize;
