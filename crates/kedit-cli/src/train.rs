@@ -59,7 +59,15 @@ fn read(path: &Path, format: Format, limit: Option<usize>) -> Result<Vec<EditReq
             data.skipped[0].1
         );
     }
-    Ok(data.requests)
+    // Trainers name the record in their errors; its file goes with it.
+    Ok(data
+        .requests
+        .into_iter()
+        .map(|mut r| {
+            r.case_id = format!("{} of {}", r.case_id, path.display());
+            r
+        })
+        .collect())
 }
 
 pub fn run(args: Args) -> Result<()> {

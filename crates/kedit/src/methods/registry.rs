@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::methods::hparams::{builtin, HparamsSource};
 use crate::methods::train::TrainFn;
-use crate::methods::{ft, grace, ike, memit, rome, serac, wise, LoadedMethod};
+use crate::methods::{ft, grace, ike, ke, memit, mend, rome, serac, wise, LoadedMethod};
 use crate::model::{Family, Model};
 
 /// EasyEdit's taxonomy of editing methods (plus fine-tuning baselines).
@@ -147,6 +147,18 @@ const WISE_SHIPPED: &[Shipped] = &[Shipped {
     path: "WISE/smollm2-135m.yaml",
     family: Family::Llama,
     text: include_str!("../../../../hparams/WISE/smollm2-135m.yaml"),
+}];
+
+const MEND_SHIPPED: &[Shipped] = &[Shipped {
+    path: "MEND/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/MEND/smollm2-135m.yaml"),
+}];
+
+const KE_SHIPPED: &[Shipped] = &[Shipped {
+    path: "KE/smollm2-135m.yaml",
+    family: Family::Llama,
+    text: include_str!("../../../../hparams/KE/smollm2-135m.yaml"),
 }];
 
 const BUILTIN: &[MethodSpec] = &[
@@ -291,6 +303,28 @@ const BUILTIN: &[MethodSpec] = &[
         shipped: WISE_SHIPPED,
         load: wise::Wise::load,
         trainer: None,
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "mend",
+        alg_name: "MEND",
+        family: MethodFamily::MetaLearning,
+        summary: "a trained hypernetwork maps the factors of the edit's gradient at MLP output projections to a low-rank update (Mitchell et al. 2022)",
+        needs: &[Need::TrainedCheckpoint],
+        shipped: MEND_SHIPPED,
+        load: mend::Mend::load,
+        trainer: Some(mend::train),
+        without_statistics: None,
+    },
+    MethodSpec {
+        name: "ke",
+        alg_name: "KE",
+        family: MethodFamily::MetaLearning,
+        summary: "a trained hypernetwork, conditioned on the edit, gates and shifts the edit's gradient into an update (De Cao et al. 2021)",
+        needs: &[Need::TrainedCheckpoint],
+        shipped: KE_SHIPPED,
+        load: ke::Ke::load,
+        trainer: Some(ke::train),
         without_statistics: None,
     },
 ];

@@ -153,6 +153,11 @@ impl SafetensorFiles {
 
     /// The tensor as f32 (bf16/f16/f64 are converted).
     pub fn get(&self, name: &str) -> Result<Tensor> {
+        Ok(self.get_stored(name)?.to_dtype(DType::F32)?)
+    }
+
+    /// The tensor in the floating-point type it is stored in (f64 statistics stay exact).
+    pub fn get_stored(&self, name: &str) -> Result<Tensor> {
         self.with_view(name, |path, view| {
             let dtype = match view.dtype() {
                 StDtype::F32 => DType::F32,
@@ -167,9 +172,8 @@ impl SafetensorFiles {
                     ))
                 }
             };
-            let t = Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
-                .map_err(|e| Error::tensor(path, name, e.to_string()))?;
-            Ok(t.to_dtype(DType::F32)?)
+            Tensor::from_raw_buffer(view.data(), dtype, view.shape(), &Device::Cpu)
+                .map_err(|e| Error::tensor(path, name, e.to_string()))
         })
     }
 }
