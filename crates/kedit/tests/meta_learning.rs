@@ -333,3 +333,164 @@ fn an_identity_mend_editor_edits_smollm2_and_reverts() {
     editor.revert_all();
     assert_eq!(editor.model().fingerprint().unwrap(), before);
 }
+
+/// EasyEdit's MEND file for LLaMA-2-7B, its layers moved to SmolLM2's last three.
+const EASYEDIT_MEND_LLAMA: &str = r#"
+archive: ./results/models/MEND/llama-2-7b-ZsRE
+alg_name: "MEND"
+device: 1
+model_name: ./hugging_cache/llama-2-7b
+model_class: LlamaForCausalLM
+tokenizer_class: LlamaTokenizer
+tokenizer_name: ./hugging_cache/llama-2-7b
+inner_params:
+- model.layers.27.mlp.gate_proj.weight
+- model.layers.27.mlp.up_proj.weight
+- model.layers.27.mlp.down_proj.weight
+- model.layers.28.mlp.down_proj.weight
+- model.layers.29.mlp.down_proj.weight
+alg: MEND
+lr: 1e-6
+edit_lr: 1e-4
+lr_lr: 1e-4
+lr_scale: 1.0
+seed: 42
+cedit: 0.1
+cloc: 1.0
+cbase: 1.0
+dropout: 0.0
+train_base: False
+no_grad_layers: null
+one_sided: False
+n_hidden: 1
+hidden_dim: null
+init: id
+norm: True
+combine: True
+x_only: False
+delta_only: False
+act: relu
+rank: 1920
+mlp_class: IDMLP
+shared: True
+batch_size: 1
+model_save_pt: 5000
+silent: False
+max_iters: 100000
+log_interval: 1000
+eval_log_interval: 1000
+final_eval: True
+val_interval: 1000
+early_stop_patience: 20000
+early_stop_key: "loss/total_edit_val"
+eval_only: True
+half: False
+debug: False
+save: False
+verbose: True
+val_batch_size: 5
+accumulate_bs: 10
+val_steps: 500
+opt: Adam
+grad_clip: 100.
+results_dir: ./results
+"#;
+
+#[test]
+fn easyedit_mend_files_are_read_where_they_apply() {
+    use kedit::methods::mend::MendHparams;
+    let model = smollm2();
+    let source = hparams(EASYEDIT_MEND_LLAMA, &[]);
+    let (hp, unknown): (MendHparams, _) = source.deserialize().unwrap();
+    // Its gate and up projections are refused by name: kedit's MEND edits down_proj.
+    contains_all(
+        &err_of(hp.check(&source, model)),
+        &["inner_params", "gate_proj", "down_proj"],
+    );
+    let mut down_only = source.clone();
+    down_only.set(
+        "inner_params",
+        serde_json::json!([
+            "model.layers.27.mlp.down_proj.weight",
+            "model.layers.28.mlp.down_proj.weight",
+            "model.layers.29.mlp.down_proj.weight"
+        ]),
+    );
+    let (hp, _): (MendHparams, _) = down_only.deserialize().unwrap();
+    assert_eq!(hp.check(&down_only, model).unwrap(), vec![27, 28, 29]);
+    assert_eq!((hp.rank, hp.accumulate_bs, hp.val_steps), (1920, 10, 500));
+    // Every other key is one kedit reads or knows to be EasyEdit's plumbing.
+    let warnings = kedit::methods::meta::unknown_warnings(Path::new("x.yaml"), unknown);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // Its archive does not exist here: the error names it.
+    let msg = err_of(Registry::builtin().load_source("mend", Some(down_only), model));
+    contains_all(&msg, &["results/models/MEND/llama-2-7b-ZsRE"]);
+}
+
+/// The factors are the gradient: `Σₜ δₜ kₜᵀ` equals autograd's gradient of the same loss
+/// with respect to the output projection (in f64, on the tiny model), and so do its finite
+/// differences at a few entries.
+#[test]
+fn gradient_factors_are_the_gradient_of_the_output_projection() {
+    use candle_core::{DType, Var};
+    use kedit::methods::meta::factors::logits_under;
+    use kedit::methods::meta::{gradient_factors, Scored};
+    use kedit::model::{BlockParam, ParamId};
+    use kedit::runtime::WeightOverrides;
+    let scratch = Scratch::new("meta-factors");
+    let model = tiny_model(&scratch).to_dtype(DType::F64).unwrap();
+    let text = Scored::teacher_forced(model.tokenizer().unwrap(), "bc de fg", "hij").unwrap();
+    let f = gradient_factors(&model, &text, None, &[1]).unwrap();
+    let from_factors = f.grads[0].t().unwrap().matmul(&f.keys[0]).unwrap();
+    let id = ParamId::Block(1, BlockParam::OutWeight);
+    let w = model.params.require(id).unwrap().clone();
+    let loss_with = |w: &candle_core::Tensor| {
+        let o: WeightOverrides = [(id, w.clone())].into_iter().collect();
+        let logits = logits_under(&model, &text, None, 0, &o, false).unwrap();
+        common::mean_nll(&logits, &text.targets)
+    };
+    let var = Var::from_tensor(&w).unwrap();
+    let grads = loss_with(var.as_tensor()).backward().unwrap();
+    let autograd = grads.get(var.as_tensor()).unwrap();
+    let diff = (autograd - &from_factors)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let scale = autograd
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(
+        scale > 0.0 && diff <= 1e-9 * scale,
+        "max diff {diff} at scale {scale}"
+    );
+    let g = from_factors.to_vec2::<f64>().unwrap();
+    let h = 1e-5;
+    for (i, j) in [(0, 0), (3, 7), (17, 30), (31, 12)] {
+        let mut bump = vec![0f64; w.elem_count()];
+        bump[i * w.dim(1).unwrap() + j] = h;
+        let bump = candle_core::Tensor::from_vec(bump, w.dims(), w.device()).unwrap();
+        let at = |s: f64| {
+            loss_with(&(&w + (&bump * s).unwrap()).unwrap())
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let fd = (at(1.0) - at(-1.0)) / (2.0 * h);
+        assert!(
+            (fd - g[i][j]).abs() <= 1e-6 * (1.0 + fd.abs()),
+            "entry ({i}, {j}): finite differences {fd}, factors {}",
+            g[i][j]
+        );
+    }
+}

@@ -78,10 +78,13 @@ impl Adam {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // A variable's gradient can still reference the graph it was computed through;
+            // the moments must not, or each step's graph would live as long as they do.
+            let g = g.detach();
             let g = if self.weight_decay != 0.0 {
-                (g + (var.as_tensor() * self.weight_decay)?)?
+                (g + (var.as_tensor().detach() * self.weight_decay)?)?
             } else {
-                g.clone()
+                g
             };
             *m = ((&*m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             *v = ((&*v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;

@@ -49,6 +49,10 @@ pub struct KeHparams {
     pub val_interval: usize,
     pub val_steps: usize,
     pub early_stop_patience: usize,
+    /// Build the update from standardised keys (running statistics, as MEND's inputs)
+    /// instead of the raw ones; docs/meta-learning.md says which measured better.
+    #[serde(default)]
+    pub standardise_keys: bool,
     #[serde(default)]
     pub archive: Option<String>,
 }
@@ -106,6 +110,7 @@ impl KeHparams {
             model.config.d_ff,
             self.hidden_dim,
             self.edit_lr,
+            self.standardise_keys,
             seed,
         )
     }

@@ -12,6 +12,7 @@
 use candle_core::{DType, Device, Tensor, Var, D};
 
 use crate::error::{Error, Result};
+use crate::methods::meta::moments::Moments;
 use crate::methods::meta::{Factors, Hypernet};
 use crate::rng::Rng;
 
@@ -24,6 +25,9 @@ pub struct KeNet {
     heads_w: Vec<Var>,
     heads_b: Vec<Var>,
     edit_lrs: Var,
+    /// With `standardise_keys`, running key statistics per layer: the update is built
+    /// from standardised keys, as MEND's inputs are.
+    keys: Option<Vec<Moments>>,
 }
 
 impl KeNet {
@@ -33,6 +37,7 @@ impl KeNet {
         d_ff: usize,
         hidden: usize,
         edit_lr: f64,
+        standardise_keys: bool,
         seed: u64,
     ) -> Result<Self> {
         let dev = Device::Cpu;
@@ -68,6 +73,7 @@ impl KeNet {
             heads_w,
             heads_b,
             edit_lrs: Var::from_tensor(&Tensor::from_vec(lrs, layers.len(), &dev)?)?,
+            keys: standardise_keys.then(|| layers.iter().map(|_| Moments::new(d_ff)).collect()),
         })
     }
 }
@@ -101,6 +107,35 @@ impl Hypernet for KeNet {
         vec![("edit_lrs".into(), self.edit_lrs.clone())]
     }
 
+    fn buffers(&self) -> Result<Vec<(String, Tensor)>> {
+        let Some(keys) = &self.keys else {
+            return Ok(Vec::new());
+        };
+        keys.iter()
+            .enumerate()
+            .map(|(i, m)| Ok((format!("key_moments{i}"), m.to_tensor()?)))
+            .collect()
+    }
+
+    fn set_buffer(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        let i = name
+            .strip_prefix("key_moments")
+            .and_then(|i| i.parse::<usize>().ok());
+        match (&mut self.keys, i) {
+            (Some(keys), Some(i)) if i < keys.len() => keys[i].set(value),
+            _ => Err(Error::invalid(format!("KE has no buffer `{name}`"))),
+        }
+    }
+
+    fn observe(&mut self, f: &Factors) -> Result<()> {
+        if let Some(keys) = &mut self.keys {
+            for (m, k) in keys.iter_mut().zip(&f.keys) {
+                m.add(&k.to_dtype(DType::F32)?.to_vec2::<f32>()?);
+            }
+        }
+        Ok(())
+    }
+
     fn updates(&self, f: &Factors) -> Result<Vec<(Tensor, Tensor)>> {
         let c = f.condition.to_dtype(DType::F32)?;
         let rms = c.sqr()?.mean_all()?.sqrt()?.to_scalar::<f32>()?;
@@ -128,6 +163,10 @@ impl Hypernet for KeNet {
             let gate = sigmoid(&o.narrow(0, 2 * d + 2 * dff, 1)?)?;
             let g = f.grads[i].to_dtype(DType::F32)?;
             let k = f.keys[i].to_dtype(DType::F32)?;
+            let k = match &self.keys {
+                Some(m) => m[i].standardise(&k)?,
+                None => k,
+            };
             // ‖Σₜ gₜkₜᵀ‖_F² = Σ (G Gᵀ ⊙ K Kᵀ).
             let sq = (g.matmul(&g.t()?)? * k.matmul(&k.t()?)?)?
                 .sum_all()?

@@ -7,6 +7,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 
 use crate::error::{Error, Result};
+use crate::methods::meta::moments::Moments;
 use crate::methods::meta::{Factors, Hypernet};
 use crate::rng::Rng;
 
@@ -62,86 +63,6 @@ impl LowRankLinear {
         .into_iter()
         .map(|(n, v)| (format!("{prefix}.{n}"), v.clone()))
         .collect()
-    }
-}
-
-/// Running mean and variance (Chan's merge of batch moments), in f64.
-#[derive(Clone, Debug)]
-struct Moments {
-    count: f64,
-    mean: Vec<f64>,
-    m2: Vec<f64>,
-}
-
-impl Moments {
-    fn new(dim: usize) -> Self {
-        Moments {
-            count: 0.0,
-            mean: vec![0.0; dim],
-            m2: vec![0.0; dim],
-        }
-    }
-
-    fn add(&mut self, rows: &[Vec<f32>]) {
-        let nb = rows.len() as f64;
-        if nb == 0.0 {
-            return;
-        }
-        let dim = self.mean.len();
-        let mut mean_b = vec![0.0; dim];
-        for r in rows {
-            for (m, &x) in mean_b.iter_mut().zip(r) {
-                *m += f64::from(x) / nb;
-            }
-        }
-        let mut m2_b = vec![0.0; dim];
-        for r in rows {
-            for ((s, &x), m) in m2_b.iter_mut().zip(r).zip(&mean_b) {
-                *s += (f64::from(x) - m).powi(2);
-            }
-        }
-        let na = self.count;
-        let n = na + nb;
-        for i in 0..dim {
-            let d = mean_b[i] - self.mean[i];
-            self.mean[i] += d * nb / n;
-            self.m2[i] += m2_b[i] + d * d * na * nb / n;
-        }
-        self.count = n;
-    }
-
-    fn std(&self) -> Vec<f64> {
-        if self.count < 2.0 {
-            return vec![1.0; self.mean.len()];
-        }
-        self.m2
-            .iter()
-            .map(|s| (s / (self.count - 1.0)).sqrt())
-            .collect()
-    }
-
-    /// `[count, mean…, m2…]`
-    fn to_tensor(&self) -> Result<Tensor> {
-        let mut v = vec![self.count];
-        v.extend(&self.mean);
-        v.extend(&self.m2);
-        let n = v.len();
-        Ok(Tensor::from_vec(v, n, &Device::Cpu)?)
-    }
-
-    fn set(&mut self, t: &Tensor) -> Result<()> {
-        let v = t.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-        let dim = self.mean.len();
-        if v.len() != 1 + 2 * dim {
-            return Err(Error::invalid(format!(
-                "statistics of {} values for a width of {dim}",
-                v.len()
-            )));
-        }
-        self.count = v[0];
-        self.mean = v[1..1 + dim].to_vec();
-        self.m2 = v[1 + dim..].to_vec();
-        Ok(())
     }
 }
 
@@ -204,16 +125,6 @@ fn reached_rows(keys: &Tensor, grads: &Tensor) -> Result<(Tensor, Tensor)> {
     Ok((keys.index_select(&idx, 0)?, grads.index_select(&idx, 0)?))
 }
 
-fn standardised(x: &Tensor, m: &Moments) -> Result<Tensor> {
-    let dev = x.device();
-    let mean: Vec<f32> = m.mean.iter().map(|&v| v as f32).collect();
-    let inv: Vec<f32> = m.std().iter().map(|&s| (1.0 / (s + 1e-7)) as f32).collect();
-    let n = mean.len();
-    let mean = Tensor::from_vec(mean, n, dev)?;
-    let inv = Tensor::from_vec(inv, n, dev)?;
-    Ok(x.broadcast_sub(&mean)?.broadcast_mul(&inv)?)
-}
-
 impl Hypernet for MendNet {
     fn kind(&self) -> &'static str {
         "MEND"
@@ -266,8 +177,8 @@ impl Hypernet for MendNet {
         let mut out = Vec::with_capacity(self.layers.len());
         for i in 0..self.layers.len() {
             let (k, g) = reached_rows(&f.keys[i], &f.grads[i])?;
-            let k = standardised(&k.to_dtype(DType::F32)?, &self.keys[i])?;
-            let g = standardised(&g.to_dtype(DType::F32)?, &self.grads[i])?;
+            let k = self.keys[i].standardise(&k.to_dtype(DType::F32)?)?;
+            let g = self.grads[i].standardise(&g.to_dtype(DType::F32)?)?;
             let mut x = Tensor::cat(&[&k, &g], 1)?;
             for layer in &self.mlp {
                 x = layer.forward(&x, i)?;

@@ -6,6 +6,7 @@ pub mod example;
 pub mod factors;
 pub mod hypernet;
 pub mod method;
+pub mod moments;
 pub mod trainer;
 
 pub use example::{MetaExample, Scored};
