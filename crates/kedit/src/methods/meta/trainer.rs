@@ -75,6 +75,9 @@ pub struct Validation {
     pub locality: f64,
     /// The multiplier of the locality term then.
     pub c_loc: f64,
+    /// Seconds of training (validations included, caching not) when it was made.
+    #[serde(default)]
+    pub seconds: Option<f64>,
 }
 
 impl Validation {
@@ -339,6 +342,7 @@ impl Run<'_> {
             generalization: gen / n,
             locality: loc / n,
             c_loc: self.state.c_loc,
+            seconds: None,
         })
     }
 
@@ -494,7 +498,10 @@ pub fn train(
     let seconds_before = run.state.seconds;
     progress.phase(&format!("{kind} training"), s.max_iters, run.state.step);
     if run.state.history.is_empty() {
-        let v = run.validate(&val_c, None)?;
+        let v = Validation {
+            seconds: Some(0.0),
+            ..run.validate(&val_c, None)?
+        };
         progress.log(&format!(
             "step 0: reliability {:.4}, generalization {:.4}, locality {:.4}",
             v.reliability, v.generalization, v.locality
@@ -530,7 +537,10 @@ pub fn train(
                 v.step, v.reliability, v.generalization, v.locality, v.c_loc
             ));
             run.state.seconds = seconds_before + started.elapsed().as_secs_f64();
-            run.record(v)?;
+            run.record(Validation {
+                seconds: Some(run.state.seconds),
+                ..v
+            })?;
         }
     }
     let best = run.state.best.clone().expect("validated at step 0");
