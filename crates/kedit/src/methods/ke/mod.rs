@@ -49,6 +49,9 @@ pub struct KeHparams {
     pub val_interval: usize,
     pub val_steps: usize,
     pub early_stop_patience: usize,
+    /// The least validation locality a checkpoint must keep to be the best one.
+    #[serde(default, deserialize_with = "lenient_f64")]
+    pub val_min_locality: f64,
     /// Build the update from standardised keys (running statistics, as MEND's inputs)
     /// instead of the raw ones; docs/meta-learning.md says which measured better.
     #[serde(default)]
@@ -100,6 +103,9 @@ impl KeHparams {
         source
             .check("early_stop_patience", self.early_stop_patience as f64)
             .in_range(1.0, 1e9)?;
+        source
+            .check("val_min_locality", self.val_min_locality)
+            .in_range(0.0, 1.0)?;
         Ok(layers)
     }
 
@@ -127,6 +133,7 @@ impl KeHparams {
             val_every: self.val_interval,
             val_records: self.val_steps,
             patience: self.early_stop_patience,
+            min_locality: self.val_min_locality,
             constraint: Some(Constraint {
                 margin: self.kl_margin,
                 lr: self.constraint_lr,

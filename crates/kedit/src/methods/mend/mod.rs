@@ -47,6 +47,9 @@ pub struct MendHparams {
     pub val_steps: usize,
     /// Steps without a better validation before training stops.
     pub early_stop_patience: usize,
+    /// The least validation locality a checkpoint must keep to be the best one.
+    #[serde(default, deserialize_with = "lenient_f64")]
+    pub val_min_locality: f64,
     #[serde(default = "default_mlp_class")]
     pub mlp_class: String,
     #[serde(default = "yes")]
@@ -127,6 +130,9 @@ impl MendHparams {
         source
             .check("early_stop_patience", self.early_stop_patience as f64)
             .in_range(1.0, 1e9)?;
+        source
+            .check("val_min_locality", self.val_min_locality)
+            .in_range(0.0, 1.0)?;
         let refuse = |key: &str, why: &str| Err(source.error(key, why));
         if !self.mlp_class.eq_ignore_ascii_case("IDMLP") {
             return refuse(
@@ -191,6 +197,7 @@ impl MendHparams {
             val_every: self.val_interval,
             val_records: self.val_steps,
             patience: self.early_stop_patience,
+            min_locality: self.val_min_locality,
             constraint: None,
         }
     }

@@ -11,8 +11,9 @@
 //! Validation every `val_every` steps edits each validation record alone and scores, as
 //! the evaluation harness does, teacher-forced accuracy of the edit and its rephrase and
 //! the unchanged fraction of the locality answer; the best checkpoint by edit accuracy
-//! (mean of the two) is kept, and training stops after `patience` steps without a better
-//! one. Every validation writes the state to resume from atomically; the order of examples
+//! (mean of the two) among validations whose locality reaches `min_locality` is kept (any
+//! validation, when none does), and training stops after `patience` steps without a
+//! better one. Every validation writes the state to resume from atomically; the order of examples
 //! is a function of the seed and the step, so a killed run resumes to the same result.
 
 use std::collections::BTreeMap;
@@ -54,6 +55,9 @@ pub struct Settings {
     pub val_records: usize,
     /// Steps without a better validation before training stops.
     pub patience: usize,
+    /// A validation whose locality is below this is kept only if none above it is: the
+    /// best checkpoint is the most accurate editor among those that stay local enough.
+    pub min_locality: f64,
     /// KE: keep the locality KL under `margin`, `c_loc` moving by `lr` per step.
     pub constraint: Option<Constraint>,
 }
@@ -348,11 +352,11 @@ impl Run<'_> {
 
     /// Keeps the validation, the best checkpoint and the state to resume from.
     fn record(&mut self, v: Validation) -> Result<()> {
-        let better = self
-            .state
-            .best
-            .as_ref()
-            .is_none_or(|b| v.edit_accuracy() > b.edit_accuracy());
+        let rank = |v: &Validation| (v.locality >= self.s.min_locality, v.edit_accuracy());
+        let better = self.state.best.as_ref().is_none_or(|b| {
+            let (new, old) = (rank(&v), rank(b));
+            new.0 > old.0 || (new.0 == old.0 && new.1 > old.1)
+        });
         if better {
             let meta = BTreeMap::from([
                 ("step".to_string(), v.step.to_string()),
