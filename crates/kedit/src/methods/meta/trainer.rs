@@ -355,7 +355,7 @@ impl Run<'_> {
         let rank = |v: &Validation| (v.locality >= self.s.min_locality, v.edit_accuracy());
         let better = self.state.best.as_ref().is_none_or(|b| {
             let (new, old) = (rank(&v), rank(b));
-            new.0 > old.0 || (new.0 == old.0 && new.1 > old.1)
+            (new.0 && !old.0) || (new.0 == old.0 && new.1 > old.1)
         });
         if better {
             let meta = BTreeMap::from([
