@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::methods::hparams::{lenient_f64, HparamsSource, MAX_LR};
-use crate::methods::meta::trainer::{self, Settings};
-use crate::methods::meta::{self, hypernet, MetaMethod};
+use crate::methods::meta;
+use crate::methods::meta::trainer::Settings;
 use crate::methods::train::{TrainInputs, Trained};
 use crate::methods::LoadedMethod;
 use crate::model::Model;
@@ -100,39 +100,17 @@ impl MendHparams {
     /// Every key against its range; the edited layers.
     pub fn check(&self, source: &HparamsSource, model: &Model) -> Result<Vec<usize>> {
         let layers = meta::inner_layers(source, &self.inner_params, model)?;
+        self.settings(source)?;
         source
             .check("edit_lr", self.edit_lr)
             .positive()?
             .at_most(MAX_LR)?;
-        source.check("lr", self.lr).positive()?.at_most(MAX_LR)?;
-        source.check("lr_lr", self.lr_lr).in_range(0.0, MAX_LR)?;
         source
             .check("rank", self.rank as f64)
             .in_range(1.0, MAX_RANK as f64)?;
         source
             .check("n_hidden", self.n_hidden as f64)
             .in_range(0.0, 8.0)?;
-        source.check("cedit", self.cedit).positive()?.at_most(1e6)?;
-        source.check("cloc", self.cloc).in_range(0.0, 1e6)?;
-        source.check("grad_clip", self.grad_clip).positive()?;
-        source
-            .check("accumulate_bs", self.accumulate_bs as f64)
-            .in_range(1.0, 1024.0)?;
-        source
-            .check("max_iters", self.max_iters as f64)
-            .in_range(1.0, 1e7)?;
-        source
-            .check("val_interval", self.val_interval as f64)
-            .in_range(1.0, 1e7)?;
-        source
-            .check("val_steps", self.val_steps as f64)
-            .in_range(1.0, 1e6)?;
-        source
-            .check("early_stop_patience", self.early_stop_patience as f64)
-            .in_range(1.0, 1e9)?;
-        source
-            .check("val_min_locality", self.val_min_locality)
-            .in_range(0.0, 1.0)?;
         let refuse = |key: &str, why: &str| Err(source.error(key, why));
         if !self.mlp_class.eq_ignore_ascii_case("IDMLP") {
             return refuse(
@@ -185,21 +163,22 @@ impl MendHparams {
         )
     }
 
-    fn settings(&self) -> Settings {
-        Settings {
+    /// The trainer's settings, every shared key checked.
+    pub fn settings(&self, source: &HparamsSource) -> Result<Settings> {
+        meta::TrainingKeys {
             lr: self.lr,
             lr_lr: self.lr_lr,
-            c_edit: self.cedit,
-            c_loc: self.cloc,
+            cedit: self.cedit,
+            cloc: self.cloc,
             grad_clip: self.grad_clip,
-            accumulate: self.accumulate_bs,
+            accumulate_bs: self.accumulate_bs,
             max_iters: self.max_iters,
-            val_every: self.val_interval,
-            val_records: self.val_steps,
-            patience: self.early_stop_patience,
-            min_locality: self.val_min_locality,
-            constraint: None,
+            val_interval: self.val_interval,
+            val_steps: self.val_steps,
+            early_stop_patience: self.early_stop_patience,
+            val_min_locality: self.val_min_locality,
         }
+        .settings(source, None)
     }
 }
 
@@ -209,20 +188,9 @@ impl Mend {
     pub fn load(_name: &str, source: HparamsSource, model: &Model) -> Result<LoadedMethod> {
         let (hp, unknown): (MendHparams, _) = source.deserialize()?;
         let layers = hp.check(&source, model)?;
-        let path = meta::archive(&source, "mend")?;
-        let mut net = hp.net(model, &layers, 0)?;
-        let files = hypernet::open(&path, &net, model.fingerprint()?)?;
-        hypernet::load_into(&files, &path, &mut net)?;
-        Ok(LoadedMethod {
-            warnings: meta::unknown_warnings(&source.origin, unknown),
-            hparams_origin: source.origin.clone(),
-            method: Box::new(MetaMethod {
-                name: "MEND".into(),
-                net: Box::new(net),
-                hparams: serde_json::to_value(&hp).expect("hyper-parameters serialise"),
-                max_batch: None,
-            }),
-        })
+        let net = Box::new(hp.net(model, &layers, 0)?);
+        let json = serde_json::to_value(&hp).expect("hyper-parameters serialise");
+        meta::load_trained(&source, model, net, json, unknown, None)
     }
 }
 
@@ -230,20 +198,7 @@ impl Mend {
 pub fn train(inputs: TrainInputs) -> Result<Trained> {
     let (hp, _): (MendHparams, _) = inputs.hparams.deserialize()?;
     let layers = hp.check(inputs.hparams, inputs.model)?;
+    let settings = hp.settings(inputs.hparams)?;
     let mut net = hp.net(inputs.model, &layers, inputs.seed)?;
-    let outcome = trainer::train(
-        inputs.model,
-        &mut net,
-        &hp.settings(),
-        inputs.train,
-        inputs.val,
-        inputs.out_dir,
-        inputs.seed,
-        inputs.progress,
-    )?;
-    Ok(Trained {
-        checkpoint: outcome.checkpoint,
-        hparams: serde_json::Map::new(),
-        summary: outcome.summary,
-    })
+    meta::train_net(inputs, &mut net, &settings)
 }
