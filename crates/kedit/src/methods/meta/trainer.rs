@@ -88,6 +88,18 @@ impl Validation {
     pub fn edit_accuracy(&self) -> f64 {
         (self.reliability + self.generalization) / 2.0
     }
+
+    /// Whether this validation's checkpoint should replace `best`'s: one at least
+    /// `min_locality` local beats one that is not; between two alike, the higher edit
+    /// accuracy wins (a tie keeps the earlier).
+    pub fn beats(&self, best: &Validation, min_locality: f64) -> bool {
+        let local = |v: &Validation| v.locality >= min_locality;
+        match (local(self), local(best)) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => self.edit_accuracy() > best.edit_accuracy(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -352,11 +364,11 @@ impl Run<'_> {
 
     /// Keeps the validation, the best checkpoint and the state to resume from.
     fn record(&mut self, v: Validation) -> Result<()> {
-        let rank = |v: &Validation| (v.locality >= self.s.min_locality, v.edit_accuracy());
-        let better = self.state.best.as_ref().is_none_or(|b| {
-            let (new, old) = (rank(&v), rank(b));
-            (new.0 && !old.0) || (new.0 == old.0 && new.1 > old.1)
-        });
+        let better = self
+            .state
+            .best
+            .as_ref()
+            .is_none_or(|b| v.beats(b, self.s.min_locality));
         if better {
             let meta = BTreeMap::from([
                 ("step".to_string(), v.step.to_string()),
@@ -613,4 +625,47 @@ fn write_curve(kind: &str, history: &[Validation], stem: &Path) -> Result<Option
         panel_size: (640, 420),
     };
     Ok(Some(figure.write(stem)?.png))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(step: usize, rel: f64, loc: f64) -> Validation {
+        Validation {
+            step,
+            train_loss: None,
+            reliability: rel,
+            generalization: rel,
+            locality: loc,
+            c_loc: 1.0,
+            seconds: None,
+        }
+    }
+
+    /// KE's run: step 550 is the most accurate, but only step 600 is local enough.
+    #[test]
+    fn the_best_checkpoint_is_the_most_accurate_of_those_local_enough() {
+        let history = [
+            v(500, 0.93, 0.905),
+            v(525, 0.94, 0.937),
+            v(550, 0.95, 0.890),
+            v(600, 0.944, 0.921),
+        ];
+        let pick = |min: f64| {
+            let mut best = v(0, 0.3, 0.92);
+            for h in &history {
+                if h.beats(&best, min) {
+                    best = h.clone();
+                }
+            }
+            best.step
+        };
+        assert_eq!(pick(0.0), 550);
+        assert_eq!(pick(0.9), 600);
+        // Nothing local enough: the most accurate, as without a floor.
+        assert_eq!(pick(0.99), 550);
+        // A tie keeps the earlier checkpoint.
+        assert!(!v(700, 0.944, 0.95).beats(&v(600, 0.944, 0.921), 0.9));
+    }
 }
