@@ -57,6 +57,19 @@ impl Rng {
     }
 }
 
+/// The order in which epoch `epoch` of a training run visits `n` examples: a permutation
+/// (Fisher–Yates) drawn from `(seed, epoch)`, so a resumed run sees the examples an
+/// uninterrupted one would.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut rng = Rng::new(seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

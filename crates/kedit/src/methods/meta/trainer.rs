@@ -36,7 +36,7 @@ use crate::model::safetensors_io::SafetensorFiles;
 use crate::model::Model;
 use crate::plot::{Figure, LinePlot, Panel};
 use crate::progress::Progress;
-use crate::rng::Rng;
+use crate::rng::epoch_order;
 use crate::runtime::ops::log_softmax_last;
 use crate::runtime::WeightOverrides;
 
@@ -207,17 +207,6 @@ fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.to_scalar::<f64>()?)
 }
 
-/// A permutation of `0..n` (Fisher–Yates).
-fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed);
-    let mut p: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        p.swap(i, j);
-    }
-    p
-}
-
 struct Run<'a> {
     model: &'a Model,
     net: &'a mut dyn Hypernet,
@@ -310,12 +299,31 @@ impl Run<'_> {
         Ok(value)
     }
 
-    fn validate(&self, val: &[Cached], train_loss: Option<f64>) -> Result<Validation> {
-        let (mut rel, mut gen, mut loc) = (0.0, 0.0, 0.0);
+    /// The unedited model's argmax tokens on each validation record's locality answer.
+    fn unedited_locality(&self, val: &[Cached]) -> Result<Vec<Vec<u32>>> {
         let none = WeightOverrides::new();
+        val.iter()
+            .map(|c| {
+                let (text, resid) = (&c.ex.locality, Some(&c.locality));
+                argmax(&logits_under(
+                    self.model, text, resid, self.first, &none, false,
+                )?)
+            })
+            .collect()
+    }
+
+    /// Scores every validation record edited alone; `unedited` is
+    /// [`Run::unedited_locality`] of `val`.
+    fn validate(
+        &self,
+        val: &[Cached],
+        unedited: &[Vec<u32>],
+        train_loss: Option<f64>,
+    ) -> Result<Validation> {
+        let (mut rel, mut gen, mut loc) = (0.0, 0.0, 0.0);
         let m = self.model;
         let first = self.first;
-        for c in val {
+        for (c, pre) in val.iter().zip(unedited) {
             let f = gradient_factors(m, &c.ex.edit, Some(&c.edit), &self.layers)?;
             let updates: Vec<(Tensor, Tensor)> = self
                 .net
@@ -332,14 +340,6 @@ impl Run<'_> {
                 &logits_under(m, &c.ex.rephrase, Some(&c.rephrase), first, &o, false)?,
                 &c.ex.rephrase,
             )?;
-            let pre = argmax(&logits_under(
-                m,
-                &c.ex.locality,
-                Some(&c.locality),
-                first,
-                &none,
-                false,
-            )?)?;
             let post = argmax(&logits_under(
                 m,
                 &c.ex.locality,
@@ -510,13 +510,14 @@ pub fn train(
         lr_adam,
         state,
     };
+    let unedited = run.unedited_locality(&val_c)?;
     let started = Instant::now();
     let seconds_before = run.state.seconds;
     progress.phase(&format!("{kind} training"), s.max_iters, run.state.step);
     if run.state.history.is_empty() {
         let v = Validation {
             seconds: Some(0.0),
-            ..run.validate(&val_c, None)?
+            ..run.validate(&val_c, &unedited, None)?
         };
         progress.log(&format!(
             "step 0: reliability {:.4}, generalization {:.4}, locality {:.4}",
@@ -531,9 +532,7 @@ pub fn train(
             .map(|k| {
                 let global = run.state.step * s.accumulate + k;
                 let (epoch, at) = (global / n, global % n);
-                let order =
-                    permutation(n, seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-                &train_c[order[at]]
+                &train_c[epoch_order(n, seed, epoch)[at]]
             })
             .collect();
         losses.push(run.step(&batch)?);
@@ -542,7 +541,7 @@ pub fn train(
         if run.state.step % s.val_every == 0 || run.state.step == s.max_iters {
             let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
             losses.clear();
-            let v = run.validate(&val_c, Some(train_loss))?;
+            let v = run.validate(&val_c, &unedited, Some(train_loss))?;
             progress.status(&format!(
                 "loss {train_loss:.3} · rel {:.3} · gen {:.3} · loc {:.3}",
                 v.reliability, v.generalization, v.locality

@@ -25,7 +25,7 @@ use crate::methods::adam::Adam;
 use crate::methods::train::{TrainInputs, Trained};
 use crate::model::safetensors_io::{save_atomic, SafetensorFiles};
 use crate::plot::{Figure, LinePlot, Panel};
-use crate::rng::Rng;
+use crate::rng::{epoch_order, Rng};
 
 pub const CHECKPOINT: &str = "classifier.safetensors";
 const LAST: &str = "last.safetensors";
@@ -170,7 +170,7 @@ impl Tokenized {
         for slot in 0..size {
             let global = step * size + slot;
             let (epoch, at) = (global / n, global % n);
-            let i = permutation(n, seed ^ (epoch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))[at];
+            let i = epoch_order(n, seed, epoch)[at];
             let mut rng = Rng::new(seed ^ (global as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
             anchors.push(self.anchors[i].clone());
             let p = &self.positives[i];
@@ -186,17 +186,6 @@ impl Tokenized {
             candidates: positives,
         }
     }
-}
-
-/// A permutation of `0..n` (Fisher–Yates).
-fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = Rng::new(seed);
-    let mut p: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        p.swap(i, j);
-    }
-    p
 }
 
 struct Trainer<'a> {
