@@ -43,6 +43,9 @@ pub struct Args {
     corpus: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Edit and ask through the model's chat template (the prompt as the user's message).
+    #[arg(long)]
+    chat: bool,
     /// Save the edit (safetensors; any kind of edit).
     #[arg(long)]
     save_edit: Option<PathBuf>,
@@ -84,7 +87,7 @@ pub fn run(args: Args) -> Result<()> {
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
-    let request = EditRequest {
+    let plain = EditRequest {
         case_id: "cli".into(),
         prompt: args.prompt.clone(),
         subject: args.subject.clone(),
@@ -93,10 +96,20 @@ pub fn run(args: Args) -> Result<()> {
         rephrase: args.rephrase.clone(),
         ..Default::default()
     };
+    let chat = args.chat
+        || match &args.hparams {
+            Some(p) => kedit::methods::HparamsSource::read(p)?.chat_template()?,
+            None => false,
+        };
+    let request = if chat {
+        kedit::prompts::chat_request(model.tokenizer()?, &plain)?
+    } else {
+        plain
+    };
     // Refused before any work (a target too long, a subject not in the prompt, …).
     loaded.method.check_request(&model, &request)?;
-    let prompts: Vec<String> = std::iter::once(args.prompt.clone())
-        .chain(args.rephrase.iter().cloned())
+    let prompts: Vec<String> = std::iter::once(request.prompt.clone())
+        .chain(request.rephrase.iter().cloned())
         .collect();
     let opts = MetricOptions {
         seed: args.seed,
@@ -131,7 +144,9 @@ pub fn run(args: Args) -> Result<()> {
     for (name, secs) in &computed.report.timings {
         println!("  {name}: {secs:.2} s");
     }
-    for (prompt, (b, a)) in prompts.iter().zip(before.iter().zip(&after)) {
+    // Shown as typed (a chat-rendered prompt repeats the whole template).
+    let typed = std::iter::once(&args.prompt).chain(&args.rephrase);
+    for (prompt, (b, a)) in typed.zip(before.iter().zip(&after)) {
         println!("\n{prompt}\n  before: {b:?}\n  after:  {a:?}");
     }
     let (s0, s1) = (summarize(&[&pre]), summarize(&[&post]));

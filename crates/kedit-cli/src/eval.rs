@@ -2,16 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use kedit::data::{load_all, Format, LoadOptions};
-use kedit::editor::Editor;
-use kedit::evaluate::MetricOptions;
-use kedit::experiment::modes::pre_edit;
-use kedit::experiment::report::{build_summary, RunConfig, RunSummary};
-use kedit::experiment::stream::{stream_points, write_stream};
+use anyhow::Result;
+use kedit::experiment::report::RunSummary;
 use kedit::experiment::summary::Scores;
-use kedit::experiment::{run, Mode, RunOptions, RunStore};
-use kedit::methods::{EditContext, Registry};
+use kedit::experiment::{run_dataset, DatasetRun};
 
 use crate::bounds;
 use crate::output::table;
@@ -61,6 +55,14 @@ pub struct Args {
     /// Skip the free-generation exact-match metrics.
     #[arg(long)]
     no_free_generation: bool,
+    /// Render every prompt through the model's chat template, as an instruct model is
+    /// queried (also `chat_template: true` in the hyper-parameters).
+    #[arg(long)]
+    chat: bool,
+    /// Run only shard K of N (0-based): every N-th case (batch mode: every N-th call)
+    /// from the K-th; `kedit merge-runs` joins the shards' directories.
+    #[arg(long, value_name = "K/N")]
+    shard: Option<String>,
     /// Run directory; rerunning the same command there resumes the run.
     #[arg(long)]
     out: PathBuf,
@@ -68,139 +70,39 @@ pub struct Args {
 
 pub fn run_cmd(args: Args) -> Result<()> {
     let model = args.model.load()?;
-    let mode: Mode = args.mode.parse()?;
-    let format: Format = args.format.parse()?;
-    let names = args
-        .data
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(" + ");
-    let data = load_all(
-        &args.data,
-        format,
-        &LoadOptions {
-            skip_invalid: args.skip_invalid,
-            limit: args.limit,
-        },
-    )
-    .with_context(|| format!("loading {names}"))?;
-    for (i, why) in &data.skipped {
-        eprintln!("skipped record {i}: {why}");
-    }
-    if data.requests.is_empty() {
-        bail!("{names}: no usable record");
-    }
-    let batch_size = if mode == Mode::Single {
-        1
-    } else {
-        args.batch_size
-    };
-    let loaded = match (&args.method, args.pre_only) {
-        (Some(name), false) => {
-            Some(Registry::builtin().load(name, args.hparams.as_deref(), &model)?)
-        }
-        _ => None,
-    };
-    for w in loaded.iter().flat_map(|l| &l.warnings) {
-        eprintln!("warning: {w}");
-    }
-    let config = RunConfig {
-        kedit_version: env!("CARGO_PKG_VERSION").to_string(),
-        method: match (&loaded, &args.method) {
-            (Some(_), Some(name)) => name.to_ascii_lowercase(),
-            _ => "none (pre-edit metrics only)".into(),
-        },
-        hparams_origin: loaded
-            .as_ref()
-            .map(|l| l.hparams_origin.display().to_string())
-            .unwrap_or_default(),
-        hparams: loaded
-            .as_ref()
-            .map_or(serde_json::Value::Null, |l| l.method.hparams_json()),
-        model: model.source.path.display().to_string(),
-        model_fingerprint: format!("{:016x}", model.fingerprint()?),
-        data: names.clone(),
-        data_sha256: args
-            .data
-            .iter()
-            .map(|p| kedit::hash::sha256_file(p))
-            .collect::<kedit::error::Result<Vec<_>>>()?
-            .join(" + "),
-        format: format!("{:?}", data.format).to_ascii_lowercase(),
+    let spec = DatasetRun {
+        method: if args.pre_only { None } else { args.method.clone() },
+        hparams: args.hparams.clone(),
+        data: args.data.clone(),
+        format: args.format.parse()?,
         limit: args.limit,
         skip_invalid: args.skip_invalid,
-        mode,
-        batch_size,
+        mode: args.mode.parse()?,
+        batch_size: args.batch_size,
+        corpus: args.corpus.clone(),
         seed: args.seed,
         fluency: !args.no_fluency,
         free_generation: !args.no_free_generation,
-    };
-    let opts = RunOptions {
-        mode,
-        batch_size,
-        metrics: MetricOptions {
-            seed: args.seed,
-            fluency: !args.no_fluency,
-            free_generation: !args.no_free_generation,
-        },
-    };
-    opts.check(loaded.as_ref().map(|l| l.method.as_ref()))?;
-    let mut store = RunStore::open(&args.out, &serde_json::to_value(&config)?)?;
-    if !store.cases.is_empty() {
-        eprintln!(
-            "resuming: {} of {} cases already in {}",
-            store.cases.len(),
-            data.requests.len(),
-            args.out.join("cases.jsonl").display()
-        );
-    }
-    let mut editor = Editor::new(model);
-    let ctx = EditContext {
-        corpus: args.corpus.clone(),
-        seed: args.seed,
-        ..Default::default()
+        chat: args.chat,
+        shard: args.shard.as_deref().map(str::parse).transpose()?,
+        out: args.out.clone(),
     };
     let mut bar = Bars::default();
-    match &loaded {
-        Some(l) => run(
-            &mut editor,
-            l.method.as_ref(),
-            &ctx,
-            &data.requests,
-            &opts,
-            &mut store,
-            &mut bar,
-        )?,
-        None => pre_edit(&editor, &data.requests, &opts, &mut store, &mut bar)?,
-    }
+    let outcome = run_dataset(model, &spec, &mut bar);
     bar.finish();
-    let after = format!("{:016x}", editor.model().fingerprint()?);
-    let identical = after == config.model_fingerprint;
-    let summary = build_summary(&store, &config, identical);
-    let path = args.out.join("summary.json");
-    kedit::fsio::write_atomic(&path, serde_json::to_string_pretty(&summary)?.as_bytes())?;
-    print_summary(&summary);
-    if !identical {
-        bail!("the weights after the run differ from the original ones (fingerprint {after})");
+    let outcome = outcome?;
+    print_summary(&outcome.summary);
+    println!(
+        "weights after the run: bit-identical to the original (fingerprint {})",
+        outcome.summary.config.model_fingerprint
+    );
+    if let Some(png) = &outcome.stream_png {
+        println!("the stream, call by call: {}", png.display());
     }
-    println!("weights after the run: bit-identical to the original (fingerprint {after})");
-    if mode == Mode::Sequential && loaded.is_some() {
-        let points = stream_points(&store, data.requests.len(), batch_size);
-        let title = format!("{} stream", config.method);
-        if let Some(w) = write_stream(&args.out, &title, &points)? {
-            println!("the stream, call by call: {}", w.png.display());
-        }
-    }
-    let records = if loaded.is_some() {
-        "cases.jsonl"
-    } else {
-        "pre.jsonl"
-    };
     println!(
         "\nwrote {} and {}",
-        args.out.join(records).display(),
-        path.display()
+        outcome.records_path.display(),
+        outcome.summary_path.display()
     );
     Ok(())
 }
@@ -293,7 +195,7 @@ pub fn print_summary(s: &RunSummary) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kedit::experiment::report::build_summary;
+    use kedit::experiment::report::{build_summary, RunConfig};
     use kedit::experiment::store::{CaseRecord, EditOutcome};
 
     #[test]

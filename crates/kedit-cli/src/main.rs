@@ -11,6 +11,7 @@ mod generate;
 mod inspect;
 mod lifelong;
 mod locate;
+mod merge_runs;
 mod methods;
 mod output;
 mod progress;
@@ -47,8 +48,10 @@ enum Command {
     Bench(bench::runtime::Args),
     /// Measure seconds per edit of a method, phase by phase, and peak memory.
     BenchEdit(bench::edit::Args),
-    /// Edit and evaluate a dataset (single, sequential or batch mode); resumable.
+    /// Edit and evaluate a dataset (single, sequential or batch mode); resumable, shardable.
     Eval(eval::Args),
+    /// Join the run directories of `kedit eval --shard K/N` into one run.
+    MergeRuns(merge_runs::Args),
     /// The editing methods: names, EasyEdit alg_name, family, what each needs.
     Methods(methods::Args),
     /// Train what a method learns before it edits (writes a checkpoint and hparams.yaml).
@@ -116,6 +119,7 @@ fn main() {
         Command::Bench(a) => bench::runtime::run(a),
         Command::BenchEdit(a) => bench::edit::run(a),
         Command::Eval(a) => eval::run_cmd(a),
+        Command::MergeRuns(a) => merge_runs::run(a),
         Command::Edit(a) => edit::run(a),
         Command::Methods(a) => methods::run(a),
         Command::Train(a) => train::run(a),

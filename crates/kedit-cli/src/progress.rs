@@ -51,9 +51,12 @@ impl Progress for Bars {
     }
 
     fn log(&mut self, line: &str) {
-        if !self.verbose {
-            return;
+        if self.verbose {
+            self.notice(line);
         }
+    }
+
+    fn notice(&mut self, line: &str) {
         match &self.bar {
             Some(bar) => bar.println(line),
             None => eprintln!("{line}"),

@@ -12,6 +12,9 @@ pub trait Progress {
     fn status(&mut self, _text: &str) {}
     /// A line worth keeping in a log (a loss per epoch, a v* step): shown when verbose.
     fn log(&mut self, _line: &str) {}
+    /// A message the user should see whether verbose or not (a skipped record, a
+    /// hyper-parameter warning, a resumed run).
+    fn notice(&mut self, _line: &str) {}
 }
 
 /// Reports nothing.

@@ -310,6 +310,7 @@ fn a_sequential_run_of_memory_edits_resumes_from_saved_edits() {
         mode: Mode::Sequential,
         batch_size: 1,
         metrics: metric_options(),
+        shard: None,
     };
     let method = ToyMemory { threshold: 0.5 };
     let mut editor = Editor::new(smollm2().clone());

@@ -26,6 +26,7 @@ fn options(mode: Mode, batch_size: usize) -> RunOptions {
             free_generation: true,
             seed: 0,
         },
+        shard: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn options() -> RunOptions {
             free_generation: false,
             seed: 0,
         },
+        shard: None,
     }
 }
 

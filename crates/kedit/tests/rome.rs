@@ -422,6 +422,7 @@ fn a_resumed_sequential_rome_run_edits_as_an_uninterrupted_one() {
             free_generation: false,
             seed: 0,
         },
+        shard: None,
     };
     let header = serde_json::json!({"method": "rome", "mode": "sequential"});
     // A fresh method each time, as a new process has.

@@ -26,6 +26,7 @@ use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::evaluate::metrics::{evaluate, MetricOptions, Metrics};
 use crate::experiment::efficiency::{peak_rss_bytes, reset_peak_rss};
+use crate::experiment::shard::Shard;
 use crate::experiment::store::{CaseRecord, EditOutcome, RunStore};
 use crate::methods::{EditContext, EditMethod};
 use crate::progress::Progress;
@@ -59,12 +60,17 @@ pub struct RunOptions {
     /// Requests per method call in batch and sequential mode.
     pub batch_size: usize,
     pub metrics: MetricOptions,
+    /// Only this shard's cases (single and batch mode).
+    pub shard: Option<Shard>,
 }
 
 impl RunOptions {
     /// Refuses options that cannot run, before any work (callers that keep a run
     /// directory call it before opening one, so that nothing is written for them).
     pub fn check(&self, method: Option<&dyn EditMethod>) -> Result<()> {
+        if let Some(shard) = &self.shard {
+            shard.check(self.mode)?;
+        }
         if self.mode == Mode::Single {
             return Ok(());
         }
@@ -81,6 +87,12 @@ impl RunOptions {
             }
         }
         Ok(())
+    }
+
+    /// Whether case `i` is this run's to edit and evaluate (every case unless sharded).
+    pub fn owns(&self, i: usize) -> bool {
+        self.shard
+            .is_none_or(|s| s.owns(i, self.mode, self.batch_size))
     }
 }
 
@@ -177,7 +189,7 @@ pub fn pre_edit(
     progress: &mut dyn Progress,
 ) -> Result<()> {
     let todo: Vec<usize> = (0..requests.len())
-        .filter(|i| !store.pre.contains_key(i))
+        .filter(|&i| opts.owns(i) && !store.pre.contains_key(&i))
         .collect();
     if todo.is_empty() {
         return Ok(());
@@ -322,14 +334,16 @@ impl Session<'_> {
     }
 
     fn single(&mut self, store: &mut RunStore) -> Result<()> {
-        let todo: Vec<usize> = (0..self.requests.len())
+        let mine: Vec<usize> = (0..self.requests.len())
+            .filter(|&i| self.opts.owns(i))
+            .collect();
+        let todo: Vec<usize> = mine
+            .iter()
+            .copied()
             .filter(|i| !store.cases.contains_key(i))
             .collect();
-        self.progress.phase(
-            "edits (single)",
-            self.requests.len(),
-            self.requests.len() - todo.len(),
-        );
+        self.progress
+            .phase("edits (single)", mine.len(), mine.len() - todo.len());
         for i in todo {
             let (_, records) = self.edit_and_evaluate(&[i], store)?;
             self.editor.revert_all();
@@ -342,12 +356,16 @@ impl Session<'_> {
     fn batch(&mut self, store: &mut RunStore) -> Result<()> {
         let size = self.opts.batch_size;
         let all: Vec<usize> = (0..self.requests.len()).collect();
-        let done = all.iter().filter(|i| store.cases.contains_key(i)).count();
-        self.progress.phase("edits (batch)", all.len(), done);
+        let mine = all.iter().filter(|&&i| self.opts.owns(i)).count();
+        let done = all
+            .iter()
+            .filter(|&&i| self.opts.owns(i) && store.cases.contains_key(&i))
+            .count();
+        self.progress.phase("edits (batch)", mine, done);
         // Whole chunks are redone when any of their cases is missing: the edit depends on
-        // every request of the chunk.
+        // every request of the chunk. A shard owns whole chunks.
         for chunk in all.chunks(size) {
-            if chunk.iter().all(|i| store.cases.contains_key(i)) {
+            if !self.opts.owns(chunk[0]) || chunk.iter().all(|i| store.cases.contains_key(i)) {
                 continue;
             }
             let (_, records) = self.edit_and_evaluate(chunk, store)?;

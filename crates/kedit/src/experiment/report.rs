@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::evaluate::metrics::Metrics;
 use crate::experiment::modes::Mode;
+use crate::experiment::shard::Shard;
 use crate::experiment::store::RunStore;
 use crate::experiment::summary::{summarize, Scores};
 
@@ -32,6 +33,16 @@ pub struct RunConfig {
     pub fluency: bool,
     #[serde(default = "yes")]
     pub free_generation: bool,
+    /// Every prompt rendered through the model's chat template (`--chat`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub chat: bool,
+    /// This run is one shard of a larger one (`--shard K/N`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn yes() -> bool {

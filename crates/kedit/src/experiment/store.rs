@@ -74,6 +74,8 @@ pub struct RunStore {
     pub pre: BTreeMap<usize, Metrics>,
     pub cases: BTreeMap<usize, CaseRecord>,
     pub after_all: BTreeMap<usize, Metrics>,
+    /// Each recorded case's id (from whichever record named it).
+    pub case_ids: BTreeMap<usize, String>,
 }
 
 const HEADER: &str = "run.json";
@@ -90,6 +92,7 @@ impl RunStore {
             pre: BTreeMap::new(),
             cases: BTreeMap::new(),
             after_all: BTreeMap::new(),
+            case_ids: BTreeMap::new(),
         }
     }
 
@@ -129,6 +132,7 @@ impl RunStore {
             ..RunStore::in_memory()
         };
         for m in read_lines::<IndexedMetrics>(&dir.join(PRE))? {
+            store.case_ids.insert(m.index, m.case_id);
             store.pre.insert(m.index, m.metrics);
         }
         for rec in read_lines::<CaseRecord>(&dir.join(CASES))? {
@@ -136,9 +140,11 @@ impl RunStore {
                 .pre
                 .entry(rec.index)
                 .or_insert_with(|| rec.pre.clone());
+            store.case_ids.insert(rec.index, rec.case_id.clone());
             store.cases.insert(rec.index, rec);
         }
         for m in read_lines::<IndexedMetrics>(&dir.join(AFTER_ALL))? {
+            store.case_ids.insert(m.index, m.case_id);
             store.after_all.insert(m.index, m.metrics);
         }
         Ok(store)
@@ -158,11 +164,13 @@ impl RunStore {
             },
         )?;
         self.pre.insert(index, metrics);
+        self.case_ids.insert(index, case_id.to_string());
         Ok(())
     }
 
     pub fn put_case(&mut self, rec: CaseRecord) -> Result<()> {
         self.append(CASES, &rec)?;
+        self.case_ids.insert(rec.index, rec.case_id.clone());
         self.cases.insert(rec.index, rec);
         Ok(())
     }
@@ -177,6 +185,7 @@ impl RunStore {
             },
         )?;
         self.after_all.insert(index, metrics);
+        self.case_ids.insert(index, case_id.to_string());
         Ok(())
     }
 

@@ -85,6 +85,23 @@ impl HparamsSource {
         self.value.get("alg_name").and_then(Value::as_str)
     }
 
+    /// Whether prompts go through the model's chat template while editing and evaluating:
+    /// `chat_template: true` (kedit's key, for every method) or `use_chat_template: true`
+    /// (EasyEdit's WISE key). The harness renders the requests; methods see the result.
+    pub fn chat_template(&self) -> Result<bool> {
+        let mut on = false;
+        for key in ["chat_template", "use_chat_template"] {
+            match self.value.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::Bool(b)) => on |= *b,
+                Some(other) => {
+                    return Err(self.error(key, &format!(" must be true or false (got {other})")))
+                }
+            }
+        }
+        Ok(on)
+    }
+
     /// Deserialises into `T`; returns the keys `T` does not know (to warn about). A value
     /// of the wrong type is an error naming its key.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<(T, Vec<String>)> {

@@ -183,7 +183,10 @@ pub struct LoadedMethod {
 
 /// Keys EasyEdit files carry for its own plumbing (devices, module paths kedit derives
 /// from the architecture): accepted without a warning.
-pub const EASYEDIT_PLUMBING_KEYS: [&str; 12] = [
+pub const EASYEDIT_PLUMBING_KEYS: [&str; 14] = [
+    // Read by the harness, which renders the requests (HparamsSource::chat_template).
+    "chat_template",
+    "use_chat_template",
     "alg_name",
     "model_name",
     "device",

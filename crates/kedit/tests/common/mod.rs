@@ -337,6 +337,7 @@ pub fn run_mode(
         mode,
         batch_size: 2,
         metrics,
+        shard: None,
     };
     kedit::experiment::run(
         &mut editor,

@@ -53,6 +53,8 @@ pub struct WiseHparams {
     pub retrieve: bool,
     #[serde(default)]
     pub replay: bool,
+    /// EasyEdit's key; the harness renders the requests through the chat template
+    /// (`HparamsSource::chat_template`), so WISE itself has nothing to do.
     #[serde(default)]
     pub use_chat_template: bool,
     /// Where the irrelevant inputs come from (kedit's; EasyEdit takes them from the
@@ -178,12 +180,6 @@ impl WiseHparams {
             return Err(source.error(
                 "replay",
                 ": replaying past edits (WISE's appendix B.3) is not implemented; set false",
-            ));
-        }
-        if self.use_chat_template {
-            return Err(source.error(
-                "use_chat_template",
-                ": editing through a chat template is not implemented for WISE; set false",
             ));
         }
         check_length_params(&self.context_template_length_params)

@@ -1,6 +1,10 @@
 //! Prompt and token bookkeeping shared by methods and metrics: where the subject is, how a
 //! target is spaced, which token a fact is looked up at.
 
+mod chat;
+
+pub use chat::{chat_prompt, chat_request, chat_requests};
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
