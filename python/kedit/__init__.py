@@ -15,7 +15,7 @@ cannot be read are ``ValueError``.
 """
 
 from ._native import KeditError, __version__
-from .core import Edit, EditResult, Editor, Model, evaluate, methods, trace
+from .core import Edit, EditResult, Editor, Model, evaluate, merge_runs, methods, trace
 from .easyedit import BaseEditor, HyperParams
 from .easyedit import *  # noqa: F401,F403  (the per-method hyper-parameter aliases)
 from .easyedit import __all__ as _aliases
@@ -27,6 +27,7 @@ __all__ = [
     "Edit",
     "EditResult",
     "evaluate",
+    "merge_runs",
     "trace",
     "methods",
     "BaseEditor",

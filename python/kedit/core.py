@@ -156,12 +156,14 @@ class Editor:
     def original_model(self):
         return Model(self._native.original_model())
 
-    def edit(self, method, requests, hparams=None, corpus=None, seed=0):
+    def edit(self, method, requests, hparams=None, corpus=None, seed=0, chat=False):
         """Computes the edit of ``requests`` (a dict or a list, see :mod:`kedit.requests`)
         with ``method`` (``kedit.methods()`` lists them) on the system as it is now, and
-        applies it. ``hparams``: a file, a dict, HyperParams, or None for the shipped file."""
+        applies it. ``hparams``: a file, a dict, HyperParams, or None for the shipped file.
+        ``chat``: edit the prompts as the chat template renders them (also switched on by
+        ``chat_template: true`` in the hyper-parameters)."""
         path, text = _hparams_args(hparams)
-        native, report = self._native.edit(method, requests_json(requests), path, text, _path(corpus), seed)
+        native, report = self._native.edit(method, requests_json(requests), path, text, _path(corpus), seed, chat)
         edit = Edit(native)
         self.edits.append(edit)
         return EditResult(edit, json.loads(report))
@@ -219,19 +221,31 @@ class Editor:
 
 
 def evaluate(method, data, out, model=None, limit=None, mode="single", batch_size=1, hparams=None,
-             format="auto", corpus=None, seed=0, fluency=True, free_generation=True, skip_invalid=False):
+             format="auto", corpus=None, seed=0, fluency=True, free_generation=True, skip_invalid=False,
+             chat=False, shard=None):
     """``kedit eval``: edit and evaluate a dataset into the run directory ``out``
     (``run.json``, ``pre.jsonl``, ``cases.jsonl``, ``summary.json``); running it again
     resumes. ``method=None``: pre-edit metrics only. ``data``: a file or a list of files.
+    ``chat``: prompts through the chat template. ``shard``: ``"K/N"`` (or ``(K, N)``) runs
+    every N-th case (batch mode: batch) from K; :func:`merge_runs` joins the shards.
     Returns the summary (a dict)."""
+    if isinstance(shard, tuple):
+        shard = "{}/{}".format(*shard)
     if not isinstance(model, Model):
         model = Model.load(model)
     files = [data] if isinstance(data, (str, os.PathLike)) else list(data)
     summary = _native.evaluate_run(
         model._native, method, [os.fspath(f) for f in files], os.fspath(out), limit, mode,
         batch_size, _path(hparams), format, _path(corpus), seed, fluency, free_generation, skip_invalid,
+        chat, shard,
     )
     return json.loads(summary)
+
+
+def merge_runs(runs, out):
+    """``kedit merge-runs``: joins the run directories of a sharded run into ``out``;
+    returns the summary, identical to the unsharded run's."""
+    return json.loads(_native.merge_runs([os.fspath(r) for r in runs], os.fspath(out)))
 
 
 def trace(prompt, subject, model=None, answer=None, out=None, samples=10, noise=3.0, sigma=None,

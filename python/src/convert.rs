@@ -13,6 +13,9 @@ pub fn tensor_bytes(t: &Tensor) -> kedit::Result<(Vec<u8>, Vec<usize>)> {
     Ok((bytes, shape))
 }
 
+/// Named arrays for Python: `(name, little-endian f32 bytes, shape)` each.
+pub type NamedArrays<'py> = Vec<(String, pyo3::Bound<'py, pyo3::types::PyBytes>, Vec<usize>)>;
+
 /// What `generate` takes from Python.
 pub struct GenerateArgs {
     pub max_new_tokens: usize,

@@ -12,10 +12,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use serde_json::json;
 
-use crate::convert::{generate_texts, tensor_bytes, GenerateArgs};
+use crate::convert::{generate_texts, tensor_bytes, GenerateArgs, NamedArrays};
 use crate::edit::Edit;
 use crate::errors::{parse_json, to_json, value_err, IntoPy};
-use crate::method::{load_method, HparamsArg};
+use crate::method::{load_method, render, HparamsArg};
 use crate::model::Model;
 use crate::progress::Bars;
 
@@ -65,7 +65,7 @@ impl Editor {
 
     /// Computes the edit of `requests` (JSON list of kedit requests) with `method` on the
     /// system as it is now, and applies it. Returns the edit and a JSON report.
-    #[pyo3(signature = (method, requests, hparams_path=None, hparams_json=None, corpus=None, seed=0))]
+    #[pyo3(signature = (method, requests, hparams_path=None, hparams_json=None, corpus=None, seed=0, chat=false))]
     #[allow(clippy::too_many_arguments)]
     fn edit(
         &mut self,
@@ -76,6 +76,7 @@ impl Editor {
         hparams_json: Option<String>,
         corpus: Option<PathBuf>,
         seed: u64,
+        chat: bool,
     ) -> PyResult<(Edit, String)> {
         let requests: Vec<EditRequest> = parse_json("requests", requests)?;
         if requests.is_empty() {
@@ -85,12 +86,13 @@ impl Editor {
             path: hparams_path,
             json: hparams_json,
         };
-        let loaded = load_method(self.inner.model(), method, &hparams)?;
+        let method = load_method(self.inner.model(), method, &hparams)?;
         let ctx = context(corpus, seed);
         let editor = &mut self.inner;
         let (edit, report) = py
             .detach(|| -> kedit::Result<_> {
-                let m = loaded.method.as_ref();
+                let requests = render(editor.model(), requests, chat || method.chat)?;
+                let m = method.loaded.method.as_ref();
                 let mut bars = Bars::default();
                 m.prepare(editor.model(), &ctx, &mut bars)?;
                 bars.finish();
@@ -103,7 +105,7 @@ impl Editor {
                     "timings": computed.report.timings,
                     "notes": computed.report.notes,
                     "applied": applied,
-                    "warnings": loaded.warnings,
+                    "warnings": method.loaded.warnings,
                 });
                 Ok((computed.edit, report))
             })
@@ -146,7 +148,7 @@ impl Editor {
         &self,
         py: Python<'py>,
         names: Vec<String>,
-    ) -> PyResult<Vec<(String, Bound<'py, PyBytes>, Vec<usize>)>> {
+    ) -> PyResult<NamedArrays<'py>> {
         let original = self.inner.original_model();
         names
             .into_iter()
@@ -210,9 +212,12 @@ impl Editor {
     /// Edits and evaluates `requests` as `kedit eval` does (the experiment layer's modes,
     /// pre-edit metrics first), in memory. With `keep_dir` (sequential mode) each call's
     /// edit is kept there and the edits stay applied afterwards, as EasyEdit's
-    /// `sequential_edit=True` leaves the model. Returns `{"cases": [...], "after_all": {...}}`.
+    /// `sequential_edit=True` leaves the model. Prompts go through the chat template when
+    /// `chat` or the hyper-parameters say `chat_template: true`.
+    /// Returns `{"cases": [...], "after_all": {...}}`.
     #[pyo3(signature = (method, requests, mode="single", batch_size=1, hparams_path=None,
-        hparams_json=None, keep_dir=None, fluency=false, free_generation=false, corpus=None, seed=0))]
+        hparams_json=None, keep_dir=None, fluency=false, free_generation=false, corpus=None,
+        seed=0, chat=false))]
     #[allow(clippy::too_many_arguments)]
     fn run_cases(
         &mut self,
@@ -228,6 +233,7 @@ impl Editor {
         free_generation: bool,
         corpus: Option<PathBuf>,
         seed: u64,
+        chat: bool,
     ) -> PyResult<String> {
         let mode: Mode = mode.parse().map_err(value_err)?;
         if keep_dir.is_some() && mode != Mode::Sequential {
@@ -238,11 +244,12 @@ impl Editor {
             path: hparams_path,
             json: hparams_json,
         };
-        let loaded = load_method(self.inner.model(), method, &hparams)?;
+        let method = load_method(self.inner.model(), method, &hparams)?;
         let opts = RunOptions {
             mode,
             batch_size: if mode == Mode::Single { 1 } else { batch_size },
             metrics: metric_options(fluency, free_generation, seed),
+            shard: None,
         };
         let ctx = context(corpus, seed);
         let editor = &mut self.inner;
@@ -252,8 +259,9 @@ impl Editor {
                     Some(dir) => RunStore::open(dir, &json!({"python": "run_cases"}))?,
                     None => RunStore::in_memory(),
                 };
+                let requests = render(editor.model(), requests, chat || method.chat)?;
                 let mut bars = Bars::default();
-                let m = loaded.method.as_ref();
+                let m = method.loaded.method.as_ref();
                 run(editor, m, &ctx, &requests, &opts, &mut store, &mut bars)?;
                 bars.finish();
                 if keep_dir.is_some() {

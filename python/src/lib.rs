@@ -29,6 +29,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(evaluate::methods_json, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate::read_hparams, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate::evaluate_run, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate::merge_runs, m)?)?;
     m.add_function(wrap_pyfunction!(trace::trace, m)?)?;
     Ok(())
 }

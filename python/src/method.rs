@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use kedit::methods::{HparamsSource, LoadedMethod, Registry};
+use kedit::request::EditRequest;
 use pyo3::PyResult;
 
 use crate::errors::IntoPy;
@@ -31,18 +32,37 @@ impl HparamsArg {
     }
 }
 
+/// A method ready to run, and whether its hyper-parameters ask for the chat template
+/// (`chat_template: true`).
+pub struct Method {
+    pub loaded: LoadedMethod,
+    pub chat: bool,
+}
+
 /// The method `name` for `model`; the hyper-parameters' warnings go to stderr, as the
 /// command line prints them.
-pub fn load_method(
-    model: &kedit::Model,
-    name: &str,
-    hparams: &HparamsArg,
-) -> PyResult<LoadedMethod> {
-    let loaded = Registry::builtin()
-        .load_source(name, hparams.source()?, model)
-        .py()?;
+pub fn load_method(model: &kedit::Model, name: &str, hparams: &HparamsArg) -> PyResult<Method> {
+    let source = hparams.source()?;
+    let chat = match &source {
+        Some(s) => s.chat_template().py()?,
+        None => false,
+    };
+    let loaded = Registry::builtin().load_source(name, source, model).py()?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
-    Ok(loaded)
+    Ok(Method { loaded, chat })
+}
+
+/// `requests` as the model is asked them: through its chat template when `chat`.
+pub fn render(
+    model: &kedit::Model,
+    requests: Vec<EditRequest>,
+    chat: bool,
+) -> kedit::Result<Vec<EditRequest>> {
+    if chat {
+        kedit::prompts::chat_requests(model.tokenizer()?, &requests)
+    } else {
+        Ok(requests)
+    }
 }

@@ -6,7 +6,7 @@ use kedit::{LogitsAt, Site, TokenBatch};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::convert::{generate_texts, tensor_bytes, GenerateArgs};
+use crate::convert::{generate_texts, tensor_bytes, GenerateArgs, NamedArrays};
 use crate::errors::{to_json, value_err, IntoPy};
 
 #[pyclass(module = "kedit._native", frozen)]
@@ -59,6 +59,7 @@ impl Model {
     }
 
     #[pyo3(signature = (prompts, max_new_tokens=32, top_k=None, temperature=1.0, seed=0, chat=false))]
+    #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
         py: Python<'_>,
@@ -86,7 +87,7 @@ impl Model {
         py: Python<'py>,
         text: &str,
         sites: Vec<String>,
-    ) -> PyResult<Vec<(String, Bound<'py, PyBytes>, Vec<usize>)>> {
+    ) -> PyResult<NamedArrays<'py>> {
         let parsed = sites
             .iter()
             .map(|s| s.parse::<Site>().map_err(value_err))

@@ -44,6 +44,13 @@ impl Progress for Bars {
     }
 
     fn log(&mut self, _line: &str) {}
+
+    fn notice(&mut self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 impl Drop for Bars {

@@ -3,15 +3,23 @@
 import json
 
 import numpy as np
+import pytest
 
 import kedit
 from conftest import ZSRE
 
+ARGS = dict(limit=2, fluency=False, free_generation=False)
 
-def test_evaluate_writes_a_run_that_resumes(model, tmp_path):
-    out = tmp_path / "run"
-    args = dict(model=model, limit=2, fluency=False, free_generation=False)
-    summary = kedit.evaluate("rome", ZSRE, out, **args)
+
+@pytest.fixture(scope="module")
+def run(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    return out, kedit.evaluate("rome", ZSRE, out, model=model, **ARGS)
+
+
+def test_evaluate_writes_a_run_that_resumes(model, run):
+    out, summary = run
+    args = dict(model=model, **ARGS)
     assert summary["n"] == 2 and summary["refused"] == 0
     assert summary["weights_identical_after_run"]
     assert summary["reliability"] > 0.5
@@ -25,15 +33,25 @@ def test_evaluate_writes_a_run_that_resumes(model, tmp_path):
     assert again["post"] == summary["post"]
     # A different configuration is refused, naming what changed.
     try:
-        kedit.evaluate("rome", ZSRE, out, model=model, limit=2, seed=1, fluency=False, free_generation=False)
+        kedit.evaluate("rome", ZSRE, out, seed=1, **args)
     except kedit.KeditError as e:
         assert "seed" in str(e)
     else:
         raise AssertionError("a run with another seed resumed")
 
 
+def test_shards_merge_into_the_unsharded_run(model, run, tmp_path):
+    _, whole = run
+    shards = [tmp_path / f"shard{k}" for k in range(2)]
+    for k, out in enumerate(shards):
+        part = kedit.evaluate("rome", ZSRE, out, model=model, shard=(k, 2), **ARGS)
+        assert part["n"] == 1
+    merged = kedit.merge_runs(shards, tmp_path / "merged")
+    assert merged["post"] == whole["post"] and merged["pre"] == whole["pre"]
+
+
 def test_evaluate_rejects_bad_arguments(model, tmp_path):
-    for kwargs in (dict(mode="sideways"), dict(format="csv")):
+    for kwargs in (dict(mode="sideways"), dict(format="csv"), dict(shard="2/2")):
         try:
             kedit.evaluate("rome", ZSRE, tmp_path / "x", model=model, **kwargs)
         except ValueError as e:

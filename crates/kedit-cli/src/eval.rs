@@ -71,7 +71,11 @@ pub struct Args {
 pub fn run_cmd(args: Args) -> Result<()> {
     let model = args.model.load()?;
     let spec = DatasetRun {
-        method: if args.pre_only { None } else { args.method.clone() },
+        method: if args.pre_only {
+            None
+        } else {
+            args.method.clone()
+        },
         hparams: args.hparams.clone(),
         data: args.data.clone(),
         format: args.format.parse()?,

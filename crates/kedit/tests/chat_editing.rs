@@ -88,8 +88,12 @@ fn a_chat_run_edits_the_chat_answer_is_recorded_and_not_resumed_as_plain() {
     };
     let out = scratch.join("chat");
     let hp = quick_ft(scratch.path(), "");
-    let run = run_dataset(smollm2().clone(), &spec(hp.clone(), out.clone(), true), &mut ())
-        .unwrap();
+    let run = run_dataset(
+        smollm2().clone(),
+        &spec(hp.clone(), out.clone(), true),
+        &mut (),
+    )
+    .unwrap();
     let s = &run.summary;
     assert!(s.config.chat);
     assert!(

@@ -40,7 +40,11 @@ fn spec(hparams: &Path, out: PathBuf, mode: Mode, shard: Option<&str>) -> Datase
 /// A summary without what wall clocks decide.
 fn scores(summary: &kedit::experiment::report::RunSummary) -> Value {
     let mut v = serde_json::to_value(summary).unwrap();
-    for k in ["seconds_per_edit", "peak_rss_bytes", "eval_seconds_per_case"] {
+    for k in [
+        "seconds_per_edit",
+        "peak_rss_bytes",
+        "eval_seconds_per_case",
+    ] {
         v.as_object_mut().unwrap().remove(k);
     }
     v
@@ -64,8 +68,12 @@ fn two_shards_merge_into_the_unsharded_run_in_single_and_batch_mode() {
     for mode in [Mode::Single, Mode::Batch] {
         let name = format!("{mode:?}");
         let full = scratch.join(&format!("{name}-full"));
-        let whole = run_dataset(smollm2().clone(), &spec(&hp, full.clone(), mode, None), &mut ())
-            .unwrap();
+        let whole = run_dataset(
+            smollm2().clone(),
+            &spec(&hp, full.clone(), mode, None),
+            &mut (),
+        )
+        .unwrap();
         assert_eq!(whole.summary.n, 6);
         assert!(whole.summary.reliability.unwrap() > whole.summary.pre.reliability.unwrap());
         let mut shard_dirs = Vec::new();
@@ -78,7 +86,14 @@ fn two_shards_merge_into_the_unsharded_run_in_single_and_batch_mode() {
             )
             .unwrap();
             // Single mode: every other case; batch mode: every other call of two.
-            assert_eq!(part.summary.n, if mode == Mode::Single { 3 } else { 2 + 2 * (k == "0/2") as usize });
+            assert_eq!(
+                part.summary.n,
+                if mode == Mode::Single {
+                    3
+                } else {
+                    2 + 2 * (k == "0/2") as usize
+                }
+            );
             shard_dirs.push(dir);
         }
         let merged_dir = scratch.join(&format!("{name}-merged"));
@@ -92,7 +107,9 @@ fn two_shards_merge_into_the_unsharded_run_in_single_and_batch_mode() {
             std::fs::read_to_string(full.join("run.json")).unwrap()
         );
         // Merging again into the same directory is refused rather than appended to.
-        let again = merge_runs(&shard_dirs, &merged_dir).unwrap_err().to_string();
+        let again = merge_runs(&shard_dirs, &merged_dir)
+            .unwrap_err()
+            .to_string();
         assert!(again.contains("already holds a run"), "{again}");
     }
 }
@@ -119,7 +136,9 @@ fn bad_shard_sets_are_refused_naming_what_is_wrong() {
     let whole = pre_only("whole", None, 4);
     let err = |dirs: &[&PathBuf], out: &str| {
         let dirs: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
-        merge_runs(&dirs, &scratch.join(out)).unwrap_err().to_string()
+        merge_runs(&dirs, &scratch.join(out))
+            .unwrap_err()
+            .to_string()
     };
     let e = err(&[&s0], "m1");
     assert!(e.contains("shard 1/2 is missing"), "{e}");

@@ -130,7 +130,12 @@ fn check_shards(runs: &[ShardRun]) -> Result<RunConfig> {
         if run.config.method.starts_with("none") {
             continue;
         }
-        if let Some(i) = run.store.pre.keys().find(|i| !run.store.cases.contains_key(i)) {
+        if let Some(i) = run
+            .store
+            .pre
+            .keys()
+            .find(|i| !run.store.cases.contains_key(i))
+        {
             return Err(Error::config(format!(
                 "{}: case {i} has pre-edit metrics but no edit record: the shard has not \
                  finished; rerun its command to resume it",
