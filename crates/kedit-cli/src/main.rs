@@ -14,6 +14,7 @@ mod locate;
 mod methods;
 mod output;
 mod progress;
+mod serve;
 mod stats;
 mod trace;
 mod train;
@@ -74,6 +75,8 @@ enum Command {
     /// Fuzz every input format (model files, hyper-parameters, datasets): each case must
     /// end in a result or a typed error, within a memory bound.
     Fuzz(fuzz::Args),
+    /// A web page: edit a fact, compare answers before and after, trace, revert, save.
+    Serve(serve::Args),
 }
 
 #[global_allocator]
@@ -128,6 +131,7 @@ fn main() {
         Command::BenchTrace(a) => bench::locate::run_trace(a),
         Command::Fuzz(a) => fuzz::run(a),
         Command::Lifelong(a) => lifelong::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
