@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ApiError, ApiResult};
 use crate::methods::MethodInfo;
 use crate::probe::{Probed, Role};
-use crate::state::{AppState, EditOutcome, EditSummary, Session, Snapshot};
+use crate::state::{AppState, EditOutcome, EditSummary, Session, Snapshot, Traced};
 use crate::work;
 
 /// Runs `f` on a blocking thread with the model held, then refreshes the page's list of
@@ -147,12 +147,18 @@ pub async fn probe(
 pub async fn trace(
     State(app): State<AppState>,
     body: Result<Json<work::TraceBody>, JsonRejection>,
-) -> ApiResult<Response> {
+) -> ApiResult<Json<Traced>> {
     let Json(body) = body?;
     let config = app.config.clone();
-    let result = blocking(&app, move |s| work::trace(s, &config, &body)).await?;
-    app.update_snapshot(|s| s.trace = Some(result.clone()));
-    Ok(Json(result).into_response())
+    let traced = blocking(&app, move |s| {
+        Ok(Traced {
+            result: work::trace(s, &config, &body)?,
+            edits_applied: s.records.iter().map(|r| r.id).collect(),
+        })
+    })
+    .await?;
+    app.update_snapshot(|s| s.trace = Some(traced.clone()));
+    Ok(Json(traced))
 }
 
 /// The edit file, for the browser to download.

@@ -85,7 +85,16 @@ pub struct Snapshot {
     /// The last edit's before/after, so that a freshly loaded page shows it.
     pub last: Option<EditOutcome>,
     /// The last causal trace, for the same reason.
-    pub trace: Option<kedit::trace::TraceResult>,
+    pub trace: Option<Traced>,
+}
+
+/// A causal trace and the edits applied when it was made.
+#[derive(Clone, Debug, Serialize)]
+pub struct Traced {
+    #[serde(flatten)]
+    pub result: kedit::trace::TraceResult,
+    /// The ids of the edits applied to the model traced (none: the model as loaded).
+    pub edits_applied: Vec<u64>,
 }
 
 #[derive(Clone)]

@@ -174,7 +174,9 @@ fn a_trace_returns_one_row_per_token_and_one_column_per_layer() {
         }
     }
     // The page draws the last trace on load.
-    assert_eq!(get(h.addr, "/api/state").json()["trace"]["prompt"], PROMPT);
+    let state = get(h.addr, "/api/state").json();
+    assert_eq!(state["trace"]["prompt"], PROMPT);
+    assert_eq!(state["trace"]["edits_applied"], json!([]));
 }
 
 #[test]

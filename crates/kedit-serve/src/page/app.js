@@ -110,13 +110,15 @@ function side(kind, probe, changed) {
 }
 
 // Whether a probe behaved as an edit should make it: the prompt and paraphrase answer the
-// new target, a neighbour keeps its answer.
+// new target; a neighbour keeps its most likely next token (later words may drift).
 function verdict(role, before, after, target) {
-  const starts = after.answer.trim().toLowerCase().startsWith(target.trim().toLowerCase());
   if (role === "neighbour") {
-    const same = before.answer === after.answer;
-    return same ? ["ok", "unchanged, as it should be"] : ["no", "changed: the edit leaked here"];
+    const [b, a] = [before.top[0], after.top[0]];
+    return b.id === a.id
+      ? ["ok", `keeps its answer “${b.text.trim()}”, as it should`]
+      : ["no", `answer changed from “${b.text.trim()}” to “${a.text.trim()}”: the edit leaked here`];
   }
+  const starts = after.answer.trim().toLowerCase().startsWith(target.trim().toLowerCase());
   return starts ? ["ok", `answers “${target}”`] : ["no", `does not answer “${target}”`];
 }
 
@@ -150,7 +152,7 @@ function heatmap(t, kind, rgb) {
   const grid = t[kind];
   const ns = "http://www.w3.org/2000/svg";
   const rows = grid.length, cols = t.n_layers;
-  const left = 96, top = 6, cw = 6.4, ch = 15, bottom = 30;
+  const left = 64, top = 4, cw = 5, ch = 14, bottom = 26;
   const w = left + cols * cw + 4, h = top + rows * ch + bottom;
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
@@ -165,10 +167,10 @@ function heatmap(t, kind, rgb) {
   const hi = Math.max(lo + 1e-9, ...grid.flat());
   const labels = t.tokens.map((s, i) => {
     const star = i >= t.subject_range[0] && i < t.subject_range[1] ? "*" : "";
-    return tokenText(s).slice(0, 14) + star;
+    return tokenText(s).slice(0, 10) + star;
   });
   grid.forEach((row, r) => {
-    add("text", { x: left - 4, y: top + r * ch + ch * 0.72, "text-anchor": "end", "font-size": 9.5,
+    add("text", { x: left - 4, y: top + r * ch + ch * 0.72, "text-anchor": "end", "font-size": 9,
       "font-family": "monospace", fill: "#333" }, labels[r]);
     row.forEach((p, c) => {
       const f = Math.min(1, Math.max(0, (p - lo) / (hi - lo)));
@@ -182,9 +184,9 @@ function heatmap(t, kind, rgb) {
   });
   for (let l = 0; l < cols; l += 5) {
     add("text", { x: left + l * cw + cw / 2, y: top + rows * ch + 11, "text-anchor": "middle",
-      "font-size": 9, fill: "#555" }, String(l));
+      "font-size": 8, fill: "#555" }, String(l));
   }
-  add("text", { x: left + cols * cw / 2, y: top + rows * ch + 25, "text-anchor": "middle", "font-size": 9.5,
+  add("text", { x: left + cols * cw / 2, y: top + rows * ch + 22, "text-anchor": "middle", "font-size": 8.5,
     fill: "#555" }, `layer · p(${tokenText(t.answer)}) ${lo.toFixed(2)} → ${hi.toFixed(2)}`);
   return svg;
 }
@@ -196,7 +198,10 @@ function renderTrace(t) {
   box.append(el("div", { class: "trace-facts" },
     `“${t.prompt}” → ${tokenText(t.answer)}: p = ${t.clean_prob.toFixed(3)} clean, `
     + `${t.corrupted_prob.toFixed(3)} with “${t.subject}”* corrupted `
-    + `(${t.options.samples} samples, ${t.seconds.toFixed(1)} s).`));
+    + `(${t.options.samples} samples, ${t.seconds.toFixed(1)} s), `
+    + (t.edits_applied.length
+      ? `with edit${t.edits_applied.length > 1 ? "s" : ""} ${t.edits_applied.map((i) => "#" + i).join(", ")} applied.`
+      : "on the model as loaded, before any edit.")));
   const maps = el("div", { class: "heatmaps" });
   for (const [kind, title, rgb] of KINDS) {
     maps.append(el("div", {}, el("h3", {}, title), heatmap(t, kind, rgb)));
