@@ -77,8 +77,14 @@ pub async fn edit(
 ) -> ApiResult<Json<EditOutcome>> {
     let Json(body) = body?;
     let ctx = app.config.context.clone();
-    let outcome = blocking(&app, move |s| work::edit(s, &ctx, &body)).await?;
-    app.update_snapshot(|s| s.last = Some(outcome.clone()));
+    let shown = app.clone();
+    let outcome = blocking(&app, move |s| {
+        let outcome = work::edit(s, &ctx, &body)?;
+        // Before the model is let go: a page loaded once it is free shows this edit.
+        shown.update_snapshot(|snap| snap.last = Some(outcome.clone()));
+        Ok(outcome)
+    })
+    .await?;
     Ok(Json(outcome))
 }
 
@@ -150,14 +156,16 @@ pub async fn trace(
 ) -> ApiResult<Json<Traced>> {
     let Json(body) = body?;
     let config = app.config.clone();
+    let shown = app.clone();
     let traced = blocking(&app, move |s| {
-        Ok(Traced {
+        let traced = Traced {
             result: work::trace(s, &config, &body)?,
             edits_applied: s.records.iter().map(|r| r.id).collect(),
-        })
+        };
+        shown.update_snapshot(|snap| snap.trace = Some(traced.clone()));
+        Ok(traced)
     })
     .await?;
-    app.update_snapshot(|s| s.trace = Some(traced.clone()));
     Ok(Json(traced))
 }
 

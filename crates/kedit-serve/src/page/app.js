@@ -32,6 +32,7 @@ function setBusy(busy, what) {
   s.className = "status " + (busy ? "busy" : "idle");
   s.textContent = busy ? (what || "busy…") : "ready";
   for (const b of document.querySelectorAll("button")) b.disabled = busy;
+  document.body.classList.toggle("busy", busy);
 }
 
 function showError(e) {
@@ -82,8 +83,7 @@ function renderEdits(edits) {
   for (const e of edits) {
     const actions = el("div", { class: "actions" },
       el("button", { type: "button", class: "small secondary", onclick: () => revert(e.id) }, "Revert"),
-      el("a", { href: `/api/edits/${e.id}/file`, download: "" },
-        el("button", { type: "button", class: "small secondary" }, "Download")));
+      el("a", { href: `/api/edits/${e.id}/file`, download: "", class: "button small secondary" }, "Download"));
     if (state?.save_dir) {
       actions.append(el("button", { type: "button", class: "small secondary", onclick: () => save(e.id) }, "Save"));
     }
@@ -216,6 +216,8 @@ function render() {
   renderCompare(state.last);
   renderTrace(state.trace);
   setBusy(state.busy, "busy (another edit or trace)");
+  // Someone else's work is running: look again until it ends, then show its result.
+  if (state.busy) setTimeout(() => refresh().catch(showError), 2000);
 }
 
 async function refresh() {
