@@ -77,8 +77,6 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Kedit(#[from] kedit::Error),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
     #[error("loading the model: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
