@@ -15,6 +15,7 @@ mod merge_runs;
 mod methods;
 mod output;
 mod progress;
+mod serve;
 mod stats;
 mod trace;
 mod train;
@@ -77,6 +78,8 @@ enum Command {
     /// Fuzz every input format (model files, hyper-parameters, datasets): each case must
     /// end in a result or a typed error, within a memory bound.
     Fuzz(fuzz::Args),
+    /// A web page: edit a fact, compare answers before and after, trace, revert, save.
+    Serve(serve::Args),
 }
 
 #[global_allocator]
@@ -132,6 +135,7 @@ fn main() {
         Command::BenchTrace(a) => bench::locate::run_trace(a),
         Command::Fuzz(a) => fuzz::run(a),
         Command::Lifelong(a) => lifelong::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
