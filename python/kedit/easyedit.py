@@ -241,6 +241,10 @@ class BaseEditor:
             model = self.model_name
         if not isinstance(model, Model):
             model = Model.load(model)
+            name = os.path.basename(model.path).lower()
+            if isinstance(self.model_name, str) and self.model_name.lower() not in name:
+                # EasyEdit would download `model_name`; kedit edits the file it found.
+                warnings.warn(f"model_name `{self.model_name}` is not a file; editing {model.path}", stacklevel=3)
         self.editor = Editor(model)
 
     @property
