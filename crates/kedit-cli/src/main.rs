@@ -6,11 +6,13 @@ mod bounds;
 mod demo;
 mod edit;
 mod eval;
+mod export;
 mod fuzz;
 mod generate;
 mod inspect;
 mod lifelong;
 mod locate;
+mod logits;
 mod methods;
 mod output;
 mod progress;
@@ -55,6 +57,11 @@ enum Command {
     Train(train::Args),
     /// Make one edit and show generations and metrics before and after.
     Edit(edit::Args),
+    /// Export a saved edit as a PEFT LoRA adapter, or the (edited) model as GGUF or a
+    /// Hugging Face directory.
+    Export(export::Args),
+    /// Logits at every position of prompts, and greedy continuations, as JSON.
+    Logits(logits::Args),
     /// Time the teacher-forced metrics: batched forwards vs one forward per prompt.
     BenchEval(bench::eval::Args),
     /// Memory-based methods: adding edits one by one, then scoring through all of them
@@ -96,11 +103,14 @@ pub struct ModelArg {
 }
 
 impl ModelArg {
-    pub fn load(&self) -> Result<Model> {
-        let path = self
-            .model
+    pub fn path(&self) -> PathBuf {
+        self.model
             .clone()
-            .unwrap_or_else(kedit::model::default_model_path);
+            .unwrap_or_else(kedit::model::default_model_path)
+    }
+
+    pub fn load(&self) -> Result<Model> {
+        let path = self.path();
         Model::load(&path).with_context(|| format!("loading model {}", path.display()))
     }
 }
@@ -117,6 +127,8 @@ fn main() {
         Command::BenchEdit(a) => bench::edit::run(a),
         Command::Eval(a) => eval::run_cmd(a),
         Command::Edit(a) => edit::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Logits(a) => logits::run(a),
         Command::Methods(a) => methods::run(a),
         Command::Train(a) => train::run(a),
         Command::BenchEval(a) => bench::eval::run(a),
