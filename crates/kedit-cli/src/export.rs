@@ -30,7 +30,7 @@ pub struct Targets {
 
 pub fn truncation(rank: Option<usize>, energy: Option<f64>) -> Result<Truncation> {
     Ok(match (rank, energy) {
-        (Some(r), _) if r == 0 => bail!("--peft-rank must be positive"),
+        (Some(0), _) => bail!("--peft-rank must be positive"),
         (Some(r), _) => Truncation::Rank(r),
         (None, Some(e)) if !(e > 0.0 && e <= 1.0) => {
             bail!("--peft-energy must be in (0, 1], the fraction of ‖ΔW‖² kept; got {e}")
