@@ -62,6 +62,9 @@ pub struct Args {
     /// For dense deltas, the smallest rank keeping this fraction of ‖ΔW‖² [default: 0.99].
     #[arg(long)]
     peft_energy: Option<f64>,
+    /// The adapter's base_model_name_or_path (what AutoPeftModel loads) [default: --model].
+    #[arg(long)]
+    peft_base: Option<String>,
     /// Save the edited model as a GGUF file (llama, gemma3).
     #[arg(long)]
     save_gguf: Option<PathBuf>,
@@ -97,6 +100,7 @@ pub fn run(args: Args) -> Result<()> {
     let targets = Targets {
         peft: args.save_peft.clone(),
         truncation: export::truncation(args.peft_rank, args.peft_energy)?,
+        peft_base: args.peft_base.clone(),
         gguf: args.save_gguf.clone(),
         gguf_dtype: args.gguf_dtype.parse()?,
         hf: args.save_model.clone(),

@@ -20,6 +20,8 @@ use crate::ModelArg;
 pub struct Targets {
     pub peft: Option<PathBuf>,
     pub truncation: Truncation,
+    /// The adapter's `base_model_name_or_path` (the model's source path when `None`).
+    pub peft_base: Option<String>,
     pub gguf: Option<PathBuf>,
     pub gguf_dtype: GgufDtype,
     pub hf: Option<PathBuf>,
@@ -75,7 +77,7 @@ impl Targets {
                 editor.model(),
                 dir,
                 self.truncation,
-                None,
+                self.peft_base.as_deref(),
                 self.overwrite,
             )
             .with_context(|| format!("writing the adapter {}", dir.display()))?;
@@ -136,6 +138,9 @@ pub struct Args {
     /// For dense deltas, the smallest rank keeping this fraction of ‖ΔW‖² [default: 0.99].
     #[arg(long)]
     peft_energy: Option<f64>,
+    /// The adapter's base_model_name_or_path (what AutoPeftModel loads) [default: --model].
+    #[arg(long)]
+    peft_base: Option<String>,
     /// Write the edited model as a GGUF file (llama, gemma3).
     #[arg(long)]
     gguf: Option<PathBuf>,
@@ -168,6 +173,7 @@ pub fn run(args: Args) -> Result<()> {
     let targets = Targets {
         peft: args.peft.clone(),
         truncation: truncation(args.peft_rank, args.peft_energy)?,
+        peft_base: args.peft_base.clone(),
         gguf: args.gguf.clone(),
         gguf_dtype: args.gguf_dtype.parse()?,
         hf: args.hf.clone(),
