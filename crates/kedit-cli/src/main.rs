@@ -6,11 +6,13 @@ mod bounds;
 mod demo;
 mod edit;
 mod eval;
+mod export;
 mod fuzz;
 mod generate;
 mod inspect;
 mod lifelong;
 mod locate;
+mod logits;
 mod merge_runs;
 mod methods;
 mod output;
@@ -59,6 +61,11 @@ enum Command {
     Train(train::Args),
     /// Make one edit and show generations and metrics before and after.
     Edit(edit::Args),
+    /// Export a saved edit as a PEFT LoRA adapter, or the (edited) model as GGUF or a
+    /// Hugging Face directory.
+    Export(export::Args),
+    /// Logits at every position of prompts, and greedy continuations, as JSON.
+    Logits(logits::Args),
     /// Time the teacher-forced metrics: batched forwards vs one forward per prompt.
     BenchEval(bench::eval::Args),
     /// Memory-based methods: adding edits one by one, then scoring through all of them
@@ -102,11 +109,14 @@ pub struct ModelArg {
 }
 
 impl ModelArg {
-    pub fn load(&self) -> Result<Model> {
-        let path = self
-            .model
+    pub fn path(&self) -> PathBuf {
+        self.model
             .clone()
-            .unwrap_or_else(kedit::model::default_model_path);
+            .unwrap_or_else(kedit::model::default_model_path)
+    }
+
+    pub fn load(&self) -> Result<Model> {
+        let path = self.path();
         Model::load(&path).with_context(|| format!("loading model {}", path.display()))
     }
 }
@@ -124,6 +134,8 @@ fn main() {
         Command::Eval(a) => eval::run_cmd(a),
         Command::MergeRuns(a) => merge_runs::run(a),
         Command::Edit(a) => edit::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Logits(a) => logits::run(a),
         Command::Methods(a) => methods::run(a),
         Command::Train(a) => train::run(a),
         Command::BenchEval(a) => bench::eval::run(a),

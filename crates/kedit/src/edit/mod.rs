@@ -7,6 +7,7 @@ pub mod adaptor;
 pub mod context;
 mod file;
 pub mod memory;
+pub mod peft;
 pub mod scope;
 pub mod side_memory;
 pub mod weights;

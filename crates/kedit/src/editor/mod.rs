@@ -413,13 +413,19 @@ impl Editor {
     /// `overwrite` allows). Refused while the system holds edits that live outside the
     /// weights: a model directory cannot carry them.
     pub fn save_model(&self, dir: &std::path::Path, overwrite: bool) -> Result<()> {
+        self.weights_only()?.save_hf(dir, overwrite)
+    }
+
+    /// The edited model, for writing it to a model file (Hugging Face, GGUF); refused while
+    /// the system holds edits that live outside the weights, which no model file carries.
+    pub fn weights_only(&self) -> Result<&Model> {
         if !self.extras.is_empty() {
             return Err(Error::invalid(
                 "the edited system holds adaptor, memory or context edits, which a model \
-                 directory cannot carry; save the edits themselves instead (--save-edit)",
+                 file cannot carry; save the edits themselves instead (--save-edit)",
             ));
         }
-        self.model.save_hf(dir, overwrite)
+        Ok(&self.model)
     }
 
     /// True when the weights are bit-identical to the original ones and no adaptor,

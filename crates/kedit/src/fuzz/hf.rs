@@ -27,7 +27,13 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 pub fn tiny_dir(dir: &Path) -> Result<()> {
     let model = tiny::llama(2)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    hf::save(dir, &model.config, &model.params, &model.hf_config)?;
+    hf::save(
+        dir,
+        &model.config,
+        &model.params,
+        &model.hf_config,
+        candle_core::DType::F32,
+    )?;
     Ok(())
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -81,26 +81,81 @@ pub fn to_hf_tensors(cfg: &ModelConfig, params: &Params) -> Result<BTreeMap<Stri
     writer.finish(cfg)
 }
 
-/// Writes `config.json` and `model.safetensors` into the existing directory `dir` (each
-/// file atomically); returns the names of the files written.
+/// The float type named `bf16`, `f16` or `f32` (what `--dtype` takes).
+pub fn dtype_named(name: &str) -> Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => {
+            return Err(Error::invalid(format!(
+                "dtype `{other}`: expected bf16, f16 or f32"
+            )))
+        }
+    })
+}
+
+/// The `torch_dtype` name of a float type a model is saved in.
+pub fn torch_dtype_name(dtype: DType) -> Result<&'static str> {
+    Ok(match dtype {
+        DType::F32 => "float32",
+        DType::F16 => "float16",
+        DType::BF16 => "bfloat16",
+        other => {
+            return Err(Error::invalid(format!(
+                "cannot save a model in {other:?}: choose bf16, f16 or f32"
+            )))
+        }
+    })
+}
+
+/// Writes `config.json`, `model.safetensors` (in `dtype`, with the `{"format": "pt"}`
+/// header metadata transformers asks for) and `generation_config.json` into the existing
+/// directory `dir` (each file atomically); returns the names of the files written.
 pub fn save(
     dir: &Path,
     cfg: &ModelConfig,
     params: &Params,
     hf_config: &Value,
+    dtype: DType,
 ) -> Result<Vec<String>> {
+    let dtype_name = torch_dtype_name(dtype)?;
     let tensors = to_hf_tensors(cfg, params)?;
     let tensors = tensors
         .into_iter()
-        .map(|(k, v)| Ok((k, v.to_dtype(candle_core::DType::F32)?)))
+        .map(|(k, v)| Ok((k, v.to_dtype(dtype)?)))
         .collect::<Result<BTreeMap<_, _>>>()?;
     save_atomic(&tensors, &dir.join("model.safetensors"))?;
     let mut config = hf_config.clone();
     if let Some(obj) = config.as_object_mut() {
-        obj.insert("torch_dtype".into(), Value::String("float32".into()));
-        obj.insert("dtype".into(), Value::String("float32".into()));
+        obj.insert("torch_dtype".into(), Value::String(dtype_name.into()));
+        obj.insert("dtype".into(), Value::String(dtype_name.into()));
     }
     let text = serde_json::to_string_pretty(&config).expect("JSON values always serialise");
     write_atomic(&dir.join("config.json"), text.as_bytes())?;
-    Ok(vec!["model.safetensors".into(), "config.json".into()])
+    write_atomic(
+        &dir.join("generation_config.json"),
+        generation_config(cfg).as_bytes(),
+    )?;
+    Ok(vec![
+        "model.safetensors".into(),
+        "config.json".into(),
+        "generation_config.json".into(),
+    ])
+}
+
+/// What `save_pretrained` writes as `generation_config.json` for a model whose
+/// configuration carries no generation settings: its special tokens.
+fn generation_config(cfg: &ModelConfig) -> String {
+    let mut v = serde_json::json!({ "_from_model_config": true });
+    for (key, id) in [
+        ("bos_token_id", cfg.bos_token_id),
+        ("eos_token_id", cfg.eos_token_id),
+        ("pad_token_id", cfg.pad_token_id),
+    ] {
+        if let Some(id) = id {
+            v[key] = Value::from(id);
+        }
+    }
+    serde_json::to_string_pretty(&v).expect("JSON values always serialise")
 }

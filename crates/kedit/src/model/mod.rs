@@ -4,7 +4,9 @@ pub mod arch;
 pub mod config;
 pub mod fingerprint;
 pub mod gguf;
+pub mod gguf_export;
 pub mod gguf_header;
+pub mod gguf_write;
 pub mod hf;
 pub mod params;
 pub mod safetensors_io;
@@ -168,7 +170,13 @@ impl Model {
     /// somebody's. A kedit model directory is replaced only with `overwrite`, file by file,
     /// each file atomically; files the new model does not need are then removed.
     pub fn save_hf(&self, dir: impl AsRef<Path>, overwrite: bool) -> Result<()> {
+        self.save_hf_as(dir, overwrite, DType::F32)
+    }
+
+    /// [`Model::save_hf`] with the weights stored in `dtype` (bf16, f16 or f32).
+    pub fn save_hf_as(&self, dir: impl AsRef<Path>, overwrite: bool, dtype: DType) -> Result<()> {
         let dir = dir.as_ref();
+        hf::torch_dtype_name(dtype)?;
         fsio::check_owned_dir(dir, SAVED_MODEL_MARKER, overwrite)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let marker = dir.join(SAVED_MODEL_MARKER);
@@ -176,7 +184,7 @@ impl Model {
         // The marker goes first: a directory left by a killed save is still recognisably
         // ours, so that the rerun may replace it.
         write_marker(&marker, &old_files)?;
-        let mut files = hf::save(dir, &self.config, &self.params, &self.hf_config)?;
+        let mut files = hf::save(dir, &self.config, &self.params, &self.hf_config, dtype)?;
         if let Some(tok) = &self.tokenizer {
             files.extend(tok.save_hf(dir)?);
         }

@@ -4,6 +4,7 @@
 mod chat;
 mod gguf;
 mod gguf_spm;
+mod to_gguf;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -190,7 +191,9 @@ impl Tokenizer {
         )
     }
 
-    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`; returns their names.
+    /// Writes `tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json` (which
+    /// older transformers releases read the special tokens from) into `dir`; returns
+    /// their names.
     pub fn save_hf(&self, dir: &Path) -> Result<Vec<String>> {
         let text = self.inner.to_string(true).map_err(tok_err)?;
         write_atomic(&dir.join("tokenizer.json"), text.as_bytes())?;
@@ -205,9 +208,22 @@ impl Tokenizer {
         });
         let text = serde_json::to_string_pretty(&config).expect("JSON values always serialise");
         write_atomic(&dir.join("tokenizer_config.json"), text.as_bytes())?;
+        let mut map = serde_json::Map::new();
+        for (key, token) in [
+            ("bos_token", &self.bos),
+            ("eos_token", &self.eos),
+            ("pad_token", &self.pad),
+        ] {
+            if let Some(t) = token {
+                map.insert(key.into(), Value::String(t.clone()));
+            }
+        }
+        let text = serde_json::to_string_pretty(&Value::Object(map)).expect("JSON serialises");
+        write_atomic(&dir.join("special_tokens_map.json"), text.as_bytes())?;
         Ok(vec![
             "tokenizer.json".into(),
             "tokenizer_config.json".into(),
+            "special_tokens_map.json".into(),
         ])
     }
 }

@@ -247,6 +247,8 @@ static GGUF: GgufArch = GgufArch {
     // No Q/K permutation (llama.cpp runs Gemma's RoPE rotate-half style), and the norms
     // are stored as 1 + w already.
     convert: gguf_as_is,
+    unconvert: gguf_as_is,
+    metadata: |cfg| super::gguf_meta::common_metadata("gemma3", cfg),
 };
 
 /// The GGUF metadata has no layer pattern, local RoPE base or query scalar: llama.cpp

@@ -6,6 +6,7 @@ use std::path::Path;
 use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
 
 pub struct GgufMeta<'a> {
     pub path: &'a Path,
@@ -122,4 +123,35 @@ impl GgufMeta<'_> {
     pub fn token_id(&self, which: &str) -> Result<Option<u32>> {
         self.u32(&format!("tokenizer.ggml.{which}_token_id"))
     }
+}
+
+/// The `{arch}.*` keys llama.cpp reads for a transformer of the llama lineage (llama,
+/// gemma3), from a configuration: the inverse of the readers' `arch_usize` calls.
+pub fn common_metadata(arch: &str, cfg: &ModelConfig) -> Vec<(String, Value)> {
+    let u = |x: usize| Value::U32(x as u32);
+    let mut out = vec![
+        ("context_length", u(cfg.max_positions)),
+        ("embedding_length", u(cfg.d_model)),
+        ("block_count", u(cfg.n_layers)),
+        ("feed_forward_length", u(cfg.d_ff)),
+        ("attention.head_count", u(cfg.n_heads)),
+        ("attention.head_count_kv", u(cfg.n_kv_heads)),
+        ("attention.key_length", u(cfg.head_dim)),
+        ("attention.value_length", u(cfg.head_dim)),
+        (
+            "attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.norm_eps as f32),
+        ),
+        ("vocab_size", u(cfg.vocab_size)),
+    ];
+    if let Some(rope) = cfg.rope {
+        out.push(("rope.freq_base", Value::F32(rope.theta as f32)));
+        out.push(("rope.dimension_count", u(rope.rotary_dim)));
+    }
+    if let Some(w) = cfg.sliding_window {
+        out.push(("attention.sliding_window", u(w)));
+    }
+    out.into_iter()
+        .map(|(k, v)| (format!("{arch}.{k}"), v))
+        .collect()
 }

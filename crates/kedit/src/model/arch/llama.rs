@@ -147,6 +147,8 @@ static GGUF: GgufArch = GgufArch {
     parse: parse_gguf,
     tensor: gguf_tensor,
     convert: unpermute_qk,
+    unconvert: permute_qk,
+    metadata: |cfg| super::gguf_meta::common_metadata("llama", cfg),
 };
 
 fn parse_gguf(m: &GgufMeta) -> Result<ModelConfig> {
@@ -220,19 +222,41 @@ pub(super) fn gguf_tensor(id: ParamId) -> Option<String> {
     })
 }
 
-/// llama.cpp's converter permutes Q/K rows for its interleaved RoPE; undo it so the
-/// weights are in Hugging Face's layout (rotate-half RoPE).
-fn unpermute_qk(cfg: &ModelConfig, id: ParamId, t: Tensor) -> Result<Tensor> {
-    let heads = match id {
-        ParamId::Block(_, BlockParam::QWeight | BlockParam::QBias) => cfg.n_heads,
-        ParamId::Block(_, BlockParam::KWeight | BlockParam::KBias) => cfg.n_kv_heads,
-        _ => return Ok(t),
-    };
+/// The heads of a Q or K projection (weight or bias); `None` for every other parameter.
+fn qk_heads(cfg: &ModelConfig, id: ParamId) -> Option<usize> {
+    match id {
+        ParamId::Block(_, BlockParam::QWeight | BlockParam::QBias) => Some(cfg.n_heads),
+        ParamId::Block(_, BlockParam::KWeight | BlockParam::KBias) => Some(cfg.n_kv_heads),
+        _ => None,
+    }
+}
+
+/// Swaps the two middle axes of `t` seen as `[heads, a, b, cols]`.
+fn swap_within_heads(t: Tensor, heads: usize, a_half: bool) -> Result<Tensor> {
     let rows = t.dim(0)?;
     let cols = t.elem_count() / rows;
     let hd = rows / heads;
-    Ok(t.reshape((heads, hd / 2, 2, cols))?
+    let (a, b) = if a_half { (hd / 2, 2) } else { (2, hd / 2) };
+    Ok(t.reshape((heads, a, b, cols))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape(t.shape())?)
+}
+
+/// llama.cpp's converter permutes Q/K rows for its interleaved RoPE; undo it so the
+/// weights are in Hugging Face's layout (rotate-half RoPE).
+fn unpermute_qk(cfg: &ModelConfig, id: ParamId, t: Tensor) -> Result<Tensor> {
+    match qk_heads(cfg, id) {
+        Some(heads) => swap_within_heads(t, heads, true),
+        None => Ok(t),
+    }
+}
+
+/// The permutation llama.cpp's converter applies (`[heads, 2, hd/2] → [heads, hd/2, 2]`),
+/// the inverse of [`unpermute_qk`].
+fn permute_qk(cfg: &ModelConfig, id: ParamId, t: Tensor) -> Result<Tensor> {
+    match qk_heads(cfg, id) {
+        Some(heads) => swap_within_heads(t, heads, false),
+        None => Ok(t),
+    }
 }

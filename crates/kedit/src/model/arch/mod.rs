@@ -21,6 +21,7 @@ mod qwen2;
 
 use std::path::Path;
 
+use candle_core::quantized::gguf_file::Value as GgufValue;
 use candle_core::Tensor;
 use serde_json::{json, Value};
 
@@ -59,6 +60,12 @@ pub struct GgufArch {
     pub tensor: fn(ParamId) -> Option<String>,
     /// The dequantised GGUF tensor → the canonical tensor (e.g. llama's Q/K un-permutation).
     pub convert: fn(&ModelConfig, ParamId, Tensor) -> Result<Tensor>,
+    /// The canonical tensor → the GGUF tensor: the inverse of `convert`, for export.
+    pub unconvert: fn(&ModelConfig, ParamId, Tensor) -> Result<Tensor>,
+    /// The architecture's own metadata (`{name}.*` keys) for a configuration. What they
+    /// cannot say (a layer pattern the reader assumes, say) is found by reading them back
+    /// with `parse` (`model/gguf_export.rs`).
+    pub metadata: fn(&ModelConfig) -> Vec<(String, GgufValue)>,
 }
 
 /// Every supported architecture.
