@@ -94,7 +94,9 @@ impl Editor {
                 let requests = render(editor.model(), requests, chat || method.chat)?;
                 let m = method.loaded.method.as_ref();
                 let mut bars = Bars::default();
-                m.prepare(editor.model(), &ctx, &mut bars)?;
+                // What a method derives from the model it starts from (ROME's context
+                // templates) comes from the unedited one, as in a run of the experiment layer.
+                m.prepare(&editor.original_model(), &ctx, &mut bars)?;
                 bars.finish();
                 let start = std::time::Instant::now();
                 let computed = m.compute(editor, &requests, &ctx)?;
