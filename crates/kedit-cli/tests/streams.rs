@@ -10,7 +10,8 @@ fn root() -> PathBuf {
 
 #[test]
 fn a_sequential_stream_writes_its_curve_call_by_call() {
-    let dir = std::env::temp_dir().join(format!("kedit-cli-stream-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-cli-stream-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = root().join("../shared/data/zsre/zsre_mend_eval_portability_gpt4.dev.json");
     let out = Command::new(env!("CARGO_BIN_EXE_kedit"))

@@ -259,7 +259,8 @@ fn an_adaptor_method_sees_the_system_as_currently_edited() {
 fn saved_edits_of_every_kind_reload_and_give_identical_metrics() {
     let requests = zsre_dev(2);
     let refs: Vec<&EditRequest> = requests.iter().collect();
-    let dir = std::env::temp_dir().join(format!("kedit-kinds-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-kinds-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let methods: Vec<Box<dyn EditMethod>> = vec![
         Box::new(ToyCodebook),
@@ -303,7 +304,8 @@ fn saved_edits_of_every_kind_reload_and_give_identical_metrics() {
 #[test]
 fn a_sequential_run_of_memory_edits_resumes_from_saved_edits() {
     let requests = zsre_dev(2);
-    let dir = std::env::temp_dir().join(format!("kedit-kinds-resume-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-kinds-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "toy-memory", "mode": "sequential"});
     let opts = RunOptions {
@@ -504,7 +506,8 @@ fn a_trained_method_writes_a_checkpoint_and_hparams_that_load_it() {
     )
     .unwrap()
     .requests;
-    let out = std::env::temp_dir().join(format!("kedit-train-{}", std::process::id()));
+    let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-train-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let trained = train(
         &registry,

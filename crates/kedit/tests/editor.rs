@@ -126,7 +126,8 @@ fn weight_edits_save_and_load_exactly() {
         Delta::Dense(Tensor::ones((576, 1536), DType::F32, &candle_core::Device::Cpu).unwrap()),
     );
     edit.meta.insert("method".into(), "test".into());
-    let dir = std::env::temp_dir().join(format!("kedit-edit-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-edit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("edit.safetensors");
     Edit::from(edit.clone()).save(&path).unwrap();

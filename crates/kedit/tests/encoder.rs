@@ -100,7 +100,8 @@ fn a_missing_or_foreign_directory_is_a_clear_error() {
 }
 
 fn tempdir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kedit-encoder-{}", std::process::id()));
+    let d = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-encoder-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d
 }

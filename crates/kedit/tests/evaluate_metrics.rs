@@ -28,7 +28,7 @@ fn fixture_requests() -> (Vec<EditRequest>, Vec<serde_json::Value>) {
     let fx = json(fixture("easyedit_pre_metrics.json"));
     let cases = fx["cases"].as_array().unwrap().clone();
     let records: Vec<serde_json::Value> = cases.iter().map(|c| c["record"].clone()).collect();
-    let path = std::env::temp_dir().join(format!(
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "kedit-easyedit-fixture-{}.json",
         std::process::id()
     ));

@@ -150,7 +150,8 @@ fn refused_edits_are_recorded_and_leave_the_model_pristine() {
 #[test]
 fn a_rerun_resumes_and_a_different_config_is_refused() {
     let requests = zsre_dev(2);
-    let dir = std::env::temp_dir().join(format!("kedit-resume-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "ft-m", "data": "zsre", "mode": "single"});
     let counting = Counting::new(ft_m());
@@ -277,7 +278,8 @@ impl EditMethod for Refusing {
 #[test]
 fn an_interrupted_sequential_run_resumes_from_saved_edits() {
     let requests = zsre_dev(2);
-    let dir = std::env::temp_dir().join(format!("kedit-seq-resume-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-seq-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "ft-m", "mode": "sequential"});
     let method = ft_m();
@@ -324,7 +326,8 @@ fn an_interrupted_sequential_run_resumes_from_saved_edits() {
 #[test]
 fn a_sequential_stream_of_batches_edits_per_call_and_resumes_mid_call() {
     let requests = zsre_dev(4);
-    let dir = std::env::temp_dir().join(format!("kedit-seq-batches-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-seq-batches-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "ft-m", "mode": "sequential", "batch_size": 2});
     let counting = Counting::new(ft_m());

@@ -199,7 +199,8 @@ fn a_saved_edit_reloads_with_identical_metrics_and_revert_leaves_the_system_pris
     let first = evaluate(&editor, &refs, Some(&pre_refs), &teacher_forced()).unwrap();
     assert_ne!(first, pre, "the edit changed nothing");
 
-    let dir = std::env::temp_dir().join(format!("kedit-grace-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-grace-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("grace.safetensors");
     computed.edit.save(&path).unwrap();

@@ -68,7 +68,8 @@ fn an_ike_context_teaches_the_new_fact_reloads_and_reverts() {
         "reliability {before} → {after}"
     );
 
-    let path = std::env::temp_dir().join(format!("kedit-ike-{}.safetensors", std::process::id()));
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-ike-{}.safetensors", std::process::id()));
     computed.edit.save(&path).unwrap();
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());

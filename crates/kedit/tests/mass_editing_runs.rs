@@ -24,7 +24,8 @@ fn request(id: &str, prompt: &str, subject: &str, target: &str) -> EditRequest {
 
 /// The shipped file with small statistics, and a cache of the test's own.
 fn hparams(method: &str, extra: &[(&str, serde_json::Value)]) -> (std::path::PathBuf, Cache) {
-    let dir = std::env::temp_dir().join(format!("kedit-mass-runs-{method}-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-mass-runs-{method}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = common::hparams_with_small_stats(method, &dir, extra);

@@ -107,7 +107,8 @@ fn an_exploding_update_is_refused_by_the_editor() {
     hp.set("v_lr", serde_json::json!(1e6));
     hp.set("clamp_norm_factor", serde_json::json!(1e9));
     hp.set("v_num_grad_steps", serde_json::json!(2));
-    let dir = std::env::temp_dir().join(format!("kedit-rome-hp-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-rome-hp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("explode.json");
     std::fs::write(&path, serde_json::to_string(&hp.value).unwrap()).unwrap();

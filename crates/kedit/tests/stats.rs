@@ -26,7 +26,8 @@ fn wikitext() -> PathBuf {
 
 /// A fresh cache directory for one test.
 fn temp_cache(name: &str) -> Cache {
-    let dir = std::env::temp_dir().join(format!("kedit-test-{name}-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     Cache::new(dir)
 }
@@ -304,7 +305,8 @@ fn corpus_readers_read_both_corpus_files() {
 }
 
 fn write_temp(name: &str, bytes: &[u8]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("kedit-test-{}-{name}", std::process::id()));
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-test-{}-{name}", std::process::id()));
     std::fs::write(&path, bytes).unwrap();
     path
 }
@@ -348,9 +350,12 @@ fn bad_corpus_input_gives_clear_errors() {
     let binary = write_temp("binary.txt", &[b'a', b'\n', 0xff, 0xfe, b'\n']);
     assert!(stats_error(&binary).contains("UTF-8"));
 
-    let nowhere = std::env::temp_dir().join("kedit-no-such-corpus.jsonl");
+    let nowhere =
+        std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kedit-no-such-corpus.jsonl");
     assert!(stats_error(&nowhere).contains("kedit-no-such-corpus.jsonl"));
-    assert!(stats_error(&std::env::temp_dir()).contains("directory"));
+    assert!(
+        stats_error(&std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))).contains("directory")
+    );
 
     let model = common::smollm2();
     let req = StatsRequest::new(vec![99], wikipedia());

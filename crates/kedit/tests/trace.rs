@@ -19,7 +19,8 @@ const PROMPT: &str = "The Eiffel Tower is located in the city of";
 const SUBJECT: &str = "The Eiffel Tower";
 
 fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("kedit-test-{name}-{}", std::process::id()));
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-test-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -170,8 +171,8 @@ fn bad_trace_input_is_an_error() {
         ..options
     };
     assert!(trace_prompt(model, PROMPT, SUBJECT, None, &no_samples).is_err());
-    let bad_file =
-        std::env::temp_dir().join(format!("kedit-bad-facts-{}.json", std::process::id()));
+    let bad_file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-bad-facts-{}.json", std::process::id()));
     std::fs::write(&bad_file, r#"[{"subject": "X", "prompt": "X is"}]"#).unwrap();
     let e = load_known_facts(&bad_file).unwrap_err().to_string();
     assert!(e.contains("record 0") && e.contains("attribute"), "{e}");

@@ -157,7 +157,8 @@ pub struct Harness {
 pub fn server() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
-        let save_dir = std::env::temp_dir().join(format!("kedit-serve-{}", std::process::id()));
+        let save_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("kedit-serve-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&save_dir);
         std::fs::create_dir_all(&save_dir).unwrap();
         let config = config(
