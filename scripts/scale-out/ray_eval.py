@@ -5,10 +5,10 @@ driver merges them (`kedit.merge_runs`). No cluster code of kedit's own: Ray pla
 tasks, and a failed task retried by Ray resumes its shard's run directory.
 
     python scripts/scale-out/ray_eval.py --method ft-m --limit 20 --shards 2 --out runs/ray-ftm20
-    python scripts/scale-out/ray_eval.py ... --local-mode     # Ray's local mode: tasks run in this process
     python scripts/scale-out/ray_eval.py ... --address auto   # an existing Ray cluster
 
-Prints the merged summary's scores as JSON.
+Without --address, Ray starts a single-node cluster on this machine (worker processes, one
+CPU per shard). Prints the merged summary's scores as JSON.
 """
 import argparse
 import json
@@ -41,15 +41,14 @@ def main():
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--no-fluency", action="store_true")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--local-mode", action="store_true", help="run the tasks in this process")
     ap.add_argument("--address", default=None, help="an existing cluster (e.g. auto)")
     args = ap.parse_args()
 
     import kedit
 
+    # No address: a single-node Ray started here, one CPU per shard (Ray 2.60 removed the old
+    # in-process `local_mode`; this is what replaces it).
     init = {"address": args.address} if args.address else {"num_cpus": args.shards}
-    if args.local_mode:
-        init["local_mode"] = True
     # One core per task for kedit's threads (Ray gives each task one CPU).
     init["runtime_env"] = {"env_vars": {"RAYON_NUM_THREADS": "1"}}
     ray.init(**init)
