@@ -10,6 +10,7 @@ use super::mutate::{self, below, chance, nasty_f64, nasty_u64};
 use super::tiny;
 use crate::error::Result;
 use crate::model::arch;
+use crate::model::gguf_write::value_type;
 use crate::model::Model;
 use crate::rng::Rng;
 
@@ -33,24 +34,6 @@ pub struct GgufDoc {
     /// Counts written instead of the true ones.
     pub tensor_count: Option<u64>,
     pub metadata_count: Option<u64>,
-}
-
-fn value_type(v: &Value) -> u32 {
-    match v {
-        Value::U8(_) => 0,
-        Value::I8(_) => 1,
-        Value::U16(_) => 2,
-        Value::I16(_) => 3,
-        Value::U32(_) => 4,
-        Value::I32(_) => 5,
-        Value::F32(_) => 6,
-        Value::Bool(_) => 7,
-        Value::String(_) => 8,
-        Value::Array(_) => 9,
-        Value::U64(_) => 10,
-        Value::I64(_) => 11,
-        Value::F64(_) => 12,
-    }
 }
 
 impl GgufDoc {

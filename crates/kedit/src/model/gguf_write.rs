@@ -73,7 +73,8 @@ fn string(out: &mut Vec<u8>, s: &str) {
     out.extend(s.as_bytes());
 }
 
-fn value_type(v: &Value) -> u32 {
+/// GGUF's type code of a metadata value (the fuzzer writes hostile files with it too).
+pub fn value_type(v: &Value) -> u32 {
     match v {
         Value::U8(_) => 0,
         Value::I8(_) => 1,
