@@ -133,6 +133,8 @@ fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metr
         ("n_iter", serde_json::json!(8)),
         ("save_freq", serde_json::json!(2)),
         ("merge_freq", serde_json::json!(4)),
+        ("replay", serde_json::json!(true)),
+        ("replay_size", serde_json::json!(1)),
     ]);
     let ctx = EditContext::default();
     let requests = zsre_dev(5);
@@ -148,8 +150,10 @@ fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metr
         (1, 4, false),
         (2, 1, true),
     ];
+    // Facts replayed by each edit: one when its shard already holds one.
+    let replays = [0, 1, 0, 1, 0];
     let mut last = None;
-    for (r, want) in requests.iter().zip(expected) {
+    for ((r, want), replayed) in requests.iter().zip(expected).zip(replays) {
         let c = method
             .compute(&editor, std::slice::from_ref(r), &ctx)
             .unwrap();
@@ -160,6 +164,17 @@ fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metr
             want,
             "{:?}",
             c.report.notes
+        );
+        // Every fact of a memory is kept for replay, and an edit joining a shard that
+        // holds one replays it.
+        assert!(s
+            .memories
+            .iter()
+            .all(|m| m.info.written.len() == m.info.edits));
+        let note = c.report.notes.iter().find(|(k, _)| k == "replayed_mean");
+        assert_eq!(
+            note.map(|(_, v)| v.as_str()),
+            Some(format!("{replayed}.0").as_str())
         );
         editor.apply(&c.edit).unwrap();
         last = Some(c.edit);
@@ -219,7 +234,6 @@ fn bad_settings_are_errors_naming_the_key_and_a_malformed_memory_is_refused() {
     };
     for (key, value) in [
         ("retrieve", serde_json::json!(false)),
-        ("replay", serde_json::json!(true)),
         ("merge_freq", serde_json::json!(750)),
         ("merge_alg", serde_json::json!("slerp")),
         ("mask_ratio", serde_json::json!(1.5)),
@@ -234,6 +248,14 @@ fn bad_settings_are_errors_naming_the_key_and_a_malformed_memory_is_refused() {
         let err = load(key, value.clone()).unwrap_err().to_string();
         assert!(err.contains(key), "{key} = {value}: {err}");
     }
+    let mut src = shipped();
+    src.set("replay", serde_json::json!(true));
+    src.set("replay_size", serde_json::json!(0));
+    let err = methods::load_source("wise", Some(src), model)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("replay_size"), "{err}");
     // A side memory of the wrong shape is refused and leaves the system as it was.
     let method = wise_with(&[("n_iter", serde_json::json!(2))]);
     let mut editor = Editor::new(model.clone());

@@ -18,7 +18,7 @@ pub use adaptor::{AdaptorEdit, AdaptorPositions};
 pub use context::ContextEdit;
 pub use memory::{MemoryEdit, MemoryRecord, Route, Router};
 pub use scope::ScopeClassifier;
-pub use side_memory::{SideMemory, SideMemoryEdit, SideMemoryInfo};
+pub use side_memory::{SideMemory, SideMemoryEdit, SideMemoryInfo, WrittenFact};
 pub use weights::{Delta, WeightEdit};
 
 /// One edit (of one request, or one batch of requests).

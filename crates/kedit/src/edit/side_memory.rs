@@ -33,6 +33,18 @@ pub struct SideMemoryInfo {
     pub mask_seed: u64,
     /// Still taking edits (the newest shard); closed shards and merges take no more.
     pub open: bool,
+    /// The facts written here, kept when the method replays them (WISE's `replay`): each
+    /// later edit of the shard is trained on some of them again, so that it does not
+    /// overwrite them. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub written: Vec<WrittenFact>,
+}
+
+/// A fact a side memory was trained on: the bare prompt and its target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WrittenFact {
+    pub prompt: String,
+    pub target: String,
 }
 
 #[derive(Clone, Debug)]

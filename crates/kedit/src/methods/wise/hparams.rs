@@ -1,5 +1,5 @@
 //! WISE's hyper-parameters, read from EasyEdit's `hparams/WISE/*.yaml` keys. Settings
-//! kedit does not implement (WISE-Merge, replay, other merges, other objectives) are
+//! kedit does not implement (WISE-Merge, other merges, other objectives) are
 //! errors that say so, not silently different behaviour.
 
 use serde::{Deserialize, Serialize};
@@ -51,8 +51,14 @@ pub struct WiseHparams {
     /// WISE-Retrieve (memories kept apart, routed): the only mode kedit implements.
     #[serde(default = "default_true")]
     pub retrieve: bool,
+    /// Train each edit on some of its shard's earlier facts again (`replay_size` of them),
+    /// so that the shard's later edits do not overwrite its earlier ones.
     #[serde(default)]
     pub replay: bool,
+    /// kedit's: how many of the open shard's earlier facts each edit replays (drawn anew
+    /// for each edit).
+    #[serde(default = "default_replay_size")]
+    pub replay_size: usize,
     /// EasyEdit's key; the harness renders the requests through the chat template
     /// (`HparamsSource::chat_template`), so WISE itself has nothing to do.
     #[serde(default)]
@@ -90,6 +96,10 @@ fn default_density() -> f64 {
 
 fn default_weights() -> f64 {
     1.0
+}
+
+fn default_replay_size() -> usize {
+    8
 }
 
 fn default_one() -> usize {
@@ -177,10 +187,9 @@ impl WiseHparams {
             ));
         }
         if self.replay {
-            return Err(source.error(
-                "replay",
-                ": replaying past edits (WISE's appendix B.3) is not implemented; set false",
-            ));
+            source
+                .check("replay_size", self.replay_size as f64)
+                .in_range(1.0, 256.0)?;
         }
         check_length_params(&self.context_template_length_params)
             .map_err(|e| source.error("context_template_length_params", &format!(": {e}")))?;

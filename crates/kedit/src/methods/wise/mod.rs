@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Tensor, Var};
 
 use crate::data::{self, Format, LoadOptions};
-use crate::edit::{Edit, SideMemory, SideMemoryEdit, SideMemoryInfo};
+use crate::edit::{Edit, SideMemory, SideMemoryEdit, SideMemoryInfo, WrittenFact};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::hash::Fast64;
@@ -50,6 +50,9 @@ use crate::runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};
 use hparams::WiseHparams;
 use shard::{subspace_mask, ties_merge};
 
+/// Salts the seed of the replay draw, so that it is not the irrelevant inputs' draw.
+const REPLAY_STREAM: u64 = 0x7265_706c_6179;
+
 pub struct Wise {
     hp: WiseHparams,
     layer: usize,
@@ -58,11 +61,12 @@ pub struct Wise {
     templates: TemplateCache,
 }
 
-/// One edit's training rows: the templated prompts with the target, then the irrelevant
-/// inputs.
+/// One edit's training rows: the templated prompts with the target, then the replayed
+/// facts (bare prompt and target), then the irrelevant inputs.
 struct Rows {
     batch: TokenBatch,
-    /// Rows holding the edit (the rest is the irrelevant one).
+    /// Rows holding a fact to write: the edit's and the replayed ones (the rest are
+    /// irrelevant inputs).
     edit_rows: usize,
     /// Where the target's tokens are predicted, what they are, and their row.
     entries: Vec<(usize, usize)>,
@@ -78,7 +82,8 @@ struct Rows {
 /// What one edit's training ended with.
 struct Trained {
     delta: Tensor,
-    /// The smallest activation distance of the edit's rows under the trained memory.
+    /// The smallest activation distance of the edit's rows, and of the replayed facts'
+    /// rows, under the trained memory.
     act: f64,
     steps: usize,
     loss: f64,
@@ -160,25 +165,61 @@ impl Wise {
             .collect()
     }
 
+    /// The open shard's earlier facts this edit trains on again: `replay_size` of them,
+    /// drawn by the run's seed and the request (a resumed run draws the same).
+    fn replayed<'a>(
+        &self,
+        written: &'a [WrittenFact],
+        r: &EditRequest,
+        ctx: &EditContext,
+    ) -> Vec<&'a WrittenFact> {
+        if !self.hp.replay {
+            return Vec::new();
+        }
+        let mut rng = request_rng(ctx.seed ^ REPLAY_STREAM, r);
+        let mut order: Vec<usize> = (0..written.len()).collect();
+        let k = self.hp.replay_size.min(order.len());
+        for i in 0..k {
+            let left = order.len() - i;
+            let j = i + ((rng.uniform() * left as f64) as usize).min(left - 1);
+            order.swap(i, j);
+        }
+        order[..k].iter().map(|&i| &written[i]).collect()
+    }
+
     fn rows(
         &self,
         model: &Model,
         r: &EditRequest,
         templates: &[String],
+        replayed: &[&WrittenFact],
         irrelevant: &[&str],
     ) -> Result<Rows> {
         let tok = model.tokenizer()?;
         let mut seqs = Vec::new();
         let mut spans = Vec::new();
-        for t in templates {
-            // As EasyEdit: `prompt + " " + target` tokenised as one text; the templated
-            // prompt's own token count marks where the target starts.
-            let full =
-                tok.encode_input(&t.replace("{}", &format!("{} {}", r.prompt, r.target_new)))?;
-            let n_prompt = tok.encode_input(&t.replace("{}", &r.prompt))?.len();
+        // As EasyEdit: `prompt + " " + target` tokenised as one text; the prompt's own
+        // token count marks where the target starts.
+        let texts = templates
+            .iter()
+            .map(|t| {
+                (
+                    t.replace("{}", &format!("{} {}", r.prompt, r.target_new)),
+                    t.replace("{}", &r.prompt),
+                )
+            })
+            .chain(
+                replayed
+                    .iter()
+                    .map(|f| (format!("{} {}", f.prompt, f.target), f.prompt.clone())),
+            );
+        for (with_target, prompt) in texts {
+            let full = tok.encode_input(&with_target)?;
+            let n_prompt = tok.encode_input(&prompt)?.len();
             if n_prompt == 0 || full.len() <= n_prompt {
                 return Err(Error::invalid(format!(
-                    "case {}: the target adds no token after the prompt (nothing to train)",
+                    "case {}: the target adds no token after the prompt `{prompt}` (nothing \
+                     to train)",
                     r.case_id
                 )));
             }
@@ -294,6 +335,8 @@ impl Wise {
         // The least activated of the edit's rows, not their mean (EasyEdit's): the
         // threshold derived from it must let every form of the prompt through, the bare
         // one included.
+        // Replayed facts count too: the threshold follows what the memory now does to
+        // them, not what it did when they were written.
         let act_in = dist[..n].iter().copied().fold(f64::INFINITY, f64::min);
         Ok(Trained {
             delta: var.as_tensor().to_dtype(DType::F32)?,
@@ -326,6 +369,7 @@ impl Wise {
                 edits: group.iter().map(|m| m.info.edits).sum(),
                 mask_seed: group[0].info.mask_seed,
                 open: false,
+                written: group.iter().flat_map(|m| m.info.written.clone()).collect(),
             },
         });
         Ok(group.len())
@@ -397,7 +441,7 @@ impl EditMethod for Wise {
             },
         };
         state.act_ratio = self.hp.act_ratio;
-        let (mut steps, mut merged) = (0, 0);
+        let (mut steps, mut merged, mut replays) = (0, 0, 0);
         let mut stats = Vec::new();
         for r in requests {
             if !state.memories.last().is_some_and(|m| m.info.open) {
@@ -411,6 +455,7 @@ impl EditMethod for Wise {
                         edits: 0,
                         mask_seed: h.finish(),
                         open: true,
+                        written: Vec::new(),
                     },
                 });
             }
@@ -421,7 +466,15 @@ impl EditMethod for Wise {
                 memory.info.mask_seed,
                 model.device(),
             )?;
-            let rows = self.rows(model, r, &templates, &self.irrelevant_for(r, ctx))?;
+            let replayed = self.replayed(&memory.info.written, r, ctx);
+            replays += replayed.len();
+            let rows = self.rows(
+                model,
+                r,
+                &templates,
+                &replayed,
+                &self.irrelevant_for(r, ctx),
+            )?;
             let trained =
                 report.timed("train", |_| self.train(model, &rows, &memory.delta, &mask))?;
             report.log.push(format!(
@@ -443,6 +496,12 @@ impl EditMethod for Wise {
                 memory.info.min_act.min(trained.act)
             };
             memory.info.edits += 1;
+            if self.hp.replay {
+                memory.info.written.push(WrittenFact {
+                    prompt: r.prompt.clone(),
+                    target: r.target_new.clone(),
+                });
+            }
             if memory.info.edits >= self.hp.save_freq {
                 memory.info.open = false;
             }
@@ -457,6 +516,12 @@ impl EditMethod for Wise {
             "steps_mean",
             format!("{:.1}", steps as f64 / requests.len() as f64),
         );
+        if self.hp.replay {
+            report.note(
+                "replayed_mean",
+                format!("{:.1}", replays as f64 / requests.len() as f64),
+            );
+        }
         report.note("edit_act_mean", format!("{:.3}", mean(|s| s.0)));
         report.note("irrelevant_act_mean", format!("{:.3}", mean(|s| s.1)));
         report.note("target_nll_mean", format!("{:.4}", mean(|s| s.2)));
