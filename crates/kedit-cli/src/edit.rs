@@ -12,7 +12,7 @@ use kedit::lm::LanguageModel;
 use kedit::methods::{EditContext, Registry};
 use kedit::request::EditRequest;
 
-use crate::export::{self, Targets};
+use crate::export;
 use crate::output::table;
 use crate::ModelArg;
 
@@ -53,30 +53,14 @@ pub struct Args {
     /// saved before, with --overwrite).
     #[arg(long)]
     save_model: Option<PathBuf>,
-    /// The weight type of --save-model: bf16, f16 or f32.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
     /// Save the edit as a PEFT LoRA adapter directory (weight edits).
     #[arg(long)]
     save_peft: Option<PathBuf>,
-    /// The adapter's rank for dense deltas (and the most for low-rank ones).
-    #[arg(long, conflicts_with = "peft_energy")]
-    peft_rank: Option<usize>,
-    /// For dense deltas, the smallest rank keeping this fraction of ‖ΔW‖² [default: 0.99].
-    #[arg(long)]
-    peft_energy: Option<f64>,
-    /// The adapter's base_model_name_or_path (what AutoPeftModel loads) [default: --model].
-    #[arg(long)]
-    peft_base: Option<String>,
     /// Save the edited model as a GGUF file (llama, gemma3).
     #[arg(long)]
     save_gguf: Option<PathBuf>,
-    /// The GGUF file's matrix type: f32 or f16 (vectors stay f32).
-    #[arg(long, default_value = "f32")]
-    gguf_dtype: String,
-    /// Let --save-model and --save-peft replace a directory kedit saved before.
-    #[arg(long)]
-    overwrite: bool,
+    #[command(flatten)]
+    export: export::Settings,
 }
 
 fn greedy(lm: &dyn LanguageModel, prompts: &[String]) -> Result<Vec<String>> {
@@ -100,16 +84,11 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(path) = &args.save_edit {
         fsio::check_writable_file(path)?;
     }
-    let targets = Targets {
-        peft: args.save_peft.clone(),
-        truncation: export::truncation(args.peft_rank, args.peft_energy)?,
-        peft_base: args.peft_base.clone(),
-        gguf: args.save_gguf.clone(),
-        gguf_dtype: args.gguf_dtype.parse()?,
-        hf: args.save_model.clone(),
-        hf_dtype: args.dtype.clone(),
-        overwrite: args.overwrite,
-    };
+    let targets = args.export.targets(
+        args.save_peft.clone(),
+        args.save_gguf.clone(),
+        args.save_model.clone(),
+    )?;
     targets.check()?;
     let model = args.model.load()?;
     let loaded = Registry::builtin().load(&args.method, args.hparams.as_deref(), &model)?;

@@ -30,7 +30,52 @@ pub struct Targets {
     pub overwrite: bool,
 }
 
-pub fn truncation(rank: Option<usize>, energy: Option<f64>) -> Result<Truncation> {
+/// How the exports are written: the options `kedit edit` and `kedit export` share (each
+/// names its own output paths).
+#[derive(clap::Args)]
+pub struct Settings {
+    /// The adapter's rank for dense deltas (and the most for low-rank ones).
+    #[arg(long, conflicts_with = "peft_energy")]
+    peft_rank: Option<usize>,
+    /// For dense deltas, the smallest rank keeping this fraction of ‖ΔW‖² [default: 0.99].
+    #[arg(long)]
+    peft_energy: Option<f64>,
+    /// The adapter's base_model_name_or_path (what AutoPeftModel loads) [default: --model].
+    #[arg(long)]
+    peft_base: Option<String>,
+    /// The GGUF file's matrix type: f32 or f16 (vectors stay f32).
+    #[arg(long, default_value = "f32")]
+    gguf_dtype: String,
+    /// The Hugging Face directory's weight type: bf16, f16 or f32.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Let an adapter or Hugging Face directory replace one kedit wrote before.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+impl Settings {
+    /// The targets at these paths, written with these settings.
+    pub fn targets(
+        &self,
+        peft: Option<PathBuf>,
+        gguf: Option<PathBuf>,
+        hf: Option<PathBuf>,
+    ) -> Result<Targets> {
+        Ok(Targets {
+            peft,
+            truncation: truncation(self.peft_rank, self.peft_energy)?,
+            peft_base: self.peft_base.clone(),
+            gguf,
+            gguf_dtype: self.gguf_dtype.parse()?,
+            hf,
+            hf_dtype: self.dtype.clone(),
+            overwrite: self.overwrite,
+        })
+    }
+}
+
+fn truncation(rank: Option<usize>, energy: Option<f64>) -> Result<Truncation> {
     Ok(match (rank, energy) {
         (Some(0), _) => bail!("--peft-rank must be positive"),
         (Some(r), _) => Truncation::Rank(r),
@@ -132,33 +177,17 @@ pub struct Args {
     /// adapter_model.safetensors).
     #[arg(long)]
     peft: Option<PathBuf>,
-    /// The adapter's rank for dense deltas (and the most for low-rank ones).
-    #[arg(long, conflicts_with = "peft_energy")]
-    peft_rank: Option<usize>,
-    /// For dense deltas, the smallest rank keeping this fraction of ‖ΔW‖² [default: 0.99].
-    #[arg(long)]
-    peft_energy: Option<f64>,
-    /// The adapter's base_model_name_or_path (what AutoPeftModel loads) [default: --model].
-    #[arg(long)]
-    peft_base: Option<String>,
     /// Write the edited model as a GGUF file (llama, gemma3).
     #[arg(long)]
     gguf: Option<PathBuf>,
-    /// The GGUF file's matrix type: f32 or f16 (vectors stay f32).
-    #[arg(long, default_value = "f32")]
-    gguf_dtype: String,
     /// Write the edited model as a Hugging Face directory.
     #[arg(long)]
     hf: Option<PathBuf>,
-    /// The Hugging Face directory's weight type: bf16, f16 or f32.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
     /// Write the edit as a kedit edit file (e.g. to keep an adapter read with --edit).
     #[arg(long)]
     save_edit: Option<PathBuf>,
-    /// Let --peft and --hf replace a directory kedit wrote before.
-    #[arg(long)]
-    overwrite: bool,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 /// An edit file, or a PEFT adapter directory read as a low-rank weight edit.
@@ -170,16 +199,9 @@ pub fn load_edit(path: &Path, model: &Model) -> Result<Edit> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let targets = Targets {
-        peft: args.peft.clone(),
-        truncation: truncation(args.peft_rank, args.peft_energy)?,
-        peft_base: args.peft_base.clone(),
-        gguf: args.gguf.clone(),
-        gguf_dtype: args.gguf_dtype.parse()?,
-        hf: args.hf.clone(),
-        hf_dtype: args.dtype.clone(),
-        overwrite: args.overwrite,
-    };
+    let targets = args
+        .settings
+        .targets(args.peft.clone(), args.gguf.clone(), args.hf.clone())?;
     if targets.peft.is_none()
         && targets.gguf.is_none()
         && targets.hf.is_none()
