@@ -55,6 +55,20 @@ impl Rng {
         }
         weights.len().saturating_sub(1)
     }
+
+    /// `k` distinct indices of `0..n` (all `n` when `k >= n`), in the order drawn: the first
+    /// `k` steps of a Fisher–Yates shuffle, so drawing a few of many costs `k` numbers.
+    pub fn sample_indices(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        let k = k.min(n);
+        for i in 0..k {
+            let left = n - i;
+            let j = i + ((self.uniform() * left as f64) as usize).min(left - 1);
+            order.swap(i, j);
+        }
+        order.truncate(k);
+        order
+    }
 }
 
 /// The order in which epoch `epoch` of a training run visits `n` examples: a permutation
@@ -101,5 +115,27 @@ mod tests {
         assert_eq!(counts[1], 0);
         let ratio = counts[2] as f64 / counts[0] as f64;
         assert!((ratio - 3.0).abs() < 0.2, "ratio {ratio}");
+    }
+
+    #[test]
+    fn sample_indices_are_distinct_in_range_and_uniform() {
+        let mut r = Rng::new(5);
+        assert_eq!(r.sample_indices(3, 10).len(), 3);
+        assert!(r.sample_indices(0, 4).is_empty());
+        let mut counts = [0usize; 10];
+        for _ in 0..20_000 {
+            let s = r.sample_indices(10, 3);
+            let mut d = s.clone();
+            d.sort_unstable();
+            d.dedup();
+            assert_eq!(d.len(), 3, "{s:?}");
+            for i in s {
+                counts[i] += 1;
+            }
+        }
+        // Each index is drawn with probability 3/10: 6000 of 60000 draws.
+        for c in counts {
+            assert!((c as f64 - 6000.0).abs() < 300.0, "{counts:?}");
+        }
     }
 }

@@ -450,7 +450,15 @@ impl EditMethod for Memit {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Ok(Tensor::stack(&deltas, 0)?)
         })?;
-        let z = (residual(model)? + deltas)?;
+        let h = residual(model)?;
+        // How much of z*'s norm budget the requests use: near the clamp, z* is as large as
+        // allowed, and its size is what unrelated prompts feel.
+        let norm = |t: &Tensor| t.sqr()?.sum(1)?.sqrt();
+        let ratio = (norm(&deltas)? / norm(&h)?)?
+            .mean_all()?
+            .to_scalar::<f64>()?;
+        report.note("z_delta_norm_ratio_mean", format!("{ratio:.2}"));
+        let z = (h + deltas)?;
 
         // 2. Each layer takes its share of what is still missing.
         let templates = prompts[0].rewriting.len();

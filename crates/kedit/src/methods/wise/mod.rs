@@ -176,15 +176,11 @@ impl Wise {
         if !self.hp.replay {
             return Vec::new();
         }
-        let mut rng = request_rng(ctx.seed ^ REPLAY_STREAM, r);
-        let mut order: Vec<usize> = (0..written.len()).collect();
-        let k = self.hp.replay_size.min(order.len());
-        for i in 0..k {
-            let left = order.len() - i;
-            let j = i + ((rng.uniform() * left as f64) as usize).min(left - 1);
-            order.swap(i, j);
-        }
-        order[..k].iter().map(|&i| &written[i]).collect()
+        request_rng(ctx.seed ^ REPLAY_STREAM, r)
+            .sample_indices(written.len(), self.hp.replay_size)
+            .into_iter()
+            .map(|i| &written[i])
+            .collect()
     }
 
     fn rows(
