@@ -451,13 +451,13 @@ impl EditMethod for Memit {
             Ok(Tensor::stack(&deltas, 0)?)
         })?;
         let h = residual(model)?;
-        // How much of z*'s norm budget the requests use: near the clamp, z* is as large as
-        // allowed, and its size is what unrelated prompts feel.
+        // ‖δ‖ / ‖h‖ for the residual z* replaces: how far the requests move the residual
+        // stream (the clamp bounds δ by the MLP output's norm, a different scale).
         let norm = |t: &Tensor| t.sqr()?.sum(1)?.sqrt();
         let ratio = (norm(&deltas)? / norm(&h)?)?
             .mean_all()?
             .to_scalar::<f64>()?;
-        report.note("z_delta_norm_ratio_mean", format!("{ratio:.2}"));
+        report.note("z_delta_over_residual_mean", format!("{ratio:.2}"));
         let z = (h + deltas)?;
 
         // 2. Each layer takes its share of what is still missing.
