@@ -139,6 +139,22 @@ fn rome_hyper_parameters_out_of_range_are_refused_at_load_naming_file_and_key() 
         ("v_early_stop_nll", ".nan"),
         ("fact_token", "\"subject_middle\""),
         ("kl_at", "\"nowhere\""),
+        ("mom2_extra", "[{dataset: \"q.jsonl\", weight: 0}]"),
+        ("mom2_extra", "[{dataset: \"q.jsonl\", weight: -2}]"),
+        ("mom2_extra", "[{dataset: \"q.jsonl\", weight: 1e9}]"),
+        ("mom2_extra", "[{dataset: \"\", weight: 1}]"),
+        (
+            "mom2_extra",
+            "[{dataset: \"q.json\", fields: [loc], weight: 1}]",
+        ),
+        (
+            "mom2_extra",
+            "[{dataset: \"q.json\", records: [0, 9], weight: 1}]",
+        ),
+        (
+            "mom2_extra",
+            "[{dataset: \"q.json\", fields: [loc], records: [9, 9], weight: 1}]",
+        ),
     ] {
         for method in ["rome", "r-rome"] {
             let msg = refused(method, origin, &with(&base, key, value), key);

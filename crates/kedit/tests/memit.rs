@@ -140,3 +140,51 @@ fn memit_refuses_bad_settings_at_load_naming_the_key() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_statistics_source_that_cannot_be_read_is_refused_before_any_edit() {
+    let dir = scratch("extra");
+    let model = smollm2();
+    let ctx = EditContext {
+        cache: Cache::new(dir.join("cache")),
+        ..Default::default()
+    };
+    let prepare = |extra: serde_json::Value, main: Option<&str>| {
+        let mut settings = vec![("mom2_extra", extra)];
+        if let Some(m) = main {
+            settings.push(("mom2_dataset", serde_json::json!(m)));
+        }
+        let hp = common::hparams_with_small_stats("MEMIT", &dir, &settings);
+        let memit = methods::load("memit", Some(&hp), model).unwrap();
+        memit
+            .method
+            .prepare(model, &ctx, &mut kedit::progress::Silent)
+            .unwrap_err()
+            .to_string()
+    };
+    let nowhere = serde_json::json!([{ "dataset": "no/such/questions.json", "weight": 2 }]);
+    let msg = prepare(nowhere.clone(), None);
+    assert!(
+        msg.contains("mom2_extra[0].dataset") && msg.contains("no/such/questions.json"),
+        "{msg}"
+    );
+    // Cached statistics of an unknown corpus cannot be mixed: the main corpus must be a file.
+    let questions = serde_json::json!([{
+        "dataset": common::data("zsre/zsre_mend_train-1k.json").display().to_string(),
+        "fields": ["loc", "loc_ans"], "records": [0, 4], "weight": 2
+    }]);
+    let msg = prepare(questions.clone(), Some("wikipedia"));
+    assert!(msg.contains("mom2_extra needs the main corpus"), "{msg}");
+    // Records past the end of the file: named with the file, before any pass.
+    let mut past = questions;
+    past[0]["records"] = serde_json::json!([990, 1200]);
+    let msg = prepare(past, None);
+    assert!(
+        msg.contains("zsre_mend_train-1k.json") && msg.contains("1000 records"),
+        "{msg}"
+    );
+    assert!(
+        !dir.join("cache").join("stats").exists(),
+        "no statistics were computed"
+    );
+}

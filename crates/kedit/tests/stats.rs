@@ -12,7 +12,7 @@ use kedit::model::ParamId;
 use kedit::progress::Silent;
 use kedit::stats::{
     cached_key_stats, key_stats, missing_stats_error, require_key_stats, Corpus, CorpusFormat,
-    KeyStats, Precision, StatsRequest,
+    KeyStats, MixedSource, Precision, RecordSelection, StatsRequest,
 };
 use kedit::{Error, Site, TokenBatch};
 
@@ -374,4 +374,153 @@ fn a_method_without_corpus_or_cache_is_told_how_to_get_statistics() {
         "{text}"
     );
     assert_eq!(missing_stats_error(&[5], cache.dir()).to_string(), text);
+}
+
+fn zsre_train() -> PathBuf {
+    common::data("zsre/zsre_mend_train-1k.json")
+}
+
+fn locality_questions(start: usize, end: usize) -> RecordSelection {
+    RecordSelection {
+        fields: vec!["loc".into(), "loc_ans".into()],
+        start,
+        end,
+    }
+}
+
+#[test]
+fn a_weighted_source_counts_as_if_its_documents_were_repeated() {
+    let model = common::smollm2();
+    let layers = vec![3, 6];
+    // The main corpus: three Wikipedia documents in a file of their own.
+    let wiki: Vec<String> = Corpus::open(wikipedia())
+        .unwrap()
+        .documents()
+        .unwrap()
+        .take(3)
+        .map(|d| d.unwrap().text)
+        .collect();
+    let line = |t: &str| serde_json::json!({ "text": t }).to_string() + "\n";
+    let main: String = wiki.iter().map(|t| line(t)).collect();
+    let main_path = write_temp("mix-main.jsonl", main.as_bytes());
+
+    // The source: ZsRE train records 600..604, "loc loc_ans" each.
+    let questions = Corpus::open_records(zsre_train(), locality_questions(600, 604)).unwrap();
+    let docs: Vec<String> = questions
+        .documents()
+        .unwrap()
+        .map(|d| d.unwrap().text)
+        .collect();
+    let train = common::json(zsre_train());
+    assert_eq!(docs.len(), 4);
+    assert_eq!(
+        docs[0],
+        format!(
+            "{} {}",
+            train[600]["loc"].as_str().unwrap(),
+            train[600]["loc_ans"].as_str().unwrap()
+        )
+    );
+
+    // The same documents written out, the questions three times over.
+    let mut repeated = main.clone();
+    for _ in 0..3 {
+        repeated.extend(docs.iter().map(|t| line(t)));
+    }
+    let repeated_path = write_temp("mix-repeated.jsonl", repeated.as_bytes());
+    let explicit = StatsRequest {
+        corpus: repeated_path,
+        ..small_request(layers.clone(), 100)
+    };
+    let mixed = StatsRequest {
+        corpus: main_path,
+        mix: vec![MixedSource {
+            corpus: zsre_train(),
+            selection: Some(locality_questions(600, 604)),
+            weight: 3.0,
+        }],
+        ..small_request(layers.clone(), 100)
+    };
+    let cache = temp_cache("mix");
+    let want = key_stats(model, &explicit, &cache, &mut Silent).unwrap();
+    let got = key_stats(model, &mixed, &cache, &mut Silent).unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.layer, w.layer);
+        assert_eq!(g.n_tokens, w.n_tokens);
+        assert_eq!(g.n_docs, 15);
+        let err = rel_max(&g.moment, &w.moment);
+        assert!(err < 1e-12, "layer {}: {err}", g.layer);
+    }
+    // Cached: the same mix read back without computing; a different weight is another C.
+    let again = cached_key_stats(model, 6, Some(&mixed), &cache)
+        .unwrap()
+        .unwrap();
+    assert!(again.computed.is_none());
+    assert!(rel_max(&again.moment, &got[1].moment) < 1e-15);
+    let mut heavier = mixed.clone();
+    heavier.mix[0].weight = 30.0;
+    let other = cached_key_stats(model, 6, Some(&heavier), &cache)
+        .unwrap()
+        .unwrap();
+    assert!(rel_max(&other.moment, &got[1].moment) > 1e-3);
+}
+
+#[test]
+fn bad_record_selections_and_weights_are_refused_naming_file_record_and_field() {
+    let e = Corpus::open_records(zsre_train(), locality_questions(990, 1001)).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("zsre_mend_train-1k.json") && msg.contains("1000 records"),
+        "{msg}"
+    );
+
+    let missing = RecordSelection {
+        fields: vec!["loc".into(), "answer".into()],
+        start: 3,
+        end: 5,
+    };
+    let msg = Corpus::open_records(zsre_train(), missing)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("record 3") && msg.contains("answer") && msg.contains("missing"),
+        "{msg}"
+    );
+
+    let not_text = RecordSelection {
+        fields: vec!["alt".into(), "answers".into()],
+        start: 0,
+        end: 2,
+    };
+    let msg = Corpus::open_records(zsre_train(), not_text)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("answers") && msg.contains("an array"), "{msg}");
+
+    assert!(Corpus::open_records(zsre_train(), locality_questions(5, 5)).is_err());
+    let none = RecordSelection {
+        fields: vec![],
+        start: 0,
+        end: 2,
+    };
+    assert!(Corpus::open_records(zsre_train(), none).is_err());
+
+    let weightless = StatsRequest {
+        mix: vec![MixedSource {
+            corpus: zsre_train(),
+            selection: Some(locality_questions(0, 2)),
+            weight: 0.0,
+        }],
+        ..small_request(vec![0], 2)
+    };
+    let cache = temp_cache("mix-bad");
+    let msg = key_stats(common::smollm2(), &weightless, &cache, &mut Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("weight") && msg.contains("zsre_mend_train-1k.json"),
+        "{msg}"
+    );
+    // Refused before any pass: nothing was computed.
+    assert!(!cache.dir().join("stats").exists());
 }

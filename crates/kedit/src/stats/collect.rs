@@ -97,7 +97,7 @@ pub(crate) fn cached(
     let mut one = req.clone();
     one.layers = vec![layer];
     check_request(model, &one)?;
-    let corpus = Corpus::open(&req.corpus)?;
+    let corpus = req.open_corpus()?;
     let n_docs = effective_docs(&corpus, req)?;
     let key = keys(model, &one, corpus.fingerprint()?)?.remove(0);
     let path = key.final_path(cache, n_docs)?;
@@ -142,7 +142,7 @@ pub(crate) fn run(
     progress: &mut dyn Progress,
 ) -> Result<Vec<KeyStats>> {
     check_request(model, req)?;
-    let corpus = Corpus::open(&req.corpus)?;
+    let corpus = req.open_corpus()?;
     let n_docs = effective_docs(&corpus, req)?;
     // A layer asked for twice is computed once.
     let mut unique = req.clone();

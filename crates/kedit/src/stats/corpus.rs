@@ -1,4 +1,5 @@
-//! Text corpora for statistics: JSONL with a `text` field, or plain text.
+//! Text corpora for statistics: JSONL with a `text` field, plain text, or chosen fields of
+//! a range of records in a dataset file.
 //!
 //! - JSONL (`.jsonl`/`.json`, or any file whose first non-blank byte is `{`): one JSON
 //!   object a line; its `text` field (a string) is one document. Blank lines are skipped.
@@ -6,6 +7,11 @@
 //! - Plain text: documents are paragraphs — maximal runs of non-blank lines, separated by
 //!   blank (whitespace-only) lines, joined with `\n`. In WikiText-2 that makes every
 //!   heading and every paragraph line its own document.
+//!
+//! - Records ([`RecordSelection`]): a JSON array (or JSONL) of objects, such as a ZsRE or
+//!   CounterFact file; records `start..end` (from 0), each one document: its chosen string
+//!   fields joined by a space (ZsRE's `loc` and `loc_ans` make "nq question: … answer").
+//!   Documents are numbered by record, from 0, in errors.
 //!
 //! Documents whose text is empty or whitespace are skipped: they carry no tokens. Documents
 //! are read in file order, so "the first N documents" is the same set every time (and a
@@ -25,12 +31,25 @@ use crate::hash::Fast64;
 pub enum CorpusFormat {
     Jsonl,
     Text,
+    Records,
+}
+
+/// Which records of a dataset file make documents, and from which fields.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct RecordSelection {
+    /// Top-level string fields, joined by a space in this order.
+    pub fields: Vec<String>,
+    /// Records `start..end`, counted from 0; `end` may not pass the file's last record.
+    pub start: usize,
+    pub end: usize,
 }
 
 #[derive(Clone, Debug)]
 pub struct Corpus {
     pub path: PathBuf,
     pub format: CorpusFormat,
+    /// Set exactly when `format` is [`CorpusFormat::Records`].
+    pub selection: Option<RecordSelection>,
 }
 
 /// One document: its text and where it starts (line number from 1).
@@ -74,13 +93,108 @@ impl Corpus {
                 path.display()
             )));
         }
-        Ok(Corpus { path, format })
+        Ok(Corpus {
+            path,
+            format,
+            selection: None,
+        })
+    }
+
+    /// Opens a dataset file whose selected records are the documents (see the module docs);
+    /// the selection is checked against the file here, so a bad one fails before any work.
+    pub fn open_records(path: impl AsRef<Path>, selection: RecordSelection) -> Result<Corpus> {
+        let path = path.as_ref().to_path_buf();
+        if selection.fields.is_empty() {
+            return Err(Error::config(format!(
+                "{}: no fields chosen to make documents of its records",
+                path.display()
+            )));
+        }
+        if selection.start >= selection.end {
+            return Err(Error::config(format!(
+                "{}: records {}..{} is an empty range",
+                path.display(),
+                selection.start,
+                selection.end
+            )));
+        }
+        let corpus = Corpus {
+            path,
+            format: CorpusFormat::Records,
+            selection: Some(selection),
+        };
+        corpus.selected_records()?;
+        Ok(corpus)
+    }
+
+    /// The documents of a [`CorpusFormat::Records`] corpus, read and checked whole (dataset
+    /// files are small).
+    fn selected_records(&self) -> Result<Vec<Document>> {
+        let sel = self
+            .selection
+            .as_ref()
+            .ok_or_else(|| Error::invalid("a records corpus without a selection"))?;
+        let text = std::fs::read_to_string(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let records: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
+            serde_json::from_str(&text).map_err(|e| {
+                Error::config(format!(
+                    "{}: not a JSON array of records: {e}",
+                    self.path.display()
+                ))
+            })?
+        } else {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    serde_json::from_str(l).map_err(|e| {
+                        Error::record(&self.path, i + 1, "record", format!("not JSON: {e}"))
+                    })
+                })
+                .collect::<Result<_>>()?
+        };
+        if sel.end > records.len() {
+            return Err(Error::config(format!(
+                "{}: records {}..{} asked for, but the file has {} records",
+                self.path.display(),
+                sel.start,
+                sel.end,
+                records.len()
+            )));
+        }
+        let mut docs = Vec::with_capacity(sel.end - sel.start);
+        for (index, record) in records[sel.start..sel.end].iter().enumerate() {
+            let at = sel.start + index;
+            let mut parts = Vec::with_capacity(sel.fields.len());
+            for field in &sel.fields {
+                match record.get(field) {
+                    Some(serde_json::Value::String(s)) => parts.push(s.trim()),
+                    Some(other) => {
+                        return Err(Error::record(
+                            &self.path,
+                            at,
+                            field,
+                            format!("expected a string, found {}", json_kind(other)),
+                        ))
+                    }
+                    None => return Err(Error::record(&self.path, at, field, "missing")),
+                }
+            }
+            let text = parts.join(" ");
+            if !text.trim().is_empty() {
+                docs.push(Document { line: at, text });
+            }
+        }
+        Ok(docs)
     }
 
     /// A hash of the file's bytes and how they are read: the corpus part of cache keys.
     pub fn fingerprint(&self) -> Result<u64> {
         let mut h = Fast64::new();
         h.str(&format!("{:?}", self.format));
+        if let Some(sel) = &self.selection {
+            h.str(&format!("{:?}", sel));
+        }
         let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -105,13 +219,16 @@ impl Corpus {
 
     /// The documents, in file order.
     pub fn documents(&self) -> Result<Documents> {
+        if self.format == CorpusFormat::Records {
+            return Ok(Documents::Records(self.selected_records()?.into_iter()));
+        }
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        Ok(Documents {
+        Ok(Documents::Lines(LineDocuments {
             path: self.path.clone(),
             format: self.format,
             lines: BufReader::with_capacity(1 << 20, file).lines(),
             line: 0,
-        })
+        }))
     }
 
     /// The number of documents among the first `limit` (reads no further).
@@ -126,14 +243,31 @@ impl Corpus {
 }
 
 /// An iterator over a corpus's documents; bad records are errors naming file, line, field.
-pub struct Documents {
+pub enum Documents {
+    Lines(LineDocuments),
+    Records(std::vec::IntoIter<Document>),
+}
+
+impl Iterator for Documents {
+    type Item = Result<Document>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Documents::Lines(lines) => lines.next(),
+            Documents::Records(records) => records.next().map(Ok),
+        }
+    }
+}
+
+/// The documents of a JSONL or plain-text corpus, read line by line.
+pub struct LineDocuments {
     path: PathBuf,
     format: CorpusFormat,
     lines: std::io::Lines<BufReader<File>>,
     line: usize,
 }
 
-impl Documents {
+impl LineDocuments {
     fn next_line(&mut self) -> Option<Result<String>> {
         let next = self.lines.next()?;
         self.line += 1;
@@ -219,13 +353,14 @@ impl Documents {
     }
 }
 
-impl Iterator for Documents {
+impl Iterator for LineDocuments {
     type Item = Result<Document>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self.format {
             CorpusFormat::Jsonl => self.next_jsonl(),
             CorpusFormat::Text => self.next_paragraph(),
+            CorpusFormat::Records => None,
         }
     }
 }

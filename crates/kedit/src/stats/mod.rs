@@ -17,6 +17,7 @@
 
 pub mod collect;
 pub mod corpus;
+pub mod mix;
 pub mod moment;
 pub mod store;
 
@@ -29,7 +30,7 @@ use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::progress::Progress;
-pub use corpus::{Corpus, CorpusFormat, Document};
+pub use corpus::{Corpus, CorpusFormat, Document, RecordSelection};
 pub use moment::{MomentSum, Precision};
 pub use store::StatsKey;
 
@@ -39,6 +40,8 @@ pub struct StatsRequest {
     pub layers: Vec<usize>,
     /// JSONL with a `text` field, or plain text (see [`corpus`]).
     pub corpus: PathBuf,
+    /// When set, `corpus` is a dataset file and these of its records are the documents.
+    pub selection: Option<RecordSelection>,
     /// Documents to use (ROME's `mom2_n_samples`); fewer if the corpus has fewer.
     pub n_docs: usize,
     /// Tokens kept from the start of each document.
@@ -48,6 +51,17 @@ pub struct StatsRequest {
     pub batch_size: usize,
     /// Seconds between checkpoints of the partial sums.
     pub checkpoint_seconds: f64,
+    /// Further corpora whose keys join C, each with a weight (see [`mix`]).
+    pub mix: Vec<MixedSource>,
+}
+
+/// A further corpus for C: all its documents (or the selected records), their keys
+/// counted `weight` times, as if the corpus were repeated that often.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MixedSource {
+    pub corpus: PathBuf,
+    pub selection: Option<RecordSelection>,
+    pub weight: f64,
 }
 
 impl StatsRequest {
@@ -55,11 +69,21 @@ impl StatsRequest {
         StatsRequest {
             layers,
             corpus: corpus.into(),
+            selection: None,
             n_docs: 100_000,
             max_len: 128,
             precision: Precision::F32,
             batch_size: 16,
             checkpoint_seconds: 60.0,
+            mix: Vec::new(),
+        }
+    }
+
+    /// The corpus this request reads (not its mixed sources).
+    pub fn open_corpus(&self) -> Result<Corpus> {
+        match &self.selection {
+            Some(sel) => Corpus::open_records(&self.corpus, sel.clone()),
+            None => Corpus::open(&self.corpus),
         }
     }
 }
@@ -108,7 +132,7 @@ pub fn key_stats(
     cache: &Cache,
     progress: &mut dyn Progress,
 ) -> Result<Vec<KeyStats>> {
-    collect::run(model, request, cache, progress)
+    mix::run(model, request, cache, progress)
 }
 
 /// C for `layer` if it is in the cache. With a request, exactly the statistics it
@@ -121,7 +145,7 @@ pub fn cached_key_stats(
     cache: &Cache,
 ) -> Result<Option<KeyStats>> {
     match request {
-        Some(req) => collect::cached(model, layer, req, cache),
+        Some(req) => mix::cached(model, layer, req, cache),
         None => collect::any_cached(model, layer, cache),
     }
 }

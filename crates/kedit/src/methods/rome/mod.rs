@@ -35,7 +35,9 @@ use crate::model::{BlockParam, Model, ParamId};
 use crate::progress::{Progress, Silent};
 use crate::prompts::{answer_boundaries, fill, lookup, subject_template, target_ids, FactToken};
 use crate::request::EditRequest;
-use crate::stats::{cached_key_stats, require_key_stats, Precision, StatsRequest};
+use crate::stats::{
+    cached_key_stats, require_key_stats, MixedSource, Precision, RecordSelection, StatsRequest,
+};
 use key::{key_star, keys_at, Lookup};
 use moment::KeyCovariance;
 use templates::{TemplateCache, TemplateSpec};
@@ -68,6 +70,9 @@ pub struct RomeHparams {
     pub mom2_n_samples: usize,
     #[serde(default = "default_mom2_dtype")]
     pub mom2_dtype: String,
+    /// Further corpora for C, each weighted (a kedit extension; see [`Mom2Source`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mom2_extra: Vec<Mom2Source>,
     /// R-ROME: use the template-averaged key k* in the update as well (consistent keys).
     #[serde(default)]
     pub enable_random_prefix_keys: bool,
@@ -98,6 +103,72 @@ pub struct RomeHparams {
     /// see docs/mass-editing.md, "Free generation").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub v_answer_end: bool,
+}
+
+/// A further corpus for the key statistics: `dataset` is a corpus file (as `mom2_dataset`),
+/// or with `fields` and `records` a dataset file whose records `[start, end)` make one
+/// document each of those fields joined by a space. Its keys count `weight` times in C.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mom2Source {
+    pub dataset: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<[usize; 2]>,
+    #[serde(deserialize_with = "lenient_f64")]
+    pub weight: f64,
+}
+
+impl Mom2Source {
+    /// The source as the statistics take it; its file must exist.
+    fn mixed(&self, index: usize) -> Result<MixedSource> {
+        let corpus = Cache::resolve_relative(Path::new(&self.dataset)).ok_or_else(|| {
+            Error::config(format!(
+                "mom2_extra[{index}].dataset: `{}` is not a file (relative paths are read from \
+                 the working directory or the repository root)",
+                self.dataset
+            ))
+        })?;
+        let selection = self.records.map(|[start, end]| RecordSelection {
+            fields: self.fields.clone(),
+            start,
+            end,
+        });
+        Ok(MixedSource {
+            corpus,
+            selection,
+            weight: self.weight,
+        })
+    }
+
+    fn check(&self, index: usize, source: &HparamsSource) -> Result<()> {
+        let key = format!("mom2_extra[{index}]");
+        if self.dataset.trim().is_empty() {
+            return Err(source.error(&key, ": `dataset` is empty"));
+        }
+        if !(self.weight.is_finite() && self.weight > 0.0 && self.weight <= MAX_FACTOR) {
+            return Err(source.error(
+                &key,
+                &format!(
+                    ": `weight` is {}; it must be positive and at most {MAX_FACTOR}",
+                    self.weight
+                ),
+            ));
+        }
+        match (self.fields.is_empty(), self.records) {
+            (true, None) => Ok(()),
+            (false, Some([start, end])) if start < end => Ok(()),
+            (false, Some([start, end])) => Err(source.error(
+                &key,
+                &format!(": `records` [{start}, {end}] is empty (it is [start, end), from 0)"),
+            )),
+            _ => Err(source.error(
+                &key,
+                ": `fields` and `records` go together (the records' fields make the documents)",
+            )),
+        }
+    }
 }
 
 fn default_v_batch_requests() -> usize {
@@ -168,6 +239,9 @@ impl RomeHparams {
         self.mom2_dtype
             .parse::<Precision>()
             .map_err(|e| source.error("mom2_dtype", &format!(": {e}")))?;
+        for (i, extra) in self.mom2_extra.iter().enumerate() {
+            extra.check(i, source)?;
+        }
         source
             .check("v_early_stop_loss", self.v_early_stop_loss)
             .in_range(0.0, MAX_STOP_LOSS)?;
@@ -308,11 +382,26 @@ impl Rome {
             .clone()
             .or_else(|| Cache::resolve_relative(Path::new(&self.hp.mom2_dataset)));
         let Some(corpus) = corpus else {
+            if !self.hp.mom2_extra.is_empty() {
+                // Cached statistics of an unknown corpus cannot be mixed faithfully.
+                return Err(Error::config(format!(
+                    "mom2_extra needs the main corpus too, but `mom2_dataset: {}` is not a file \
+                     and no --corpus was given",
+                    self.hp.mom2_dataset
+                )));
+            }
             return Ok(None);
         };
         let mut request = StatsRequest::new(layers, corpus);
         request.n_docs = self.hp.mom2_n_samples;
         request.precision = self.hp.mom2_dtype.parse::<Precision>()?;
+        request.mix = self
+            .hp
+            .mom2_extra
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.mixed(i))
+            .collect::<Result<_>>()?;
         Ok(Some(request))
     }
 
