@@ -242,6 +242,49 @@ mod tests {
         assert!(e.to_string().contains("not positive definite"), "{e}");
     }
 
+    /// EMMET with the ridge ε on D is MEMIT with λ = wε: R(KᵀC⁻¹K/w + εI)⁻¹KᵀC⁻¹/w =
+    /// R(KᵀC⁻¹K + wεI)⁻¹KᵀC⁻¹ = R Kᵀ(wεC + KKᵀ)⁻¹ (push-through identity).
+    #[test]
+    fn emmet_with_a_ridge_is_memit_with_lambda_w_epsilon() {
+        let mut rng = Rng::new(6);
+        let (n, d_ff, d) = (5, 16, 4);
+        let keys = random(n, d_ff, &mut rng);
+        let resid = random(n, d, &mut rng);
+        let basis = to_mat(&random(d_ff, d_ff, &mut rng)).unwrap();
+        let c = &basis * basis.transpose() / d_ff as f64 + Mat::<f64>::identity(d_ff, d_ff);
+        for (weight, ridge) in [(1e4, 0.1), (3.0, 2.0)] {
+            let emmet = Objective::Emmet {
+                weight,
+                norm: 0.0,
+                ridge,
+            };
+            let memit = Objective::Memit {
+                lambda: weight * ridge,
+            };
+            let a = mapped(
+                &c_rows(&c),
+                &layer_update(&keys, &resid, &c, emmet, DType::F64).unwrap(),
+            );
+            let b = mapped(
+                &c_rows(&c),
+                &layer_update(&keys, &resid, &c, memit, DType::F64).unwrap(),
+            );
+            let scale = max_abs(&b);
+            let err = max_abs(&(a - &b).unwrap()) / scale;
+            assert!(
+                scale > 1e-6 && err < 1e-9,
+                "w = {weight}, ε = {ridge}: {err}"
+            );
+        }
+    }
+
+    /// Every row of C as a key: the updates compared on the whole space, not only on K.
+    fn c_rows(c: &Mat<f64>) -> Tensor {
+        let d = c.nrows();
+        let v: Vec<f64> = (0..d * d).map(|i| c[(i / d, i % d)]).collect();
+        Tensor::from_vec(v, (d, d), &Device::Cpu).unwrap()
+    }
+
     /// EMMET maps every key exactly whatever weight C has (ε → 0); without C or a norm
     /// term its C' is singular and the batch is refused, saying which key helps.
     #[test]
