@@ -20,6 +20,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -50,6 +51,8 @@ pub struct Corpus {
     pub format: CorpusFormat,
     /// Set exactly when `format` is [`CorpusFormat::Records`].
     pub selection: Option<RecordSelection>,
+    /// The selected records' documents, read once when the corpus is opened.
+    records: Option<Arc<[Document]>>,
 }
 
 /// One document: its text and where it starts (line number from 1).
@@ -97,6 +100,7 @@ impl Corpus {
             path,
             format,
             selection: None,
+            records: None,
         })
     }
 
@@ -118,74 +122,13 @@ impl Corpus {
                 selection.end
             )));
         }
-        let corpus = Corpus {
+        let records = read_records(&path, &selection)?;
+        Ok(Corpus {
             path,
             format: CorpusFormat::Records,
             selection: Some(selection),
-        };
-        corpus.selected_records()?;
-        Ok(corpus)
-    }
-
-    /// The documents of a [`CorpusFormat::Records`] corpus, read and checked whole (dataset
-    /// files are small).
-    fn selected_records(&self) -> Result<Vec<Document>> {
-        let sel = self
-            .selection
-            .as_ref()
-            .ok_or_else(|| Error::invalid("a records corpus without a selection"))?;
-        let text = std::fs::read_to_string(&self.path).map_err(|e| Error::io(&self.path, e))?;
-        let records: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
-            serde_json::from_str(&text).map_err(|e| {
-                Error::config(format!(
-                    "{}: not a JSON array of records: {e}",
-                    self.path.display()
-                ))
-            })?
-        } else {
-            text.lines()
-                .enumerate()
-                .filter(|(_, l)| !l.trim().is_empty())
-                .map(|(i, l)| {
-                    serde_json::from_str(l).map_err(|e| {
-                        Error::record(&self.path, i + 1, "record", format!("not JSON: {e}"))
-                    })
-                })
-                .collect::<Result<_>>()?
-        };
-        if sel.end > records.len() {
-            return Err(Error::config(format!(
-                "{}: records {}..{} asked for, but the file has {} records",
-                self.path.display(),
-                sel.start,
-                sel.end,
-                records.len()
-            )));
-        }
-        let mut docs = Vec::with_capacity(sel.end - sel.start);
-        for (index, record) in records[sel.start..sel.end].iter().enumerate() {
-            let at = sel.start + index;
-            let mut parts = Vec::with_capacity(sel.fields.len());
-            for field in &sel.fields {
-                match record.get(field) {
-                    Some(serde_json::Value::String(s)) => parts.push(s.trim()),
-                    Some(other) => {
-                        return Err(Error::record(
-                            &self.path,
-                            at,
-                            field,
-                            format!("expected a string, found {}", json_kind(other)),
-                        ))
-                    }
-                    None => return Err(Error::record(&self.path, at, field, "missing")),
-                }
-            }
-            let text = parts.join(" ");
-            if !text.trim().is_empty() {
-                docs.push(Document { line: at, text });
-            }
-        }
-        Ok(docs)
+            records: Some(records.into()),
+        })
     }
 
     /// A hash of the file's bytes and how they are read: the corpus part of cache keys.
@@ -219,8 +162,11 @@ impl Corpus {
 
     /// The documents, in file order.
     pub fn documents(&self) -> Result<Documents> {
-        if self.format == CorpusFormat::Records {
-            return Ok(Documents::Records(self.selected_records()?.into_iter()));
+        if let Some(records) = &self.records {
+            return Ok(Documents::Records {
+                docs: records.clone(),
+                next: 0,
+            });
         }
         let file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
         Ok(Documents::Lines(LineDocuments {
@@ -242,10 +188,66 @@ impl Corpus {
     }
 }
 
+/// The documents of records `sel.start..sel.end` of a dataset file, checked whole (dataset
+/// files are small).
+fn read_records(path: &Path, sel: &RecordSelection) -> Result<Vec<Document>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let records: Vec<serde_json::Value> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text).map_err(|e| {
+            Error::config(format!(
+                "{}: not a JSON array of records: {e}",
+                path.display()
+            ))
+        })?
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l)
+                    .map_err(|e| Error::record(path, i + 1, "record", format!("not JSON: {e}")))
+            })
+            .collect::<Result<_>>()?
+    };
+    if sel.end > records.len() {
+        return Err(Error::config(format!(
+            "{}: records {}..{} asked for, but the file has {} records",
+            path.display(),
+            sel.start,
+            sel.end,
+            records.len()
+        )));
+    }
+    let mut docs = Vec::with_capacity(sel.end - sel.start);
+    for (index, record) in records[sel.start..sel.end].iter().enumerate() {
+        let at = sel.start + index;
+        let mut parts = Vec::with_capacity(sel.fields.len());
+        for field in &sel.fields {
+            match record.get(field) {
+                Some(serde_json::Value::String(s)) => parts.push(s.trim()),
+                Some(other) => {
+                    return Err(Error::record(
+                        path,
+                        at,
+                        field,
+                        format!("expected a string, found {}", json_kind(other)),
+                    ))
+                }
+                None => return Err(Error::record(path, at, field, "missing")),
+            }
+        }
+        let text = parts.join(" ");
+        if !text.trim().is_empty() {
+            docs.push(Document { line: at, text });
+        }
+    }
+    Ok(docs)
+}
+
 /// An iterator over a corpus's documents; bad records are errors naming file, line, field.
 pub enum Documents {
     Lines(LineDocuments),
-    Records(std::vec::IntoIter<Document>),
+    Records { docs: Arc<[Document]>, next: usize },
 }
 
 impl Iterator for Documents {
@@ -254,7 +256,11 @@ impl Iterator for Documents {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Documents::Lines(lines) => lines.next(),
-            Documents::Records(records) => records.next().map(Ok),
+            Documents::Records { docs, next } => {
+                let doc = docs.get(*next).cloned()?;
+                *next += 1;
+                Some(Ok(doc))
+            }
         }
     }
 }
