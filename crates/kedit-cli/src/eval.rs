@@ -158,6 +158,9 @@ pub fn print_summary(s: &RunSummary) {
     if let Some(after) = &s.after_all_edits {
         rows.push(scores_row("after all edits", after));
     }
+    if let Some(apart) = &s.post_without_same_subject {
+        rows.push(scores_row("post-edit, no shared subject", apart));
+    }
     println!(
         "{}",
         table(
@@ -191,6 +194,14 @@ pub fn print_summary(s: &RunSummary) {
             b as f64 / (1024.0 * 1024.0)
         ))
     );
+    if s.same_subject_cases > 0 {
+        println!(
+            "{} cases were edited in a call with another request about their subject and a \
+             different target (`same_subject` in cases.jsonl): they compete for one key, and \
+             where they ask the same question they contradict each other",
+            s.same_subject_cases
+        );
+    }
     for (i, e) in s.errors.iter().take(5) {
         println!("case {i} refused: {e}");
     }
@@ -218,6 +229,7 @@ mod tests {
                         error: Some("subject not in prompt".into()),
                         ..Default::default()
                     },
+                    same_subject: Vec::new(),
                 })
                 .unwrap();
         }

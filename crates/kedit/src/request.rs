@@ -111,3 +111,65 @@ impl EditRequest {
         Ok(())
     }
 }
+
+/// For each request, the positions of the others about the same subject (compared
+/// trimmed, ignoring case) with a different target. Locate-then-edit methods key a fact on
+/// its subject's last token, so in one call such requests compete for one key; when they
+/// ask the same question with different answers (ZsRE holds such pairs: "NGC 6604" in
+/// Andromeda and in Pegasus), no edit can satisfy both.
+pub fn same_subject_other_target(requests: &[&EditRequest]) -> Vec<Vec<usize>> {
+    let key = |s: &str| s.trim().to_lowercase();
+    let mut by_subject: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in requests.iter().enumerate() {
+        if !r.subject.trim().is_empty() {
+            by_subject.entry(key(&r.subject)).or_default().push(i);
+        }
+    }
+    let mut others = vec![Vec::new(); requests.len()];
+    for group in by_subject.values().filter(|g| g.len() > 1) {
+        for &i in group {
+            others[i] = group
+                .iter()
+                .copied()
+                .filter(|&j| key(&requests[j].target_new) != key(&requests[i].target_new))
+                .collect();
+        }
+    }
+    others
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(subject: &str, target: &str) -> EditRequest {
+        EditRequest {
+            case_id: format!("{subject}->{target}"),
+            prompt: format!("Where is {subject}?"),
+            subject: subject.into(),
+            target_new: target.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn requests_about_one_subject_with_different_targets_are_paired() {
+        let reqs = [
+            request("NGC 6604", "Andromeda"),
+            request("Andrew Toney", "Ottawa Senators"),
+            request("ngc 6604 ", "Pegasus"),
+            request("NGC 6604", " andromeda"),
+            request("Paris", "France"),
+            request("", "Rome"),
+            request("", "Lyon"),
+        ];
+        let refs: Vec<&EditRequest> = reqs.iter().collect();
+        let others = same_subject_other_target(&refs);
+        assert_eq!(others[0], vec![2]);
+        assert_eq!(others[2], vec![0, 3]);
+        assert_eq!(others[3], vec![2]);
+        for i in [1, 4, 5, 6] {
+            assert!(others[i].is_empty(), "request {i}: {:?}", others[i]);
+        }
+    }
+}

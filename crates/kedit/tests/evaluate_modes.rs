@@ -10,6 +10,7 @@ use common::{smollm2, zsre_dev};
 use kedit::edit::{Delta, WeightEdit};
 use kedit::editor::Editor;
 use kedit::evaluate::MetricOptions;
+use kedit::experiment::report::{build_summary, RunConfig};
 use kedit::experiment::summary::summarize;
 use kedit::experiment::{run, Mode, RunOptions, RunStore};
 use kedit::methods::{self, Computed, EditContext, EditMethod};
@@ -128,6 +129,35 @@ fn batch_mode_edits_all_requests_in_one_call() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("at most 1"), "{err}");
+}
+
+/// ZsRE dev records 36 and 37 ask where Andrew Toney plays with two different teams; edited
+/// in one call they compete for one key. Record 38 (NGC 6604) has its pair, 39, elsewhere.
+#[test]
+fn requests_of_one_call_about_one_subject_with_other_targets_are_named() {
+    let requests: Vec<EditRequest> = zsre_dev(39).split_off(36);
+    assert_eq!(requests[0].subject, requests[1].subject);
+    assert_ne!(requests[0].target_new, requests[1].target_new);
+    let (store, _) = run_mode(ft_m().as_ref(), &requests, options(Mode::Batch, 3));
+    let named: Vec<&Vec<String>> = store.cases.values().map(|r| &r.same_subject).collect();
+    assert_eq!(named[0], &vec![requests[1].case_id.clone()]);
+    assert_eq!(named[1], &vec![requests[0].case_id.clone()]);
+    assert!(named[2].is_empty());
+    let config: RunConfig = serde_json::from_value(serde_json::json!({
+        "kedit_version": "0", "method": "ft-m", "hparams_origin": "", "hparams": null,
+        "model": "m", "model_fingerprint": "f", "data": "d", "format": "zsre", "limit": null,
+        "skip_invalid": false, "mode": "batch", "batch_size": 3, "seed": 0
+    }))
+    .unwrap();
+    let summary = build_summary(&store, &config, true);
+    assert_eq!(summary.same_subject_cases, 2);
+    let apart = summary.post_without_same_subject.unwrap();
+    assert_eq!(apart.n, 1);
+    let last = store.cases[&2].post.as_ref().unwrap();
+    assert_eq!(apart.reliability, summarize(&[last]).reliability);
+    // One request per call (single mode) never competes.
+    let (single, _) = run_mode(ft_m().as_ref(), &requests[..2], options(Mode::Single, 1));
+    assert!(single.cases.values().all(|r| r.same_subject.is_empty()));
 }
 
 #[test]

@@ -30,7 +30,7 @@ use crate::experiment::shard::Shard;
 use crate::experiment::store::{CaseRecord, EditOutcome, RunStore};
 use crate::methods::{EditContext, EditMethod};
 use crate::progress::Progress;
-use crate::request::EditRequest;
+use crate::request::{same_subject_other_target, EditRequest};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -234,6 +234,7 @@ impl Session<'_> {
             .filter(|(_, refused)| refused.is_none())
             .map(|(&i, _)| requests[i].clone())
             .collect();
+        let same_subject = self.same_subject(indices, &refusals);
         let computed = if batch.is_empty() {
             Err(Error::EditRefused(
                 "every request of the call was refused".into(),
@@ -303,7 +304,8 @@ impl Session<'_> {
             .zip(posts)
             .zip(pre)
             .zip(refusals)
-            .map(|(((&i, post), pre), refused)| CaseRecord {
+            .zip(same_subject)
+            .map(|((((&i, post), pre), refused), ids)| CaseRecord {
                 index: i,
                 case_id: requests[i].case_id.clone(),
                 prompt: requests[i].prompt.clone(),
@@ -314,9 +316,37 @@ impl Session<'_> {
                     error: refused,
                     ..outcome.clone()
                 },
+                same_subject: ids,
             })
             .collect();
         Ok((edit, records))
+    }
+
+    /// For each of `indices`, the case ids of the others in the call (refused ones left
+    /// out) about its subject with another target; logged once per call, since such
+    /// requests compete for one key and may contradict each other.
+    fn same_subject(&mut self, indices: &[usize], refusals: &[Option<String>]) -> Vec<Vec<String>> {
+        let requests = self.requests;
+        let kept: Vec<usize> = (0..indices.len())
+            .filter(|&k| refusals[k].is_none())
+            .collect();
+        let reqs: Vec<&EditRequest> = kept.iter().map(|&k| &requests[indices[k]]).collect();
+        let mut ids = vec![Vec::new(); indices.len()];
+        for (&k, others) in kept.iter().zip(same_subject_other_target(&reqs)) {
+            ids[k] = others.iter().map(|&j| reqs[j].case_id.clone()).collect();
+        }
+        let involved = ids.iter().filter(|o| !o.is_empty()).count();
+        if let Some(first) = ids.iter().position(|o| !o.is_empty()) {
+            let r = &requests[indices[first]];
+            self.progress.notice(&format!(
+                "{involved} requests of this call share a subject with another of its requests \
+                 that has a different target (e.g. case {} \"{}\" → {} and case {}); they compete \
+                 for one key, and if they ask the same question they contradict each other \
+                 (`same_subject` in cases.jsonl)",
+                r.case_id, r.subject, r.target_new, ids[first][0]
+            ));
+        }
+        ids
     }
 
     fn put_all(&mut self, store: &mut RunStore, records: Vec<CaseRecord>) -> Result<()> {

@@ -45,6 +45,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 fn yes() -> bool {
     true
 }
@@ -77,6 +81,12 @@ pub struct RunSummary {
     /// Sequential mode: every case evaluated after all edits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after_all_edits: Option<Scores>,
+    /// Cases edited in a call with another request about their subject and a different
+    /// target (`same_subject` in `cases.jsonl`), and the post-edit scores of the others.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub same_subject_cases: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_without_same_subject: Option<Scores>,
     pub config: RunConfig,
     /// The full-weight fingerprint after the run equals `config.model_fingerprint`
     /// (the harness also checks bit-identity after every revert).
@@ -95,6 +105,15 @@ pub fn build_summary(
     let post: Vec<&Metrics> = records.iter().filter_map(|r| r.post.as_ref()).collect();
     let after: Vec<&Metrics> = store.after_all.values().collect();
     let post_scores = summarize(&post);
+    let same_subject_cases = records
+        .iter()
+        .filter(|r| !r.same_subject.is_empty())
+        .count();
+    let apart: Vec<&Metrics> = records
+        .iter()
+        .filter(|r| r.same_subject.is_empty())
+        .filter_map(|r| r.post.as_ref())
+        .collect();
     let n = records.len();
     let per_edit: Vec<f64> = records
         .iter()
@@ -125,6 +144,8 @@ pub fn build_summary(
         pre: summarize(&pre),
         after_all_edits: (config.mode == Mode::Sequential && !after.is_empty())
             .then(|| summarize(&after)),
+        same_subject_cases,
+        post_without_same_subject: (same_subject_cases > 0).then(|| summarize(&apart)),
         config: config.clone(),
         weights_identical_after_run,
         errors: records

@@ -58,6 +58,10 @@ pub struct CaseRecord {
     /// with its batch). `None` when the edit was refused.
     pub post: Option<Metrics>,
     pub edit: EditOutcome,
+    /// Case ids of the other requests of this case's call about its subject with a
+    /// different target (they compete for one key; see `request::same_subject_other_target`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub same_subject: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -342,6 +346,7 @@ mod tests {
                 pre: pre.clone(),
                 post: None,
                 edit: EditOutcome::default(),
+                same_subject: Vec::new(),
             })
             .unwrap();
         // A torn line at the end (an interrupted write) is ignored.

@@ -127,6 +127,7 @@ mod tests {
             pre: Metrics::default(),
             post: Some(post),
             edit: EditOutcome::default(),
+            same_subject: Vec::new(),
         }
     }
 
