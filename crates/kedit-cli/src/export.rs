@@ -140,6 +140,9 @@ impl Targets {
                 }
             }
         }
+        if self.gguf.is_none() && self.hf.is_none() {
+            return Ok(());
+        }
         let model = editor.weights_only()?;
         if let Some(path) = &self.gguf {
             let s = save_gguf(model, path, self.gguf_dtype)

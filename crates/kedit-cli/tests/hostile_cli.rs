@@ -304,3 +304,45 @@ fn locate_with_nothing_to_trace_writes_nothing() {
     );
     assert!(!s.join("out").exists());
 }
+
+/// An edit that lives outside the weights (GRACE's codebook) is shown and saved; only a
+/// model file, which cannot carry it, is refused — and the edit file is still written.
+#[test]
+fn an_edit_outside_the_weights_succeeds_and_only_a_model_file_is_refused() {
+    let s = Scratch::new("grace-edit");
+    let grace = [
+        "edit",
+        "--method",
+        "grace",
+        "--prompt",
+        "The Eiffel Tower is located in the city of",
+        "--subject",
+        "The Eiffel Tower",
+        "--target",
+        "Rome",
+    ];
+    let out = kedit(&grace);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("after:  \" Rome"), "{shown}");
+
+    let out = kedit(
+        &[
+            &grace[..],
+            &[
+                "--save-edit",
+                &s.s("grace.safetensors"),
+                "--save-gguf",
+                &s.s("m.gguf"),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot carry"), "{}", stderr(&out));
+    assert_eq!(
+        names(&s.0),
+        ["grace.safetensors"],
+        "the edit saved, no model file"
+    );
+}
