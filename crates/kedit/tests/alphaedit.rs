@@ -8,7 +8,6 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Tensor};
 use common::{smollm2, top1};
-use kedit::cache::Cache;
 use kedit::edit::{Delta, Edit, WeightEdit};
 use kedit::editor::{tensors_identical, Editor};
 use kedit::methods::{self, EditContext};
@@ -82,7 +81,7 @@ fn alphaedit_keeps_earlier_edits_keys_in_place_while_they_are_applied() {
     .unwrap();
     assert!(alpha.warnings.is_empty(), "{:?}", alpha.warnings);
     let ctx = EditContext {
-        cache: Cache::new(dir.join("cache")),
+        cache: common::shared_cache(),
         ..Default::default()
     };
     let first = [
@@ -95,10 +94,7 @@ fn alphaedit_keeps_earlier_edits_keys_in_place_while_they_are_applied() {
         city("bigben", "Big Ben", "Berlin"),
     ];
     let mut editor = Editor::new(model.clone());
-    alpha
-        .method
-        .prepare(editor.model(), &ctx, &mut kedit::progress::Silent)
-        .unwrap();
+    common::prepare_shared(alpha.method.as_ref(), editor.model(), &ctx);
 
     // 1. A batch of three in one call: each target becomes the top token.
     let one = alpha.method.compute(&editor, &first, &ctx).unwrap();

@@ -28,8 +28,11 @@ fn fixture_requests() -> (Vec<EditRequest>, Vec<serde_json::Value>) {
     let fx = json(fixture("easyedit_pre_metrics.json"));
     let cases = fx["cases"].as_array().unwrap().clone();
     let records: Vec<serde_json::Value> = cases.iter().map(|c| c["record"].clone()).collect();
+    // One file per call: tests of this binary call it side by side.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "kedit-easyedit-fixture-{}.json",
+        "kedit-easyedit-fixture-{}-{call}.json",
         std::process::id()
     ));
     std::fs::write(&path, serde_json::to_string(&records).unwrap()).unwrap();

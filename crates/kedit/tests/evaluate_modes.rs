@@ -17,18 +17,25 @@ use kedit::methods::{self, Computed, EditContext, EditMethod};
 use kedit::request::EditRequest;
 use kedit::{Error, ParamId};
 
-/// Fluency sampling is covered by the metric tests; here it would only add minutes.
+/// Teacher-forced metrics: fluency sampling is covered by the metric tests, and free
+/// generation by the single and sequential tests ([`with_free_generation`]); elsewhere they
+/// would only add minutes.
 fn options(mode: Mode, batch_size: usize) -> RunOptions {
     RunOptions {
         mode,
         batch_size,
         metrics: MetricOptions {
             fluency: false,
-            free_generation: true,
+            free_generation: false,
             seed: 0,
         },
         shard: None,
     }
+}
+
+fn with_free_generation(mut opts: RunOptions) -> RunOptions {
+    opts.metrics.free_generation = true;
+    opts
 }
 
 fn run_mode(
@@ -67,7 +74,11 @@ fn ft_m() -> Box<dyn EditMethod> {
 #[test]
 fn single_mode_ft_m_edits_reliably_and_reverts_exactly() {
     let requests = zsre_dev(3);
-    let (store, _) = run_mode(ft_m().as_ref(), &requests, options(Mode::Single, 1));
+    let (store, _) = run_mode(
+        ft_m().as_ref(),
+        &requests,
+        with_free_generation(options(Mode::Single, 1)),
+    );
     assert_eq!(store.cases.len(), 3);
     let post: Vec<_> = store
         .cases
@@ -81,6 +92,10 @@ fn single_mode_ft_m_edits_reliably_and_reverts_exactly() {
     assert!(reliability > s0.reliability.unwrap());
     let locality = s1.locality.unwrap();
     assert!((0.0..=1.0).contains(&locality));
+    // Free generation was measured before and after each edit.
+    let (fg0, fg1) = (s0.free_generation, s1.free_generation);
+    assert!(fg0.reliability.is_some() && fg1.reliability.is_some());
+    assert!(fg1.reliability >= fg0.reliability, "{fg0:?} -> {fg1:?}");
     for r in store.cases.values() {
         assert!(r.edit.error.is_none());
         assert!(r.edit.seconds > 0.0);
@@ -91,7 +106,11 @@ fn single_mode_ft_m_edits_reliably_and_reverts_exactly() {
 #[test]
 fn sequential_mode_reports_after_own_edit_and_after_all_edits() {
     let requests = zsre_dev(3);
-    let (store, _) = run_mode(ft_m().as_ref(), &requests, options(Mode::Sequential, 1));
+    let (store, _) = run_mode(
+        ft_m().as_ref(),
+        &requests,
+        with_free_generation(options(Mode::Sequential, 1)),
+    );
     assert_eq!(store.cases.len(), 3);
     assert_eq!(store.after_all.len(), 3);
     // The last case's two evaluations see the same model.

@@ -30,6 +30,8 @@ fn hparams(k: usize) -> HparamsSource {
         include_str!("../../../hparams/IKE/smollm2-135m.yaml"),
     );
     src.set("k", serde_json::json!(k));
+    // 300 of the pool's 1000 records: 900 demonstrations embed in seconds, not a minute.
+    src.set("pool_limit", serde_json::json!(300));
     src
 }
 
@@ -133,6 +135,13 @@ fn bad_ike_hyper_parameters_are_clear_errors() {
         .err()
         .expect("k = 0");
     assert!(err.to_string().contains('k'), "{err}");
+    let mut empty = hparams(8);
+    empty.set("pool_limit", serde_json::json!(0));
+    let err = Registry::builtin()
+        .load_source("ike", Some(empty), model)
+        .err()
+        .expect("an empty pool");
+    assert!(err.to_string().contains("pool_limit"), "{err}");
     let mut foreign = hparams(8);
     foreign.set(
         "sentence_model_name",

@@ -22,14 +22,14 @@ fn request(id: &str, prompt: &str, subject: &str, target: &str) -> EditRequest {
     }
 }
 
-/// The shipped file with small statistics, and a cache of the test's own.
+/// The shipped file with small statistics, and the tests' shared cache.
 fn hparams(method: &str, extra: &[(&str, serde_json::Value)]) -> (std::path::PathBuf, Cache) {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("kedit-mass-runs-{method}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = common::hparams_with_small_stats(method, &dir, extra);
-    (path, Cache::new(dir.join("cache")))
+    (path, common::shared_cache())
 }
 
 fn options() -> RunOptions {
@@ -80,6 +80,7 @@ fn refused_requests_in_a_batch_are_named_and_the_rest_still_edit() {
             "Tokyo",
         ),
     ];
+    common::prepare_shared(memit.method.as_ref(), &model, &ctx);
     let mut editor = Editor::new(model);
     let mut store = RunStore::in_memory();
     run(
@@ -141,6 +142,7 @@ fn an_ill_conditioned_batch_is_refused_whole_and_the_model_untouched() {
         case_id: "eiffel-again".into(),
         ..eiffel.clone()
     };
+    common::prepare_shared(emmet.method.as_ref(), &model, &ctx);
     let mut editor = Editor::new(model);
     let before = editor.model().fingerprint().unwrap();
     let mut store = RunStore::in_memory();

@@ -55,7 +55,7 @@ fn batch_of_two(name: &str, dir_name: &str) {
     )
     .unwrap();
     let ctx = EditContext {
-        cache: Cache::new(dir.join("cache")),
+        cache: common::shared_cache(),
         ..Default::default()
     };
     let requests = [
@@ -73,10 +73,7 @@ fn batch_of_two(name: &str, dir_name: &str) {
         ),
     ];
     let mut editor = Editor::new(model);
-    memit
-        .method
-        .prepare(editor.model(), &ctx, &mut kedit::progress::Silent)
-        .unwrap();
+    common::prepare_shared(memit.method.as_ref(), editor.model(), &ctx);
     let computed = memit.method.compute(&editor, &requests, &ctx).unwrap();
     let Edit::Weights(w) = &computed.edit else {
         panic!("MEMIT makes a weight edit")

@@ -357,6 +357,29 @@ pub fn run_mode(
     store
 }
 
+/// The cache every test that edits with small statistics shares (MEMIT, EMMET, PMET,
+/// AlphaEdit): statistics, null-space projections and context templates are keyed by model,
+/// corpus, layer and settings, so each is computed once per `cargo test` — the first test
+/// that needs it pays, the others read it — instead of once per test (about 45 s each).
+/// Tests about computing or refusing statistics keep caches of their own.
+pub fn shared_cache() -> kedit::cache::Cache {
+    kedit::cache::Cache::new(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kedit-test-cache"))
+}
+
+/// `method.prepare` on the shared cache, one test of the binary at a time, so that two tests
+/// needing the same statistics compute them once rather than side by side.
+pub fn prepare_shared(
+    method: &dyn kedit::methods::EditMethod,
+    model: &Model,
+    ctx: &kedit::methods::EditContext,
+) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    method
+        .prepare(model, ctx, &mut kedit::progress::Silent)
+        .unwrap();
+}
+
 /// `hparams/<method_dir>/smollm2-135m.yaml` with C from 200 documents of the small test
 /// corpus (seconds, not the minutes of the shipped 100,000-document setting) and `extra`
 /// keys set, written to `dir/<method_dir lower-cased>.json`.

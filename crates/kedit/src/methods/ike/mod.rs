@@ -54,6 +54,11 @@ pub struct IkeHparams {
     /// `HparamsSource::path_key`).
     #[serde(default)]
     pub pool: Option<String>,
+    /// Only the first this many records of `pool` (kedit's; EasyEdit slices `train_ds` in
+    /// code): a smaller pool embeds in seconds rather than a minute, at some cost in how
+    /// close the retrieved demonstrations are.
+    #[serde(default)]
+    pub pool_limit: Option<usize>,
     #[serde(default)]
     pub order: DemoOrder,
     /// EasyEdit's embedding cache directory; kedit caches in its own cache directory.
@@ -99,9 +104,12 @@ impl Ike {
                      records (e.g. ../shared/data/zsre/zsre_mend_train-1k.json)",
                 )
             })?;
+            if hp.pool_limit == Some(0) {
+                return Err(source.error("pool_limit", " must be at least 1 (or leave it out)"));
+            }
             let opts = LoadOptions {
                 skip_invalid: true,
-                ..Default::default()
+                limit: hp.pool_limit,
             };
             let loaded = data::load(&path, Format::Auto, &opts)?;
             // Not a warning about the settings: the pool file's malformed records (ZsRE's
