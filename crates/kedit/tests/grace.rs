@@ -231,12 +231,7 @@ fn edits_reliably_and_keeps_locality(mode: Mode) {
     let method = grace();
     let requests = zsre_dev(3);
     let store = run_mode(method.as_ref(), &requests, mode, teacher_forced());
-    let post: Vec<&Metrics> = store
-        .cases
-        .values()
-        .map(|c| c.post.as_ref().expect("not refused"))
-        .collect();
-    let s = summarize(&post);
+    let s = common::post_scores(&store);
     println!("GRACE {mode:?}: {s:?}");
     assert_eq!(s.reliability, Some(1.0), "{mode:?}");
     assert_eq!(s.locality, Some(1.0), "{mode:?}");
@@ -246,20 +241,7 @@ fn edits_reliably_and_keeps_locality(mode: Mode) {
     }
 }
 
-#[test]
-fn single_mode_edits_reliably_and_keeps_locality() {
-    edits_reliably_and_keeps_locality(Mode::Single);
-}
-
-#[test]
-fn sequential_mode_edits_reliably_and_keeps_locality() {
-    edits_reliably_and_keeps_locality(Mode::Sequential);
-}
-
-#[test]
-fn batch_mode_edits_reliably_and_keeps_locality() {
-    edits_reliably_and_keeps_locality(Mode::Batch);
-}
+in_every_mode!(edits_reliably_and_keeps_locality);
 
 #[test]
 fn requests_it_cannot_edit_are_refused_with_their_reason_and_change_nothing() {

@@ -15,7 +15,6 @@ use common::{
 use kedit::edit::{Edit, SideMemoryEdit};
 use kedit::editor::Editor;
 use kedit::evaluate::{evaluate, Metrics};
-use kedit::experiment::summary::summarize;
 use kedit::experiment::Mode;
 use kedit::lm::{GenerateOptions, LanguageModel};
 use kedit::methods::{self, EditContext, EditMethod, HparamsSource};
@@ -217,12 +216,7 @@ fn edits_reliably_and_keeps_locality(mode: Mode) {
     ]);
     let requests = zsre_dev(2);
     let store = run_mode(method.as_ref(), &requests, mode, teacher_forced());
-    let post: Vec<&Metrics> = store
-        .cases
-        .values()
-        .map(|c| c.post.as_ref().expect("not refused"))
-        .collect();
-    let s = summarize(&post);
+    let s = common::post_scores(&store);
     println!("WISE {mode:?}: {s:?}");
     // Two edits share a shard (and its subspace): the second's steps move the first's
     // answer a little (no replay). How much over many edits is the lifelong table's.
@@ -230,20 +224,7 @@ fn edits_reliably_and_keeps_locality(mode: Mode) {
     assert_eq!(s.locality, Some(1.0), "{mode:?}");
 }
 
-#[test]
-fn single_mode_edits_reliably_and_keeps_locality() {
-    edits_reliably_and_keeps_locality(Mode::Single);
-}
-
-#[test]
-fn sequential_mode_edits_reliably_and_keeps_locality() {
-    edits_reliably_and_keeps_locality(Mode::Sequential);
-}
-
-#[test]
-fn batch_mode_edits_reliably_and_keeps_locality() {
-    edits_reliably_and_keeps_locality(Mode::Batch);
-}
+in_every_mode!(edits_reliably_and_keeps_locality);
 
 #[test]
 fn bad_settings_are_errors_naming_the_key_and_a_malformed_memory_is_refused() {

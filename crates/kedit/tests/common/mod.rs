@@ -357,6 +357,29 @@ pub fn run_mode(
     store
 }
 
+/// Three tests, `$check::single`, `$check::sequential` and `$check::batch`, each calling
+/// `$check(mode)`: the harness's modes as tests of their own, so they run side by side.
+#[macro_export]
+macro_rules! in_every_mode {
+    ($check:ident) => {
+        mod $check {
+            use kedit::experiment::Mode;
+            #[test]
+            fn single() {
+                super::$check(Mode::Single);
+            }
+            #[test]
+            fn sequential() {
+                super::$check(Mode::Sequential);
+            }
+            #[test]
+            fn batch() {
+                super::$check(Mode::Batch);
+            }
+        }
+    };
+}
+
 /// The cache every test that edits with small statistics shares (MEMIT, EMMET, PMET,
 /// AlphaEdit): statistics, null-space projections and context templates are keyed by model,
 /// corpus, layer and settings, so each is computed once per `cargo test` — the first test
@@ -378,6 +401,16 @@ pub fn prepare_shared(
     method
         .prepare(model, ctx, &mut kedit::progress::Silent)
         .unwrap();
+}
+
+/// The scores of a run's cases after their own edits (every case must have been edited).
+pub fn post_scores(store: &kedit::experiment::RunStore) -> kedit::experiment::summary::Scores {
+    let post: Vec<&kedit::evaluate::Metrics> = store
+        .cases
+        .values()
+        .map(|c| c.post.as_ref().expect("not refused"))
+        .collect();
+    kedit::experiment::summary::summarize(&post)
 }
 
 /// `hparams/<method_dir>/smollm2-135m.yaml` with C from 200 documents of the small test
