@@ -37,6 +37,7 @@ fn eiffel() -> EditRequest {
 
 #[test]
 fn rome_rewrites_the_eiffel_tower_and_reverts() {
+    let _threads = common::own_threads();
     let model = smollm2().clone();
     let loaded = methods::load("rome", None, &model).unwrap();
     assert!(
@@ -102,6 +103,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 #[test]
 fn rome_with_key_statistics_but_no_corpus_says_how_to_get_them() {
+    let _threads = common::own_threads();
     let model = smollm2();
     let hp = hparams_with_statistics("nocorpus", "wikipedia", 100);
     let rome = methods::load("rome", Some(&hp), model).unwrap();
@@ -122,6 +124,7 @@ fn rome_with_key_statistics_but_no_corpus_says_how_to_get_them() {
 
 #[test]
 fn the_key_covariance_solves_c_u_equals_k() {
+    let _threads = common::own_threads();
     let model = smollm2();
     let cache = Cache::new(temp_dir("solve-cache"));
     let mut request = StatsRequest::new(vec![5], common::data("corpus/wikitext2_test.txt"));
@@ -165,6 +168,7 @@ fn the_key_covariance_solves_c_u_equals_k() {
 
 #[test]
 fn rome_with_key_statistics_edits_from_a_corpus() {
+    let _threads = common::own_threads();
     let model = smollm2().clone();
     let corpus = common::data("corpus/wikitext2_test.txt");
     let hp = hparams_with_statistics("corpus", &corpus.display().to_string(), 200);
@@ -195,6 +199,7 @@ fn rome_with_key_statistics_edits_from_a_corpus() {
 
 #[test]
 fn v_star_on_two_threads_equals_v_star_on_one() {
+    let _threads = common::own_threads();
     let model = smollm2();
     let tok = model.tokenizer().unwrap();
     let prompts = [
@@ -283,6 +288,7 @@ fn log_probs_with(model: &Model, ids: &[u32], index: usize, delta: &Tensor) -> T
 
 #[test]
 fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
+    let _threads = common::own_threads();
     let model = smollm2();
     let tok = model.tokenizer().unwrap();
     let lookups = |texts: &[&str]| -> Vec<Lookup> {
@@ -397,6 +403,7 @@ fn the_v_star_loss_from_cached_prefixes_equals_a_full_forward() {
 /// from an edited model, differ.)
 #[test]
 fn a_resumed_sequential_rome_run_edits_as_an_uninterrupted_one() {
+    let _threads = common::own_threads();
     let model = smollm2();
     let mut hp =
         HparamsSource::read(&common::workspace().join("hparams/ROME/smollm2-135m.yaml")).unwrap();
@@ -494,6 +501,7 @@ fn a_resumed_sequential_rome_run_edits_as_an_uninterrupted_one() {
 /// batch too, and when requests stop at different steps (which rebuilds the shared rows).
 #[test]
 fn the_v_stars_of_requests_optimised_together_equal_each_alone() {
+    let _threads = common::own_threads();
     let model = smollm2();
     let tok = model.tokenizer().unwrap();
     let facts = [
@@ -591,6 +599,7 @@ fn the_v_stars_of_requests_optimised_together_equal_each_alone() {
 /// with it (NLL, end, KL) matches central finite differences.
 #[test]
 fn the_answer_end_term_matches_a_full_forward_and_finite_differences() {
+    let _threads = common::own_threads();
     let model = smollm2();
     let tok = model.tokenizer().unwrap();
     let make = |text: &str| {
@@ -702,6 +711,7 @@ fn the_answer_end_term_matches_a_full_forward_and_finite_differences() {
 /// both δs and reaches a lower loss than its first step's.
 #[test]
 fn pmet_deltas_on_attention_and_mlp_match_a_full_forward() {
+    let _threads = common::own_threads();
     let model = smollm2();
     let tok = model.tokenizer().unwrap();
     let make = |text: &str| {

@@ -380,6 +380,14 @@ macro_rules! in_every_mode {
     };
 }
 
+/// Held for the whole of a test whose optimiser runs on threads of its own (ROME's v*
+/// groups): two such tests side by side, among the four `scripts/test` runs at a time, fight
+/// over the two cores (measured: `rome.rs` took 191 s so, 69 s two at a time).
+pub fn own_threads() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The cache every test that edits with small statistics shares (MEMIT, EMMET, PMET,
 /// AlphaEdit): statistics, null-space projections and context templates are keyed by model,
 /// corpus, layer and settings, so each is computed once per `cargo test` — the first test
