@@ -181,14 +181,9 @@ fn run_mode(method: &dyn EditMethod, requests: &[EditRequest], mode: Mode) -> Ru
 /// Reliability before and after, over the cases of a run (post-edit values).
 fn reliability(store: &RunStore) -> (f64, f64) {
     let pre: Vec<&Metrics> = store.cases.values().map(|c| &c.pre).collect();
-    let post: Vec<&Metrics> = store
-        .cases
-        .values()
-        .map(|c| c.post.as_ref().expect("not refused"))
-        .collect();
     (
         summarize(&pre).reliability.unwrap(),
-        summarize(&post).reliability.unwrap(),
+        common::post_scores(store).reliability.unwrap(),
     )
 }
 

@@ -382,7 +382,7 @@ macro_rules! in_every_mode {
 
 /// Held for the whole of a test whose optimiser runs on threads of its own (ROME's v*
 /// groups): two such tests side by side, among the four `scripts/test` runs at a time, fight
-/// over the two cores (measured: `rome.rs` took 191 s so, 69 s two at a time).
+/// over the two cores (measured: `rome.rs` took 191 s so, 59 s with this lock).
 pub fn own_threads() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
