@@ -14,10 +14,18 @@ pub struct Args {
     /// Where to write `<out>.json`, `<out>.md` and `<out>.png`/`.svg`.
     #[arg(long)]
     out: PathBuf,
+    /// An earlier table's JSON (as this command wrote it): its cells are kept where
+    /// `--runs` has no run of the same method and T (runs made on another machine).
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let runs = lifelong::collect(&args.runs)?;
+    let mut runs = lifelong::collect(&args.runs)?;
+    if let Some(table) = &args.keep {
+        let kept = lifelong::keep(&mut runs, table)?;
+        println!("kept {kept} cells of {}", table.display());
+    }
     if runs.is_empty() {
         bail!(
             "{}: no finished run named <method>-T<T> (with a summary.json) there",

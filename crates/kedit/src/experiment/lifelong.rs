@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::experiment::report::RunSummary;
@@ -15,7 +15,7 @@ use crate::fsio::write_atomic;
 use crate::plot::{Figure, LinePlot, Panel, Written};
 
 /// One run: a method after `t` sequential edits.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LifelongCell {
     pub method: String,
     pub t: usize,
@@ -66,6 +66,35 @@ pub fn collect(dir: &Path) -> Result<BTreeMap<String, Vec<LifelongCell>>> {
         cells.sort_by_key(|c| c.t);
     }
     Ok(out)
+}
+
+/// Adds the cells of an earlier table (`<stem>.json` as [`write`] wrote it) for which
+/// `runs` has no run of the same method and T — a table whose runs were made on different
+/// machines, or whose run directories are gone. Returns how many cells were kept.
+pub fn keep(runs: &mut BTreeMap<String, Vec<LifelongCell>>, table: &Path) -> Result<usize> {
+    let text = std::fs::read_to_string(table).map_err(|e| Error::io(table, e))?;
+    let earlier: BTreeMap<String, Vec<LifelongCell>> = serde_json::from_str(&text)
+        .map_err(|e| Error::data(table, format!("not a lifelong table: {e}")))?;
+    let mut kept = 0;
+    for (method, cells) in earlier {
+        for cell in cells {
+            if cell.method != method {
+                return Err(Error::data(
+                    table,
+                    format!("a cell of `{method}` names the method `{}`", cell.method),
+                ));
+            }
+            let row = runs.entry(method.clone()).or_default();
+            if row.iter().all(|c| c.t != cell.t) {
+                row.push(cell);
+                kept += 1;
+            }
+        }
+    }
+    for cells in runs.values_mut() {
+        cells.sort_by_key(|c| c.t);
+    }
+    Ok(kept)
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -172,6 +201,38 @@ mod tests {
             refused: 0,
             seconds_per_edit: None,
         }
+    }
+
+    #[test]
+    fn an_earlier_table_fills_only_the_cells_no_run_here_has() {
+        let dir = std::env::temp_dir().join(format!("kedit-lifelong-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let earlier = BTreeMap::from([
+            (
+                "rome".to_string(),
+                vec![cell("rome", 1, 0.1), cell("rome", 100, 0.4)],
+            ),
+            ("wise".to_string(), vec![cell("wise", 10, 0.9)]),
+        ]);
+        write(&dir.join("t"), &earlier).unwrap();
+        let mut runs = BTreeMap::from([("rome".to_string(), vec![cell("rome", 1, 1.0)])]);
+        assert_eq!(keep(&mut runs, &dir.join("t.json")).unwrap(), 2);
+        let rome: Vec<(usize, Option<f64>)> = runs["rome"]
+            .iter()
+            .map(|c| (c.t, c.after_all.reliability))
+            .collect();
+        assert_eq!(rome, vec![(1, Some(1.0)), (100, Some(0.4))]);
+        assert_eq!(runs["wise"].len(), 1);
+
+        std::fs::write(dir.join("bad.json"), "{\"rome\": 3}").unwrap();
+        let err = keep(&mut runs, &dir.join("bad.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("not a lifelong table"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
