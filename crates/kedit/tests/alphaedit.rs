@@ -2,7 +2,7 @@
 //! the first one's keys in place, and the keys' life with their edits (revert, restore,
 //! save and load).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! (`tests/fixtures/gemma3/tiny`) against transformers:
 //! every captured site, the logits, the loss and a full weight gradient, at real positions.
 
-mod common;
+use crate::common;
 
 use candle_core::{Tensor, Var};
 use common::*;

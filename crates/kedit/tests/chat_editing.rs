@@ -1,7 +1,7 @@
 //! Chat-template-aware editing: every prompt rendered as the user's turn of an instruct
 //! model, through editing and evaluation alike.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -83,6 +83,8 @@ fn a_chat_run_edits_the_chat_answer_is_recorded_and_not_resumed_as_plain() {
         hparams: Some(hp),
         limit: Some(2),
         fluency: false,
+        // Free generation reads the same rendered prompts; it would only add time here.
+        free_generation: false,
         chat,
         ..DatasetRun::new(Some("ft-m"), std::slice::from_ref(&zsre), &out)
     };

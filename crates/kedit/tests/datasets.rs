@@ -1,7 +1,7 @@
 //! Every benchmark file under `../shared/data` loads, with the right counts and contents;
 //! and no mutation of a real record makes a loader panic.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Instant;

@@ -6,7 +6,7 @@
 //! `kedit train` plumbing: a checkpoint, `hparams.yaml` with `archive:`, and a method
 //! loaded from it through the registry.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

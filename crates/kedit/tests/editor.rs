@@ -1,7 +1,7 @@
 //! The Editor on the real SmolLM2: edits apply, revert bit-identically, and bad edits are
 //! refused with the model untouched.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Tensor};
 use common::smollm2;

@@ -2,7 +2,7 @@
 //! pooling (`scripts/reference/minilm_reference.py`): token ids equal, cosine ≥ 0.9999 on
 //! every string; and gradients through the encoder against finite differences.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

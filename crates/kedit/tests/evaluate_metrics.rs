@@ -1,6 +1,6 @@
 //! Metrics on the real SmolLM2: EasyEdit's own numbers, and hand-checked token alignment.
 
-mod common;
+use crate::common;
 
 use candle_core::DType;
 use common::{fixture, json, smollm2};

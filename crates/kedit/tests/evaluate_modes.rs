@@ -1,7 +1,7 @@
 //! Editing modes on the real SmolLM2 and real ZsRE records: FT-M edits, reverts that give
 //! back bit-identical weights, refused edits recorded per case, resumed runs.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -3,7 +3,7 @@
 //! edited model as GGUF (f32, f16) and as a Hugging Face directory reloaded with the edited
 //! logits and the same tokenizer ids, and bad adapters refused by file and field.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;

@@ -1,7 +1,7 @@
 //! The fuzzing harness in the suite: 1,000 cases of every format, none of which may panic
 //! (`kedit fuzz` runs 100,000 per format on demand, with its memory bound).
 
-mod common;
+use crate::common;
 
 use kedit::fuzz::{self, Format, Options};
 use kedit::progress::Silent;

@@ -5,7 +5,7 @@
 //! The tiny model's activations, loss and gradient are checked in `architectures.rs`, its
 //! finite-difference gradients in `gradient_checks.rs`.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

@@ -1,7 +1,7 @@
 //! Generation on the real SmolLM2: the KV cache changes nothing, batching changes nothing,
 //! seeded sampling is reproducible.
 
-mod common;
+use crate::common;
 
 use common::smollm2;
 use kedit::generate::{generate, GenerateOptions, Sampling};

@@ -4,7 +4,7 @@
 //! (The add / expand / split rules are unit tests in `methods/grace/codebook.rs`; the value
 //! is trained by ROME's optimiser, whose gradient `tests/rome.rs` checks.)
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! gradient of a loss over several positions with respect to (a) a delta added to an MLP
 //! output at one position and (b) the MLP output projection weight.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Tensor, Var};
 use common::*;

@@ -3,7 +3,7 @@
 //! tensor) — never a panic, an abort or an allocation the file's size does not justify —
 //! and a model that loads must refuse input longer than its context.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! loaded (naming the file and the key) or when the request is checked, before any work; an
 //! edit that changes nothing is refused, not reported as a success.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::Instant;

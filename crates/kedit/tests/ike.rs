@@ -3,7 +3,7 @@
 //! metrics and reverts to a pristine model; contexts that would overflow the model's window
 //! are refused with the system untouched; bad hyper-parameters are clear errors.
 
-mod common;
+use crate::common;
 
 use common::{smollm2, zsre_dev};
 use kedit::edit::Edit;

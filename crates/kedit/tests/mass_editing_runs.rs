@@ -2,7 +2,7 @@
 //! still edits the rest, each refusal named on its own case; a batch refused whole leaves the
 //! model untouched.
 
-mod common;
+use crate::common;
 
 use common::{smollm2, top1};
 use kedit::cache::Cache;

@@ -1,7 +1,7 @@
 //! MEMIT and EMMET on the real SmolLM2: a batch of facts in one call, spread over five
 //! layers.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

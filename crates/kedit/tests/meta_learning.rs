@@ -2,7 +2,7 @@
 //! killed run resumes to the same checkpoint), the edit a trained network makes on the
 //! real SmolLM2, and the errors bad checkpoints and training files get.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

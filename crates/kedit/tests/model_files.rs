@@ -2,7 +2,7 @@
 //! layouts, and broken inputs give errors (never panics) that name the file and the
 //! tensor or field at fault.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! ROME on the real SmolLM2.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Instant;

@@ -1,7 +1,7 @@
 //! Property: whatever the request, ROME either edits or refuses with a clear error, and a
 //! refused edit never changes the model.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! refused, one it wrote is replaced only when asked and only file by file, a killed save's
 //! temporary files are swept, and saved files get the user's umask.
 
-mod common;
+use crate::common;
 
 use common::*;
 use kedit::model::SAVED_MODEL_MARKER;

@@ -4,7 +4,7 @@
 //! the new fact and leaves inputs out of its scope bit-identical, saved edits reload with
 //! identical metrics, and broken checkpoints and training files are clear errors.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

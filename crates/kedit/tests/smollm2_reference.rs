@@ -1,6 +1,6 @@
 //! The real SmolLM2 against Hugging Face transformers references (`../shared/fixtures`).
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Tensor, Var};
 use common::*;

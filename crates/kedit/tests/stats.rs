@@ -2,7 +2,7 @@
 //! KᵀK, one pass = per-layer passes, the cache, fingerprints, resuming, corpus readers and
 //! bad input.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

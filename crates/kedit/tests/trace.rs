@@ -1,7 +1,7 @@
 //! Causal tracing on the real model: ROME's Eiffel Tower prompt, invariants of restoration,
 //! the grids, files and pictures, and a small locate run over known facts.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

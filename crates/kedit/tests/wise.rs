@@ -5,7 +5,7 @@
 //! gradient are unit tests in `runtime/side_memory.rs`; the TIES merge and the subspace
 //! mask in `methods/wise/shard.rs`.)
 
-mod common;
+use crate::common;
 
 use candle_core::Tensor;
 use common::{

@@ -359,7 +359,7 @@ pub fn run_mode(
 
 /// Three tests, `$check::single`, `$check::sequential` and `$check::batch`, each calling
 /// `$check(mode)`: the harness's modes as tests of their own, so they run side by side.
-#[macro_export]
+/// (`tests/suite.rs` declares this module `#[macro_use]` first, so every file sees it.)
 macro_rules! in_every_mode {
     ($check:ident) => {
         mod $check {
