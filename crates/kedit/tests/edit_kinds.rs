@@ -187,14 +187,14 @@ fn reliability(store: &RunStore) -> (f64, f64) {
     )
 }
 
-/// `method` in single, sequential and batch mode over three ZsRE records: every case edited,
+/// `method` in single, sequential and batch mode over two ZsRE records: every case edited,
 /// reliability up. Teacher-forced metrics only: free generation through every kind is the
 /// saved-edits test's; here it would add a minute.
 fn runs_in_every_mode_and_edits(method: &dyn EditMethod) {
-    let requests = zsre_dev(3);
+    let requests = zsre_dev(2);
     for mode in [Mode::Single, Mode::Sequential, Mode::Batch] {
         let store = common::run_mode(method, &requests, mode, teacher_forced());
-        assert_eq!(store.cases.len(), 3);
+        assert_eq!(store.cases.len(), 2);
         assert!(store.cases.values().all(|c| c.edit.error.is_none()));
         let (before, after) = reliability(&store);
         println!(
@@ -207,7 +207,7 @@ fn runs_in_every_mode_and_edits(method: &dyn EditMethod) {
             method.name()
         );
         if mode == Mode::Sequential {
-            assert_eq!(store.after_all.len(), 3);
+            assert_eq!(store.after_all.len(), 2);
         }
     }
 }

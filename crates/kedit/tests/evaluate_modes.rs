@@ -13,7 +13,7 @@ use kedit::evaluate::MetricOptions;
 use kedit::experiment::report::{build_summary, RunConfig};
 use kedit::experiment::summary::summarize;
 use kedit::experiment::{run, Mode, RunOptions, RunStore};
-use kedit::methods::{self, Computed, EditContext, EditMethod};
+use kedit::methods::{self, Computed, EditContext, EditMethod, HparamsSource};
 use kedit::request::EditRequest;
 use kedit::{Error, ParamId};
 
@@ -69,6 +69,17 @@ fn run_mode(
 
 fn ft_m() -> Box<dyn EditMethod> {
     methods::load("ft-m", None, smollm2()).unwrap().method
+}
+
+/// FT-M with 8 steps, not the shipped 25: a real edit, for the tests about a run's
+/// bookkeeping (calls, resumes, records) rather than how well an edit takes.
+fn quick_ft_m() -> Box<dyn EditMethod> {
+    let mut src =
+        HparamsSource::read(&common::workspace().join("hparams/FT/smollm2-135m.yaml")).unwrap();
+    src.set("num_steps", serde_json::json!(8));
+    let loaded = methods::load_source("ft-m", Some(src), smollm2()).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    loaded.method
 }
 
 #[test]
@@ -128,7 +139,7 @@ fn sequential_mode_reports_after_own_edit_and_after_all_edits() {
 #[test]
 fn batch_mode_edits_all_requests_in_one_call() {
     let requests = zsre_dev(3);
-    let counting = Counting::new(ft_m());
+    let counting = Counting::new(quick_ft_m());
     let (store, _) = run_mode(&counting, &requests, options(Mode::Batch, 3));
     assert_eq!(counting.calls.load(Ordering::SeqCst), 1);
     assert!(store
@@ -157,7 +168,7 @@ fn requests_of_one_call_about_one_subject_with_other_targets_are_named() {
     let requests: Vec<EditRequest> = zsre_dev(39).split_off(36);
     assert_eq!(requests[0].subject, requests[1].subject);
     assert_ne!(requests[0].target_new, requests[1].target_new);
-    let (store, _) = run_mode(ft_m().as_ref(), &requests, options(Mode::Batch, 3));
+    let (store, _) = run_mode(quick_ft_m().as_ref(), &requests, options(Mode::Batch, 3));
     let named: Vec<&Vec<String>> = store.cases.values().map(|r| &r.same_subject).collect();
     assert_eq!(named[0], &vec![requests[1].case_id.clone()]);
     assert_eq!(named[1], &vec![requests[0].case_id.clone()]);
@@ -175,7 +186,11 @@ fn requests_of_one_call_about_one_subject_with_other_targets_are_named() {
     let last = store.cases[&2].post.as_ref().unwrap();
     assert_eq!(apart.reliability, summarize(&[last]).reliability);
     // One request per call (single mode) never competes.
-    let (single, _) = run_mode(ft_m().as_ref(), &requests[..2], options(Mode::Single, 1));
+    let (single, _) = run_mode(
+        quick_ft_m().as_ref(),
+        &requests[..2],
+        options(Mode::Single, 1),
+    );
     assert!(single.cases.values().all(|r| r.same_subject.is_empty()));
 }
 
@@ -203,7 +218,7 @@ fn a_rerun_resumes_and_a_different_config_is_refused() {
         .join(format!("kedit-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "ft-m", "data": "zsre", "mode": "single"});
-    let counting = Counting::new(ft_m());
+    let counting = Counting::new(quick_ft_m());
     let opts = options(Mode::Single, 1);
     let mut editor = Editor::new(smollm2().clone());
     let mut store = RunStore::open(&dir, &header).unwrap();
@@ -331,7 +346,7 @@ fn an_interrupted_sequential_run_resumes_from_saved_edits() {
         .join(format!("kedit-seq-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "ft-m", "mode": "sequential"});
-    let method = ft_m();
+    let method = quick_ft_m();
     let opts = options(Mode::Sequential, 1);
     let mut editor = Editor::new(smollm2().clone());
     let mut store = RunStore::open(&dir, &header).unwrap();
@@ -379,7 +394,7 @@ fn a_sequential_stream_of_batches_edits_per_call_and_resumes_mid_call() {
         .join(format!("kedit-seq-batches-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "ft-m", "mode": "sequential", "batch_size": 2});
-    let counting = Counting::new(ft_m());
+    let counting = Counting::new(quick_ft_m());
     let opts = options(Mode::Sequential, 2);
     let mut editor = Editor::new(smollm2().clone());
     let mut store = RunStore::open(&dir, &header).unwrap();
@@ -409,7 +424,7 @@ fn a_sequential_stream_of_batches_edits_per_call_and_resumes_mid_call() {
     std::fs::remove_file(dir.join("after_all.jsonl")).unwrap();
     let mut store = RunStore::open(&dir, &header).unwrap();
     assert_eq!(store.cases.len(), 3);
-    let counting = Counting::new(ft_m());
+    let counting = Counting::new(quick_ft_m());
     run(
         &mut editor,
         &counting,
