@@ -1,7 +1,7 @@
-//! The integration tests, one binary: each file below was a binary of its own, and 32
-//! binaries run one after another left a core idle whenever a binary's last test ran alone.
-//! In one process the test threads (`RUST_TEST_THREADS`) are kept busy to the end, the
-//! locks in `common` hold across all of them, and the library is linked once.
+//! The integration tests, one binary: each file below was a binary of its own. As one, the
+//! library is compiled into and linked with one test binary instead of 32, and the locks in
+//! `common` hold across all files. (The tests' own time did not change: they keep both
+//! cores busy either way.)
 //! Run one file's tests with `cargo test --release -p kedit --test suite rome::`.
 
 #[macro_use]
