@@ -26,6 +26,29 @@ def at_root():
     os.chdir(old)
 
 
+# ROME's shipped settings with C from 200 documents of the small test corpus: the shipped
+# 2,582 Wikipedia documents would cost the tests minutes of key statistics (`kedit demo`
+# and a user's first ROME edit compute them once; the Rust tests check that path's pieces).
+SMALL_STATS = {
+    "mom2_dataset": str(SHARED / "data/corpus/wikitext2_test.txt"),
+    "mom2_n_samples": 200,
+}
+
+
+@pytest.fixture(scope="session")
+def rome_hparams(at_root, tmp_path_factory):
+    """The shipped ROME file with SMALL_STATS, as a JSON file (what `--hparams` reads too)."""
+    import json
+
+    import kedit
+
+    values = kedit.ROMEHyperParams.from_hparams("hparams/ROME/smollm2-135m.yaml").to_dict()
+    values.update(SMALL_STATS)
+    path = tmp_path_factory.mktemp("hparams") / "rome.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
 @pytest.fixture(scope="session")
 def model(at_root):
     import kedit

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import kedit
-from conftest import ROOT
+from conftest import ROOT, SMALL_STATS
 
 SCRIPT = ROOT / "python/examples/easyedit_rome.py"
 
@@ -45,7 +45,18 @@ def as_zsre_record(g):
     }
 
 
-def test_the_easyedit_script_equals_kedit_eval(tmp_path, capsys):
+def test_the_easyedit_script_equals_kedit_eval(tmp_path, capsys, monkeypatch, rome_hparams):
+    # The script reads the shipped file; the statistics it names are swapped for the small
+    # ones, as an EasyEdit user sets an attribute of the HyperParams they loaded.
+    read = kedit.ROMEHyperParams.from_hparams
+
+    def small_stats(path):
+        hparams = read(path)
+        for key, value in SMALL_STATS.items():
+            setattr(hparams, key, value)
+        return hparams
+
+    monkeypatch.setattr(kedit.ROMEHyperParams, "from_hparams", small_stats)
     g = runpy.run_path(str(SCRIPT), run_name="__main__")
     printed = capsys.readouterr().out
     assert "rewrite_acc" in printed
@@ -64,7 +75,7 @@ def test_the_easyedit_script_equals_kedit_eval(tmp_path, capsys):
     data.write_text(json.dumps([as_zsre_record(g)]))
     out = tmp_path / "run"
     subprocess.run(
-        [kedit_binary(), "eval", "--method", "rome", "--hparams", "hparams/ROME/smollm2-135m.yaml",
+        [kedit_binary(), "eval", "--method", "rome", "--hparams", str(rome_hparams),
          "--data", str(data), "--out", str(out), "--no-fluency", "--no-free-generation"],
         check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
     )
@@ -80,6 +91,8 @@ def test_the_easyedit_script_equals_kedit_eval(tmp_path, capsys):
 
 def test_sequential_edit_keeps_the_edits(model):
     hparams = kedit.ROMEHyperParams.from_hparams("hparams/ROME/smollm2-135m")
+    for key, value in SMALL_STATS.items():
+        setattr(hparams, key, value)
     editor = kedit.BaseEditor.from_hparams(hparams, model=model)
     prompts = ["The Eiffel Tower is located in the city of", "The Louvre is located in the city of"]
     metrics, edited, weights_copy = editor.edit(

@@ -10,10 +10,10 @@ PROMPT = EIFFEL["prompt"]
 
 
 @pytest.fixture(scope="module")
-def edited(model):
+def edited(model, rome_hparams):
     editor = kedit.Editor(model)
     before = editor.generate(PROMPT, max_new_tokens=3)
-    result = editor.edit("rome", EIFFEL)
+    result = editor.edit("rome", EIFFEL, hparams=rome_hparams)
     return editor, before, result
 
 

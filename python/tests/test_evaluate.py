@@ -8,16 +8,18 @@ import pytest
 import kedit
 from conftest import ZSRE
 
-ARGS = dict(limit=2, fluency=False, free_generation=False)
+@pytest.fixture(scope="module")
+def ARGS(rome_hparams):
+    return dict(limit=2, fluency=False, free_generation=False, hparams=rome_hparams)
 
 
 @pytest.fixture(scope="module")
-def run(model, tmp_path_factory):
+def run(model, tmp_path_factory, ARGS):
     out = tmp_path_factory.mktemp("eval") / "run"
     return out, kedit.evaluate("rome", ZSRE, out, model=model, **ARGS)
 
 
-def test_evaluate_writes_a_run_that_resumes(model, run):
+def test_evaluate_writes_a_run_that_resumes(model, run, ARGS):
     out, summary = run
     args = dict(model=model, **ARGS)
     assert summary["n"] == 2 and summary["refused"] == 0
@@ -40,7 +42,7 @@ def test_evaluate_writes_a_run_that_resumes(model, run):
         raise AssertionError("a run with another seed resumed")
 
 
-def test_shards_merge_into_the_unsharded_run(model, run, tmp_path):
+def test_shards_merge_into_the_unsharded_run(model, run, tmp_path, ARGS):
     _, whole = run
     shards = [tmp_path / f"shard{k}" for k in range(2)]
     for k, out in enumerate(shards):

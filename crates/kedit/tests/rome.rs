@@ -35,24 +35,33 @@ fn eiffel() -> EditRequest {
     }
 }
 
+/// The shipped settings, with C from 200 documents of the small test corpus instead of the
+/// shipped 2,582 Wikipedia documents (301,144 tokens: 229 s of the test binary's time, 390
+/// CPU-seconds, for statistics `kedit demo` and every user's first ROME edit compute once).
 #[test]
 fn rome_rewrites_the_eiffel_tower_and_reverts() {
     let _threads = common::own_threads();
     let model = smollm2().clone();
-    let loaded = methods::load("rome", None, &model).unwrap();
+    let shipped = methods::load("rome", None, &model).unwrap();
     assert!(
-        loaded.warnings.is_empty(),
+        shipped.warnings.is_empty(),
         "the shipped settings warn: {:?}",
-        loaded.warnings
+        shipped.warnings
     );
-    let ctx = EditContext::default();
+    let corpus = common::data("corpus/wikitext2_test.txt");
+    let hp = hparams_with_statistics("corpus", &corpus.display().to_string(), 200);
+    let rome = methods::load("rome", Some(&hp), &model).unwrap();
+    let ctx = EditContext {
+        cache: Cache::new(temp_dir("corpus-cache")),
+        ..Default::default()
+    };
     let mut editor = Editor::new(model);
     assert_eq!(
         top1(&editor, "The Eiffel Tower is located in the city of"),
         " Paris"
     );
     let t = Instant::now();
-    let computed = loaded.method.compute(&editor, &[eiffel()], &ctx).unwrap();
+    let computed = rome.method.compute(&editor, &[eiffel()], &ctx).unwrap();
     for line in &computed.report.log {
         println!("{line}");
     }
@@ -60,6 +69,12 @@ fn rome_rewrites_the_eiffel_tower_and_reverts() {
         "ROME edit: {:.2} s, phases {:?}, notes {:?}",
         t.elapsed().as_secs_f64(),
         computed.report.timings,
+        computed.report.notes
+    );
+    let notes: std::collections::HashMap<_, _> = computed.report.notes.iter().cloned().collect();
+    assert!(
+        notes.contains_key("mom2_tokens"),
+        "{:?}",
         computed.report.notes
     );
     let rec = editor.apply(&computed.edit).unwrap();
@@ -76,6 +91,9 @@ fn rome_rewrites_the_eiffel_tower_and_reverts() {
         "neighbour: {}",
         top1(&editor, "The Louvre is located in the city of")
     );
+    // A second edit at the same layer reuses the factorised C (no statistics note).
+    let second = rome.method.compute(&editor, &[eiffel()], &ctx).unwrap();
+    assert!(!second.report.notes.iter().any(|(k, _)| k == "mom2_tokens"));
     editor.revert_all();
     assert!(editor.is_pristine().unwrap());
 }
@@ -164,37 +182,6 @@ fn the_key_covariance_solves_c_u_equals_k() {
     // C is accumulated in f32 and ill-conditioned for this few tokens; f64 solve of the
     // (regularised) system it describes must still be accurate.
     assert!(rel < 1e-6, "relative residual {rel}");
-}
-
-#[test]
-fn rome_with_key_statistics_edits_from_a_corpus() {
-    let _threads = common::own_threads();
-    let model = smollm2().clone();
-    let corpus = common::data("corpus/wikitext2_test.txt");
-    let hp = hparams_with_statistics("corpus", &corpus.display().to_string(), 200);
-    let rome = methods::load("rome", Some(&hp), &model).unwrap();
-    let ctx = EditContext {
-        cache: Cache::new(temp_dir("corpus-cache")),
-        ..Default::default()
-    };
-    let mut editor = Editor::new(model);
-    let computed = rome.method.compute(&editor, &[eiffel()], &ctx).unwrap();
-    let notes: std::collections::HashMap<_, _> = computed.report.notes.iter().cloned().collect();
-    assert!(
-        notes.contains_key("mom2_tokens"),
-        "{:?}",
-        computed.report.notes
-    );
-    editor.apply(&computed.edit).unwrap();
-    assert_eq!(
-        top1(&editor, "The Eiffel Tower is located in the city of"),
-        " Rome"
-    );
-    // A second edit at the same layer reuses the factorised C (no statistics note).
-    let second = rome.method.compute(&editor, &[eiffel()], &ctx).unwrap();
-    assert!(!second.report.notes.iter().any(|(k, _)| k == "mom2_tokens"));
-    editor.revert_all();
-    assert!(editor.is_pristine().unwrap());
 }
 
 #[test]
