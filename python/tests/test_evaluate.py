@@ -66,7 +66,7 @@ def test_evaluate_rejects_bad_arguments(model, tmp_path):
 def test_trace_returns_grids_and_writes_pictures(model, tmp_path):
     prompt = "The Eiffel Tower is located in the city of"
     result = kedit.trace(prompt, "The Eiffel Tower", model=model, answer=" Paris", out=tmp_path,
-                         samples=2, window=4, sigma=0.05)
+                         samples=1, window=4, sigma=0.05)
     n_tokens = len(model.encode(prompt))
     for grid in ("hidden", "mlp", "attn"):
         assert result[grid].shape == (n_tokens, model.config["n_layers"])
