@@ -35,6 +35,13 @@ SMALL_STATS = {
 }
 
 
+def with_small_stats(hparams):
+    """`hparams` with SMALL_STATS set, as an EasyEdit user sets attributes of HyperParams."""
+    for key, value in SMALL_STATS.items():
+        setattr(hparams, key, value)
+    return hparams
+
+
 @pytest.fixture(scope="session")
 def rome_hparams(at_root, tmp_path_factory):
     """The shipped ROME file with SMALL_STATS, as a JSON file (what `--hparams` reads too)."""
@@ -42,10 +49,9 @@ def rome_hparams(at_root, tmp_path_factory):
 
     import kedit
 
-    values = kedit.ROMEHyperParams.from_hparams("hparams/ROME/smollm2-135m.yaml").to_dict()
-    values.update(SMALL_STATS)
+    hparams = with_small_stats(kedit.ROMEHyperParams.from_hparams("hparams/ROME/smollm2-135m.yaml"))
     path = tmp_path_factory.mktemp("hparams") / "rome.json"
-    path.write_text(json.dumps(values))
+    path.write_text(json.dumps(hparams.to_dict()))
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import kedit
-from conftest import ROOT, SMALL_STATS
+from conftest import ROOT, with_small_stats
 
 SCRIPT = ROOT / "python/examples/easyedit_rome.py"
 
@@ -49,14 +49,7 @@ def test_the_easyedit_script_equals_kedit_eval(tmp_path, capsys, monkeypatch, ro
     # The script reads the shipped file; the statistics it names are swapped for the small
     # ones, as an EasyEdit user sets an attribute of the HyperParams they loaded.
     read = kedit.ROMEHyperParams.from_hparams
-
-    def small_stats(path):
-        hparams = read(path)
-        for key, value in SMALL_STATS.items():
-            setattr(hparams, key, value)
-        return hparams
-
-    monkeypatch.setattr(kedit.ROMEHyperParams, "from_hparams", small_stats)
+    monkeypatch.setattr(kedit.ROMEHyperParams, "from_hparams", lambda path: with_small_stats(read(path)))
     g = runpy.run_path(str(SCRIPT), run_name="__main__")
     printed = capsys.readouterr().out
     assert "rewrite_acc" in printed
@@ -90,9 +83,7 @@ def test_the_easyedit_script_equals_kedit_eval(tmp_path, capsys, monkeypatch, ro
 
 
 def test_sequential_edit_keeps_the_edits(model):
-    hparams = kedit.ROMEHyperParams.from_hparams("hparams/ROME/smollm2-135m")
-    for key, value in SMALL_STATS.items():
-        setattr(hparams, key, value)
+    hparams = with_small_stats(kedit.ROMEHyperParams.from_hparams("hparams/ROME/smollm2-135m"))
     editor = kedit.BaseEditor.from_hparams(hparams, model=model)
     prompts = ["The Eiffel Tower is located in the city of", "The Louvre is located in the city of"]
     metrics, edited, weights_copy = editor.edit(

@@ -9,19 +9,19 @@ import kedit
 from conftest import ZSRE
 
 @pytest.fixture(scope="module")
-def ARGS(rome_hparams):
+def run_args(rome_hparams):
     return dict(limit=2, fluency=False, free_generation=False, hparams=rome_hparams)
 
 
 @pytest.fixture(scope="module")
-def run(model, tmp_path_factory, ARGS):
+def run(model, tmp_path_factory, run_args):
     out = tmp_path_factory.mktemp("eval") / "run"
-    return out, kedit.evaluate("rome", ZSRE, out, model=model, **ARGS)
+    return out, kedit.evaluate("rome", ZSRE, out, model=model, **run_args)
 
 
-def test_evaluate_writes_a_run_that_resumes(model, run, ARGS):
+def test_evaluate_writes_a_run_that_resumes(model, run, run_args):
     out, summary = run
-    args = dict(model=model, **ARGS)
+    args = dict(model=model, **run_args)
     assert summary["n"] == 2 and summary["refused"] == 0
     assert summary["weights_identical_after_run"]
     assert summary["reliability"] > 0.5
@@ -42,11 +42,11 @@ def test_evaluate_writes_a_run_that_resumes(model, run, ARGS):
         raise AssertionError("a run with another seed resumed")
 
 
-def test_shards_merge_into_the_unsharded_run(model, run, tmp_path, ARGS):
+def test_shards_merge_into_the_unsharded_run(model, run, tmp_path, run_args):
     _, whole = run
     shards = [tmp_path / f"shard{k}" for k in range(2)]
     for k, out in enumerate(shards):
-        part = kedit.evaluate("rome", ZSRE, out, model=model, shard=(k, 2), **ARGS)
+        part = kedit.evaluate("rome", ZSRE, out, model=model, shard=(k, 2), **run_args)
         assert part["n"] == 1
     merged = kedit.merge_runs(shards, tmp_path / "merged")
     assert merged["post"] == whole["post"] and merged["pre"] == whole["pre"]
