@@ -313,10 +313,14 @@ fn a_sequential_run_of_memory_edits_resumes_from_saved_edits() {
         .join(format!("kedit-kinds-resume-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let header = serde_json::json!({"method": "toy-memory", "mode": "sequential"});
+    // What is resumed is the edits, not generation: teacher-forced metrics suffice.
     let opts = RunOptions {
         mode: Mode::Sequential,
         batch_size: 1,
-        metrics: metric_options(),
+        metrics: MetricOptions {
+            free_generation: false,
+            ..metric_options()
+        },
         shard: None,
     };
     let method = ToyMemory { threshold: 0.5 };

@@ -118,7 +118,7 @@ fn single_mode_ft_m_edits_reliably_and_reverts_exactly() {
 fn sequential_mode_reports_after_own_edit_and_after_all_edits() {
     let requests = zsre_dev(3);
     let (store, _) = run_mode(
-        ft_m().as_ref(),
+        quick_ft_m().as_ref(),
         &requests,
         with_free_generation(options(Mode::Sequential, 1)),
     );

@@ -130,6 +130,12 @@ fn an_edit_says_the_target_and_unrelated_prompts_keep_their_logits_bit_for_bit()
 fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metrics() {
     let method = wise_with(&[
         ("n_iter", serde_json::json!(8)),
+        // Fewer rows a step (as the mode tests below): shards are counted, not judged.
+        (
+            "context_template_length_params",
+            serde_json::json!([[5, 5]]),
+        ),
+        ("irrelevant_per_edit", serde_json::json!(1)),
         ("save_freq", serde_json::json!(2)),
         ("merge_freq", serde_json::json!(4)),
         ("replay", serde_json::json!(true)),

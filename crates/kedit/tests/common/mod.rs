@@ -65,7 +65,13 @@ pub fn model_path() -> PathBuf {
 /// The real SmolLM2, loaded once per test binary.
 pub fn smollm2() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| Model::load(model_path()).expect("load SmolLM2"))
+    MODEL.get_or_init(|| {
+        // The allocator setting the CLI makes (`configure_process`), without its thread
+        // counts: `scripts/test` sets those for the whole run. Without it every large
+        // activation is a fresh mapping the kernel zeroes (the suite's system time).
+        kedit::runtime::process::keep_freed_memory();
+        Model::load(model_path()).expect("load SmolLM2")
+    })
 }
 
 pub fn load_tensors(path: PathBuf) -> HashMap<String, Tensor> {
