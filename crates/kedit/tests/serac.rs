@@ -1,5 +1,5 @@
 //! SERAC on real data: its scope classifier (all-MiniLM-L6-v2, fine-tuned here for a few
-//! dozen steps on CounterFact training records) routes better than the untrained encoder,
+//! score of steps on CounterFact training records) routes better than the untrained encoder,
 //! training resumes exactly after an interruption, a SERAC edit answers its own prompt with
 //! the new fact and leaves inputs out of its scope bit-identical, saved edits reload with
 //! identical metrics, and broken checkpoints and training files are clear errors.
@@ -71,12 +71,12 @@ fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-/// A classifier trained once per test binary: 30 steps.
+/// A classifier trained once per test binary: 20 steps.
 fn trained() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempdir("trained");
-        train_into(&dir, 30);
+        train_into(&dir, 20);
         dir
     })
 }
@@ -103,10 +103,10 @@ fn training_raises_in_scope_accuracy_over_the_untrained_encoder() {
 #[test]
 fn an_interrupted_training_resumes_where_it_stopped() {
     let dir = tempdir("resume");
-    train_into(&dir, 20);
-    // Rerun with a longer budget: it continues from step 20, not from the start.
-    let summary = train_into(&dir, 30);
-    assert_eq!(summary["steps"], 30);
+    train_into(&dir, 10);
+    // Rerun with a longer budget: it continues from step 10, not from the start.
+    let summary = train_into(&dir, 20);
+    assert_eq!(summary["steps"], 20);
     let straight =
         ScopeClassifier::load(&trained().join("classifier.safetensors"), &encoder()).unwrap();
     let resumed = ScopeClassifier::load(&dir.join("classifier.safetensors"), &encoder()).unwrap();
