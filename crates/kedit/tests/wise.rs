@@ -36,6 +36,21 @@ fn wise_with(changes: &[(&str, serde_json::Value)]) -> Box<dyn EditMethod> {
     loaded.method
 }
 
+/// [`wise_with`] with fewer rows a step than the shipped file (5 context templates, not
+/// 10; one irrelevant input, not 4), for tests about bookkeeping rather than how well an
+/// edit takes.
+fn light_wise_with(changes: &[(&str, serde_json::Value)]) -> Box<dyn EditMethod> {
+    let mut all = vec![
+        (
+            "context_template_length_params",
+            serde_json::json!([[5, 5]]),
+        ),
+        ("irrelevant_per_edit", serde_json::json!(1)),
+    ];
+    all.extend(changes.iter().cloned());
+    wise_with(&all)
+}
+
 fn side(edit: &Edit) -> &SideMemoryEdit {
     match edit {
         Edit::SideMemory(s) => s,
@@ -128,14 +143,9 @@ fn an_edit_says_the_target_and_unrelated_prompts_keep_their_logits_bit_for_bit()
 
 #[test]
 fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metrics() {
-    let method = wise_with(&[
+    // Shards are counted here, not judged.
+    let method = light_wise_with(&[
         ("n_iter", serde_json::json!(8)),
-        // Fewer rows a step (as the mode tests below): shards are counted, not judged.
-        (
-            "context_template_length_params",
-            serde_json::json!([[5, 5]]),
-        ),
-        ("irrelevant_per_edit", serde_json::json!(1)),
         ("save_freq", serde_json::json!(2)),
         ("merge_freq", serde_json::json!(4)),
         ("replay", serde_json::json!(true)),
@@ -209,19 +219,11 @@ fn shards_close_and_merge_by_count_and_saved_memories_reload_with_identical_metr
     assert!(editor.is_pristine().unwrap());
 }
 
-/// Two ZsRE records in `mode`: reliable edits, untouched locality. Fewer rows a step than
-/// the shipped file (5 context templates, not 10; one irrelevant input, not 4) and half its
-/// steps: the modes' bookkeeping, in a quarter of the time (the shipped steps are judged by
-/// the first test here and by the lifelong table).
+/// Two ZsRE records in `mode`: reliable edits, untouched locality. Fewer rows a step and
+/// half the shipped steps: the modes' bookkeeping, in a quarter of the time (the shipped
+/// settings are judged by the first test here and by the lifelong table).
 fn edits_reliably_and_keeps_locality(mode: Mode) {
-    let method = wise_with(&[
-        ("n_iter", serde_json::json!(35)),
-        (
-            "context_template_length_params",
-            serde_json::json!([[5, 5]]),
-        ),
-        ("irrelevant_per_edit", serde_json::json!(1)),
-    ]);
+    let method = light_wise_with(&[("n_iter", serde_json::json!(35))]);
     let requests = zsre_dev(2);
     let store = run_mode(method.as_ref(), &requests, mode, teacher_forced());
     let s = common::post_scores(&store);
