@@ -185,3 +185,62 @@ fn a_statistics_source_that_cannot_be_read_is_refused_before_any_edit() {
         "no statistics were computed"
     );
 }
+
+/// MEMIT reads each layer's keys (and the residual z* replaces) after updating the layers
+/// below, running only the blocks above the residual it kept: the same activations as a
+/// forward from the embeddings of the model as edited so far.
+#[test]
+fn keys_read_from_a_kept_residual_equal_a_full_forward_of_the_edited_model() {
+    use kedit::methods::memit::reads::LayerReads;
+    use kedit::methods::rome::key::{at_lookups, Lookup};
+    use kedit::model::ParamId;
+    use kedit::prompts::{lookup, FactToken};
+    use kedit::runtime::Site;
+
+    let _threads = common::own_threads();
+    let mut current = smollm2().clone();
+    let tok = current.tokenizer().unwrap().clone();
+    let prompts: Vec<Lookup> = [
+        "Which constellation is {} in?",
+        "The sky is clear tonight. Which constellation is {} in?",
+        "{} is a",
+    ]
+    .iter()
+    .map(|text| {
+        let (ids, index) =
+            lookup(&tok, text, "the Butterfly Cluster", FactToken::SubjectLast).unwrap();
+        Lookup { ids, index }
+    })
+    .collect();
+    let mut keys = LayerReads::new(&current, &prompts).unwrap();
+    let mut resid = LayerReads::new(&current, &prompts).unwrap();
+    for layer in [4, 5, 7] {
+        let kept = keys.read(&current, Site::MlpKey(layer), layer).unwrap();
+        let top = resid.read(&current, Site::ResidPost(9), layer).unwrap();
+        for (site, got) in [(Site::MlpKey(layer), kept), (Site::ResidPost(9), top)] {
+            let full = at_lookups(&current, site, &prompts).unwrap();
+            let diff = (&got - &full).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = full.abs().unwrap().max_all().unwrap();
+            let (diff, scale) = (
+                diff.to_scalar::<f32>().unwrap(),
+                scale.to_scalar::<f32>().unwrap(),
+            );
+            assert!(
+                diff <= 1e-5 * scale,
+                "{site} after editing below {layer}: {diff} of {scale}"
+            );
+        }
+        // An edit of this layer's output projection: what the next read must see.
+        let w = current
+            .params
+            .require(ParamId::mlp_out(layer))
+            .unwrap()
+            .clone();
+        current
+            .params
+            .replace(ParamId::mlp_out(layer), (w * 1.5).unwrap())
+            .unwrap();
+    }
+    // Reading below the kept residual is refused, not silently wrong.
+    assert!(keys.read(&current, Site::MlpKey(5), 5).is_err());
+}

@@ -35,6 +35,7 @@
 //! the bare prompt) are the default when `context_template_length_params` is absent.
 
 pub mod nullspace;
+pub mod reads;
 pub mod spread;
 
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ use crate::edit::WeightEdit;
 use crate::editor::Editor;
 use crate::error::{Error, Result};
 use crate::methods::hparams::{lenient_f64, lenient_optional_f64, HparamsSource};
-use crate::methods::rome::key::{at_lookups, keys_at, Lookup};
+use crate::methods::rome::key::Lookup;
 use crate::methods::rome::moment::moment_matrix;
 use crate::methods::rome::value::{value_stars, ValuePrompts};
 use crate::methods::rome::{RequestPrompts, Rome, RomeHparams};
@@ -61,6 +62,7 @@ use crate::request::EditRequest;
 use crate::runtime::Site;
 use crate::stats::{cached_key_stats, key_stats, require_key_stats};
 use nullspace::{accumulated, null_space_projection, null_space_update, Projection};
+use reads::LayerReads;
 use spread::{layer_update, Objective};
 
 /// MEMIT's own keys, beside ROME's.
@@ -139,9 +141,6 @@ enum Solver {
     /// AlphaEdit's null-space projected solve ([`nullspace`]).
     NullSpace { threshold: f64, l2: f64 },
 }
-
-/// Prompts read per forward pass when collecting keys and residuals.
-const PROMPTS_PER_PASS: usize = 96;
 
 pub struct Memit {
     name: String,
@@ -317,15 +316,6 @@ fn template_weights(groups: &[(usize, usize)], n: usize) -> Vec<f64> {
     w
 }
 
-/// `f` over `prompts` in passes of at most [`PROMPTS_PER_PASS`], rows concatenated.
-fn in_passes(prompts: &[Lookup], f: impl Fn(&[Lookup]) -> Result<Tensor>) -> Result<Tensor> {
-    let parts = prompts
-        .chunks(PROMPTS_PER_PASS)
-        .map(f)
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
 impl EditMethod for Memit {
     fn name(&self) -> &str {
         &self.name
@@ -421,8 +411,10 @@ impl EditMethod for Memit {
             Variant::Residual => Site::ResidPost(last),
             Variant::Pmet => Site::MlpOut(last),
         };
-        let residual = |m: &Model| -> Result<Tensor> {
-            Ok(in_passes(&plain, |ps| at_lookups(m, z_site, ps))?.to_dtype(DType::F64)?)
+        // The residual z* replaces, read on the model as each layer's update leaves it.
+        let mut plain_reads = LayerReads::new(model, &plain)?;
+        let mut residual = |m: &Model, keep: usize| -> Result<Tensor> {
+            Ok(plain_reads.read(m, z_site, keep)?.to_dtype(DType::F64)?)
         };
 
         // 1. z* for every request at the last edited layer.
@@ -450,7 +442,7 @@ impl EditMethod for Memit {
                 .collect::<candle_core::Result<Vec<_>>>()?;
             Ok(Tensor::stack(&deltas, 0)?)
         })?;
-        let h = residual(model)?;
+        let h = residual(model, self.params[0].0)?;
         // ‖δ‖ / ‖h‖ for the residual z* replaces: how far the requests move the residual
         // stream (the clamp bounds δ by the MLP output's norm, a different scale).
         let norm = |t: &Tensor| t.sqr()?.sum(1)?.sqrt();
@@ -479,8 +471,8 @@ impl EditMethod for Memit {
             model.device(),
         )?
         .reshape((1, templates, 1))?;
-        let layer_keys = |m: &Model, layer: usize| -> Result<Tensor> {
-            let all = in_passes(&rewriting, |ps| keys_at(m, layer, ps))?;
+        let layer_keys = |reads: &mut LayerReads, m: &Model, layer: usize| -> Result<Tensor> {
+            let all = reads.read(m, Site::MlpKey(layer), layer)?;
             let d_ff = all.dim(1)?;
             Ok(all
                 .to_dtype(DType::F64)?
@@ -490,15 +482,18 @@ impl EditMethod for Memit {
         };
         let mut current = model.clone();
         let mut edit = WeightEdit::new();
+        // Layers ascend, so each layer's update leaves the residual entering it unchanged.
+        let mut key_reads = LayerReads::new(model, &rewriting)?;
         for (i, &(layer, param)) in self.params.iter().enumerate() {
-            let keys = report.timed("keys", |_| layer_keys(&current, layer))?;
+            let keys = report.timed("keys", |_| layer_keys(&mut key_reads, &current, layer))?;
             let left = (self.params.len() - i) as f64;
             let share = match self.variant {
                 Variant::Residual => left,
                 Variant::Pmet => left.sqrt(),
             };
-            let resid =
-                report.timed("residuals", |_| Ok(((&z - residual(&current)?)? / share)?))?;
+            let resid = report.timed("residuals", |_| {
+                Ok(((&z - residual(&current, layer)?)? / share)?)
+            })?;
             let delta = match self.solver {
                 Solver::Spread(objective) => {
                     let c = report.timed("statistics", |_| self.moment(system, layer, ctx))?;
@@ -545,8 +540,10 @@ impl EditMethod for Memit {
         if matches!(self.solver, Solver::NullSpace { .. }) {
             // The keys later edits keep in place: read on the model every layer's update
             // has changed, as AlphaEdit's code accumulates them.
+            let mut final_reads = LayerReads::new(&current, &rewriting)?;
             for &(layer, param) in &self.params {
-                let keys = report.timed("keys", |_| layer_keys(&current, layer))?;
+                let keys =
+                    report.timed("keys", |_| layer_keys(&mut final_reads, &current, layer))?;
                 edit.keys.push((param, keys.to_dtype(DType::F32)?));
             }
         }

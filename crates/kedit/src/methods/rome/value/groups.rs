@@ -5,6 +5,7 @@
 //! that different groups compute add up to it, and so do their gradients.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{Tensor, D};
 
@@ -14,10 +15,10 @@ use crate::runtime::nll::target_log_probs;
 use crate::runtime::ops::log_softmax_last;
 use crate::runtime::{Intervention, LogitsAt};
 
-use super::frozen::{freeze, Frozen, RowSpec};
+use super::frozen::{assemble, freeze, Frozen, FrozenRows, RowSpec};
 use super::{ValueHparams, ValuePrompts};
 
-/// A contiguous piece of one request's rows inside a group.
+/// The rows of one request inside a group (contiguous there).
 pub(super) struct Member {
     pub request: usize,
     /// Whether the request's KL rows are in this piece.
@@ -35,77 +36,178 @@ impl Group {
     }
 }
 
-/// The rows of the requests `active` (indices into `prompts`) in `hp.groups` groups: the
-/// rewriting rows, in order, in contiguous shares of equal size; a request's KL rows join the
-/// share that holds its last rewriting row.
-pub(super) fn build_groups(
+/// One request's frozen rows.
+pub(super) struct RequestRows {
+    pub frozen: Arc<FrozenRows>,
+    /// The rows of its rewriting prompts, in order (the bare prompt first), and of its KL
+    /// prompts.
+    pub rewriting: Vec<usize>,
+    pub kl: Vec<usize>,
+}
+
+/// Freezes the rows of `requests` (indices into `prompts`) in one forward pass.
+pub(super) fn freeze_requests(
     model: &Model,
     prompts: &[ValuePrompts],
+    requests: &[usize],
+    hp: &ValueHparams,
+) -> Result<Vec<RequestRows>> {
+    let mut specs = Vec::new();
+    let mut places = Vec::with_capacity(requests.len());
+    for &r in requests {
+        let p = &prompts[r];
+        let rw_weight = 1.0 / p.rewriting.len() as f64;
+        let rewriting = (specs.len()..specs.len() + p.rewriting.len()).collect();
+        specs.extend(p.rewriting.iter().map(|lookup| RowSpec {
+            lookup,
+            target: Some(p.target),
+            weight: rw_weight,
+            end: hp.answer_end.is_some(),
+        }));
+        let kl_total =
+            p.kl.iter()
+                .map(|l| hp.kl_at.positions(l).len())
+                .sum::<usize>()
+                .max(1);
+        let kl = (specs.len()..specs.len() + p.kl.len()).collect();
+        specs.extend(p.kl.iter().map(|lookup| RowSpec {
+            lookup,
+            target: None,
+            weight: 1.0 / kl_total as f64,
+            end: false,
+        }));
+        places.push((rewriting, kl));
+    }
+    let layer = prompts[requests[0]].layer;
+    let frozen = Arc::new(freeze(model, layer, &specs, hp.kl_at, hp.attention)?);
+    Ok(places
+        .into_iter()
+        .map(|(rewriting, kl)| RequestRows {
+            frozen: frozen.clone(),
+            rewriting,
+            kl,
+        })
+        .collect())
+}
+
+/// Rows that must share a group: one rewriting row, or all the KL rows of a request (its
+/// KL reference distributions are kept per request and group).
+struct Unit {
+    request: usize,
+    /// The rewriting row's index in its request; `None` for the KL rows.
+    rewriting: Option<usize>,
+    rows: Vec<(Arc<FrozenRows>, usize)>,
+    /// Tokens a step runs for the longest of its rows.
+    len: usize,
+}
+
+/// The rows of the requests `active` (`rows[r]` holds request r's) in `hp.groups` groups.
+/// Rows are padded to their group's longest, so the groups take rows of like length:
+/// sorted by length and cut where the slowest group is fastest (a group costs rows × its
+/// longest row). Within a group each request's rows are contiguous, its KL rows last.
+pub(super) fn build_groups(
+    model: &Model,
     active: &[usize],
+    rows: &[Option<RequestRows>],
     hp: &ValueHparams,
 ) -> Result<Vec<Group>> {
-    let total: usize = active.iter().map(|&r| prompts[r].rewriting.len()).sum();
-    let per_group = total.div_ceil(hp.groups.max(1)).max(1);
-    // (share, request, rewriting row range, with KL)
-    let mut pieces: Vec<(usize, usize, std::ops::Range<usize>, bool)> = Vec::new();
-    let mut seen = 0;
+    let mut units: Vec<Unit> = Vec::new();
     for &r in active {
-        let n = prompts[r].rewriting.len();
-        let mut i = 0;
-        while i < n {
-            let share = (seen + i) / per_group;
-            let end = n.min((share + 1) * per_group - seen);
-            pieces.push((share, r, i..end, end == n));
-            i = end;
-        }
-        seen += n;
-    }
-    let shares = pieces.last().map_or(0, |p| p.0 + 1);
-    let mut groups = Vec::with_capacity(shares);
-    for share in 0..shares {
-        let mut rows = Vec::new();
-        let mut members = Vec::new();
-        for (_, r, range, has_kl) in pieces.iter().filter(|p| p.0 == share) {
-            let p = &prompts[*r];
-            let m = members.len();
-            let rw_weight = 1.0 / p.rewriting.len() as f64;
-            for lookup in &p.rewriting[range.clone()] {
-                rows.push(RowSpec {
-                    lookup,
-                    target: Some(p.target),
-                    member: m,
-                    weight: rw_weight,
-                    end: hp.answer_end.is_some(),
-                });
-            }
-            if *has_kl {
-                let kl_total =
-                    p.kl.iter()
-                        .map(|l| hp.kl_at.positions(l).len())
-                        .sum::<usize>()
-                        .max(1);
-                for lookup in p.kl {
-                    rows.push(RowSpec {
-                        lookup,
-                        target: None,
-                        member: m,
-                        weight: 1.0 / kl_total as f64,
-                        end: false,
-                    });
-                }
-            }
-            members.push(Member {
-                request: *r,
-                has_kl: *has_kl && !p.kl.is_empty(),
+        let own = rows[r]
+            .as_ref()
+            .expect("an active request's rows are frozen");
+        let f = &own.frozen;
+        for (i, &b) in own.rewriting.iter().enumerate() {
+            units.push(Unit {
+                request: r,
+                rewriting: Some(i),
+                rows: vec![(f.clone(), b)],
+                len: f.suffix_len(b),
             });
         }
-        let layer = prompts[active[0]].layer;
+        if !own.kl.is_empty() {
+            units.push(Unit {
+                request: r,
+                rewriting: None,
+                rows: own.kl.iter().map(|&b| (f.clone(), b)).collect(),
+                len: own.kl.iter().map(|&b| f.suffix_len(b)).max().unwrap_or(0),
+            });
+        }
+    }
+    // Ties in request order, so that the groups do not depend on the sort's whims.
+    units.sort_by_key(|u| u.len);
+    let costs: Vec<(usize, usize)> = units.iter().map(|u| (u.rows.len(), u.len)).collect();
+    let cuts = balanced_cuts(&costs, hp.groups.max(1));
+    let order: HashMap<usize, usize> = active.iter().enumerate().map(|(i, &r)| (r, i)).collect();
+    let mut groups = Vec::with_capacity(cuts.len());
+    let mut units = units.into_iter();
+    let mut from = 0;
+    for to in cuts {
+        let mut share: Vec<Unit> = units.by_ref().take(to - from).collect();
+        from = to;
+        // Request order, each request's rewriting rows in order and its KL rows last.
+        share.sort_by_key(|u| (order[&u.request], u.rewriting.unwrap_or(usize::MAX)));
+        let mut picks = Vec::new();
+        let mut members: Vec<Member> = Vec::new();
+        for unit in share {
+            if members.last().map(|m| m.request) != Some(unit.request) {
+                members.push(Member {
+                    request: unit.request,
+                    has_kl: false,
+                });
+            }
+            let m = members.len() - 1;
+            if unit.rewriting.is_none() {
+                members[m].has_kl = true;
+            }
+            picks.extend(unit.rows.into_iter().map(|(f, b)| (f, b, m)));
+        }
         groups.push(Group {
-            frozen: freeze(model, layer, &rows, hp.kl_at, hp.attention)?,
+            frozen: assemble(model, &picks)?,
             members,
         });
     }
     Ok(groups)
+}
+
+/// Where to cut `units` (each (rows, tokens), sorted by tokens) into at most `groups`
+/// contiguous shares so that the costliest share, rows × its longest row, is cheapest:
+/// the end of each share.
+fn balanced_cuts(units: &[(usize, usize)], groups: usize) -> Vec<usize> {
+    let n = units.len();
+    let groups = groups.min(n).max(1);
+    let mut rows_before = vec![0; n + 1];
+    for (i, &(rows, _)) in units.iter().enumerate() {
+        rows_before[i + 1] = rows_before[i] + rows;
+    }
+    // Sorted by tokens, so a share i..j is padded to units[j - 1]'s.
+    let cost = |i: usize, j: usize| (rows_before[j] - rows_before[i]) * units[j - 1].1;
+    // best[g][j]: the cheapest worst share of units[..j] in g + 1 shares; from[g][j] its
+    // last share's start.
+    let mut best = vec![vec![usize::MAX; n + 1]; groups];
+    let mut from = vec![vec![0; n + 1]; groups];
+    for (j, b) in best[0].iter_mut().enumerate().skip(1) {
+        *b = cost(0, j);
+    }
+    for g in 1..groups {
+        for j in g + 1..=n {
+            for i in g..j {
+                let worst = best[g - 1][i].max(cost(i, j));
+                if worst < best[g][j] {
+                    best[g][j] = worst;
+                    from[g][j] = i;
+                }
+            }
+        }
+    }
+    let mut cuts = vec![n];
+    let mut j = n;
+    for g in (1..groups).rev() {
+        j = from[g][j];
+        cuts.push(j);
+    }
+    cuts.reverse();
+    cuts
 }
 
 /// A group's share of each member's loss at the current δs.
@@ -210,4 +312,23 @@ pub(super) fn group_loss(
         values: loss_v.into_iter().zip(nll_v).collect(),
         new_kl_init,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_cuts;
+
+    #[test]
+    fn rows_are_cut_where_the_costliest_group_is_cheapest() {
+        // Ten short rows and two long ones: the long ones alone (2 × 10), the short ones
+        // together (10 × 2), rather than halves padded to the longest (6 × 10).
+        let mut units = vec![(1, 2); 10];
+        units.extend([(1, 10), (1, 10)]);
+        assert_eq!(balanced_cuts(&units, 2), vec![10, 12]);
+        // Equal rows split evenly; more groups than units give one unit each.
+        assert_eq!(balanced_cuts(&[(1, 5); 8], 4), vec![2, 4, 6, 8]);
+        assert_eq!(balanced_cuts(&[(3, 4), (1, 9)], 4), vec![1, 2]);
+        // A unit of several rows costs them all.
+        assert_eq!(balanced_cuts(&[(1, 3), (1, 3), (6, 4)], 2), vec![2, 3]);
+    }
 }
