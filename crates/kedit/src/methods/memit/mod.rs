@@ -51,7 +51,7 @@ use crate::error::{Error, Result};
 use crate::methods::hparams::{lenient_f64, lenient_optional_f64, HparamsSource};
 use crate::methods::rome::key::Lookup;
 use crate::methods::rome::moment::moment_matrix;
-use crate::methods::rome::value::{value_stars, ValuePrompts};
+use crate::methods::rome::value::{value_stars, ValuePrompts, POOL_GROUPS};
 use crate::methods::rome::{RequestPrompts, Rome, RomeHparams};
 use crate::methods::{
     filter_warnings, Computed, EditContext, EditMethod, LoadedMethod, MethodReport,
@@ -420,6 +420,9 @@ impl EditMethod for Memit {
         // 1. z* for every request at the last edited layer.
         let mut vh = self.rome.value_hparams(model)?;
         vh.attention = self.variant == Variant::Pmet;
+        if requests.len() > 1 {
+            vh.groups = POOL_GROUPS;
+        }
         let deltas = report.timed("z", |report| {
             let value_prompts: Vec<ValuePrompts> = prompts
                 .iter()
