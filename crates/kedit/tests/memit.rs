@@ -244,3 +244,74 @@ fn keys_read_from_a_kept_residual_equal_a_full_forward_of_the_edited_model() {
     // Reading below the kept residual is refused, not silently wrong.
     assert!(keys.read(&current, Site::MlpKey(5), 5).is_err());
 }
+
+/// Activations at looked-up tokens are read from prompts cut after that token and sorted by
+/// length (MEMIT's keys, ROME's k*, GRACE's keys): each equal to its own prompt's uncut
+/// forward, and returned in the prompts' order.
+#[test]
+fn activations_at_lookups_of_cut_and_sorted_prompts_equal_each_prompt_alone() {
+    use kedit::methods::memit::reads::LayerReads;
+    use kedit::methods::rome::key::{at_lookups, Lookup};
+    use kedit::prompts::{lookup, FactToken};
+    use kedit::runtime::{Site, TokenBatch};
+
+    let _threads = common::own_threads();
+    let model = smollm2();
+    let tok = model.tokenizer().unwrap();
+    // Longest first, and text after every subject, so that both the cut and the sort act.
+    let prompts: Vec<Lookup> = [
+        (
+            "The sky is clear tonight, and the stars are out. Which constellation is {} in?",
+            "the Butterfly Cluster",
+        ),
+        ("{} is a", "Danielle Darrieux"),
+        (
+            "Which constellation is {} in, and who named it?",
+            "NGC 6604",
+        ),
+        ("What is the native language of {}?", "Danielle Darrieux"),
+    ]
+    .iter()
+    .map(|(text, subject)| {
+        let (ids, index) = lookup(tok, text, subject, FactToken::SubjectLast).unwrap();
+        Lookup { ids, index }
+    })
+    .collect();
+    assert!(prompts.iter().all(|p| p.index + 1 < p.ids.len()));
+    for site in [Site::MlpKey(6), Site::ResidPost(9)] {
+        let together = at_lookups(model, site, &prompts).unwrap();
+        // Two prompts a pass: the reads' batches split the sorted prompts.
+        let mut reads = LayerReads::with_batch_size(model, &prompts, 2).unwrap();
+        let layered = reads.read(model, site, 3).unwrap();
+        for (i, p) in prompts.iter().enumerate() {
+            let alone = model
+                .forward(&TokenBatch::single(&p.ids))
+                .capture([site])
+                .run()
+                .unwrap();
+            let alone = alone
+                .capture(site)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .get(p.index)
+                .unwrap();
+            let scale = alone
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            for (how, got) in [("together", &together), ("layered", &layered)] {
+                let got = got.get(i).unwrap();
+                let diff = (&got - &alone).unwrap().abs().unwrap().max_all().unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                assert!(
+                    diff <= 1e-5 * scale,
+                    "{site}, prompt {i}, {how}: {diff} of {scale}"
+                );
+            }
+        }
+    }
+}

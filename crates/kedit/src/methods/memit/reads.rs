@@ -9,46 +9,30 @@
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::methods::rome::key::Lookup;
+use crate::methods::rome::key::{Lookup, LookupBatches};
 use crate::model::Model;
-use crate::runtime::{Padding, Site, TokenBatch};
+use crate::runtime::Site;
 
 /// Prompts read per forward pass.
 const PROMPTS_PER_PASS: usize = 96;
 
-struct Chunk {
-    batch: TokenBatch,
-    /// Flat index of each prompt's looked-up token in `[rows * len]`.
-    at: Tensor,
-    /// The residual entering block `layer`, `[rows, len, d]`, once a read has kept it.
-    kept: Option<(usize, Tensor)>,
-}
-
 pub struct LayerReads {
-    chunks: Vec<Chunk>,
+    prompts: LookupBatches,
+    /// Per batch, the residual entering block `layer`, `[rows, len, d]`, once a read has
+    /// kept it.
+    kept: Vec<Option<(usize, Tensor)>>,
 }
 
 impl LayerReads {
     pub fn new(model: &Model, prompts: &[Lookup]) -> Result<Self> {
-        let pad = model.tokenizer()?.pad_id();
-        let chunks = prompts
-            .chunks(PROMPTS_PER_PASS)
-            .map(|ps| {
-                let seqs: Vec<Vec<u32>> = ps.iter().map(|p| p.ids.clone()).collect();
-                let batch = TokenBatch::new(&seqs, Padding::Right, pad)?;
-                let at: Vec<u32> = ps
-                    .iter()
-                    .enumerate()
-                    .map(|(b, p)| (b * batch.len + batch.index(b, p.index)) as u32)
-                    .collect();
-                Ok(Chunk {
-                    at: Tensor::new(at.as_slice(), model.device())?,
-                    batch,
-                    kept: None,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(LayerReads { chunks })
+        Self::with_batch_size(model, prompts, PROMPTS_PER_PASS)
+    }
+
+    /// At most `per_pass` prompts to a forward pass.
+    pub fn with_batch_size(model: &Model, prompts: &[Lookup], per_pass: usize) -> Result<Self> {
+        let prompts = LookupBatches::new(model, prompts, per_pass)?;
+        let kept = prompts.batches.iter().map(|_| None).collect();
+        Ok(LayerReads { prompts, kept })
     }
 
     /// The activations `[prompts, width]` at `site` at each prompt's looked-up token, on
@@ -64,13 +48,13 @@ impl LayerReads {
             )));
         }
         let keep_site = Site::ResidPre(keep);
-        let mut parts = Vec::with_capacity(self.chunks.len());
-        for chunk in &mut self.chunks {
+        let mut parts = Vec::with_capacity(self.kept.len());
+        for (batch, kept) in self.prompts.batches.iter().zip(&mut self.kept) {
             let mut forward = model
-                .forward(&chunk.batch)
+                .forward(&batch.tokens)
                 .capture([site, keep_site])
                 .stop_after(top);
-            if let Some((layer, resid)) = &chunk.kept {
+            if let Some((layer, resid)) = kept {
                 if *layer > keep {
                     return Err(Error::invalid(format!(
                         "the residual entering block {layer} is kept; block {keep} is below it"
@@ -79,14 +63,9 @@ impl LayerReads {
                 forward = forward.start_at(*layer, resid.clone());
             }
             let out = forward.run()?;
-            let acts = out.capture(site)?;
-            let (rows, len, width) = acts.dims3()?;
-            parts.push(
-                acts.reshape((rows * len, width))?
-                    .index_select(&chunk.at, 0)?,
-            );
-            chunk.kept = Some((keep, out.capture(keep_site)?.clone()));
+            parts.push(batch.select(out.capture(site)?)?);
+            *kept = Some((keep, out.capture(keep_site)?.clone()));
         }
-        Ok(Tensor::cat(&parts, 0)?)
+        self.prompts.in_prompt_order(&parts)
     }
 }

@@ -429,14 +429,16 @@ fn optimise_pool(
     for it in 0.. {
         let started = std::time::Instant::now();
         let before = active.len();
-        active.retain(|&r| !tracks[r].as_ref().is_some_and(|t| t.done));
-        let mut changed = active.len() != before;
-        for (r, t) in tracks.iter().enumerate() {
-            if t.as_ref().is_some_and(|t| t.done) && rows[r].is_some() {
+        active.retain(|&r| {
+            let done = tracks[r].as_ref().is_some_and(|t| t.done);
+            if done {
+                // Its frozen rows and KL reference are not needed any more.
                 rows[r] = None;
                 kl_init.remove(&r);
             }
-        }
+            !done
+        });
+        let mut changed = active.len() != before;
         let room = pool - active.len();
         let waiting = n - next;
         if room > 0 && waiting > 0 && (room >= join_at || waiting <= room || active.is_empty()) {
