@@ -63,6 +63,10 @@ pub struct Args {
     /// from the K-th; `kedit merge-runs` joins the shards' directories.
     #[arg(long, value_name = "K/N")]
     shard: Option<String>,
+    /// Take the pre-edit metrics from another run directory of the same model, data and
+    /// metric settings (any method or mode, or `--pre-only`) instead of computing them.
+    #[arg(long, value_name = "DIR")]
+    pre_from: Option<PathBuf>,
     /// Run directory; rerunning the same command there resumes the run.
     #[arg(long)]
     out: PathBuf,
@@ -89,6 +93,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         free_generation: !args.no_free_generation,
         chat: args.chat,
         shard: args.shard.as_deref().map(str::parse).transpose()?,
+        pre_from: args.pre_from.clone(),
         out: args.out.clone(),
     };
     let mut bar = Bars::default();

@@ -444,3 +444,97 @@ fn a_sequential_stream_of_batches_edits_per_call_and_resumes_mid_call() {
     assert_eq!(store.after_all, complete);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A run takes its pre-edit metrics from another run of the same model, data and metric
+/// settings (here a pre-only run) instead of computing them again; a run whose metric
+/// settings differ, or whose cases are not the same, is refused, naming what differs.
+#[test]
+fn pre_edit_metrics_are_taken_from_another_run_of_the_same_data() {
+    use kedit::experiment::{run_dataset, DatasetRun};
+    use serde_json::Value;
+
+    let scratch = common::Scratch::new("pre-from");
+    let data = common::data("zsre/zsre_mend_eval_portability_gpt4.dev.json");
+    let spec = |method: Option<&str>, out: &str, limit: usize| DatasetRun {
+        limit: Some(limit),
+        fluency: false,
+        free_generation: false,
+        ..DatasetRun::new(method, std::slice::from_ref(&data), &scratch.join(out))
+    };
+    run_dataset(smollm2().clone(), &spec(None, "pre", 2), &mut ()).unwrap();
+    // Mark what the pre-only run stored: a value computed again would not carry the mark.
+    let pre_path = scratch.join("pre").join("pre.jsonl");
+    let marked: Vec<Value> = std::fs::read_to_string(&pre_path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).unwrap();
+            v["metrics"]["rewrite_acc"] = serde_json::json!([0.125]);
+            v
+        })
+        .collect();
+    let lines: Vec<String> = marked.iter().map(Value::to_string).collect();
+    std::fs::write(&pre_path, lines.join("\n") + "\n").unwrap();
+
+    // Three cases: two are taken, the third is computed.
+    let edited = DatasetRun {
+        hparams: Some(common::workspace().join("hparams/FT/smollm2-135m.yaml")),
+        pre_from: Some(scratch.join("pre")),
+        ..spec(Some("ft-m"), "ft", 3)
+    };
+    let outcome = run_dataset(smollm2().clone(), &edited, &mut ()).unwrap();
+    assert_eq!(outcome.cases, 3);
+    let taken: Vec<Value> = std::fs::read_to_string(scratch.join("ft").join("pre.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(taken.len(), 3);
+    for v in &taken[..2] {
+        assert_eq!(
+            v["metrics"]["rewrite_acc"],
+            serde_json::json!([0.125]),
+            "{v}"
+        );
+    }
+    assert_ne!(
+        taken[2]["metrics"]["rewrite_acc"],
+        serde_json::json!([0.125])
+    );
+
+    // Another metric setting: refused, naming it, before any work.
+    let fluent = DatasetRun {
+        fluency: true,
+        pre_from: Some(scratch.join("pre")),
+        ..spec(Some("ft-m"), "fluent", 2)
+    };
+    let e = run_dataset(smollm2().clone(), &fluent, &mut ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`fluency` changed") && e.contains("pre"), "{e}");
+    assert!(!scratch.join("fluent").join("cases.jsonl").exists());
+
+    // Cases that are not the same ones: the record and field are named.
+    let mut wrong = marked.clone();
+    wrong[1]["case_id"] = Value::String("not-a-case".into());
+    let lines: Vec<String> = wrong.iter().map(Value::to_string).collect();
+    std::fs::write(&pre_path, lines.join("\n") + "\n").unwrap();
+    let e = run_dataset(
+        smollm2().clone(),
+        &DatasetRun {
+            pre_from: Some(scratch.join("pre")),
+            ..spec(Some("ft-m"), "wrong", 2)
+        },
+        &mut (),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("pre.jsonl") && e.contains("case_id") && e.contains("not-a-case"),
+        "{e}"
+    );
+    assert!(
+        !scratch.join("wrong").join("pre.jsonl").exists(),
+        "a refused import takes nothing"
+    );
+}

@@ -42,6 +42,9 @@ pub struct DatasetRun {
     /// `chat_template: true` in the hyper-parameters).
     pub chat: bool,
     pub shard: Option<Shard>,
+    /// Another run directory whose pre-edit metrics this run takes instead of computing
+    /// them again (its configuration must agree on what they depend on).
+    pub pre_from: Option<PathBuf>,
     /// The run directory; the same run there resumes.
     pub out: PathBuf,
 }
@@ -64,6 +67,7 @@ impl DatasetRun {
             free_generation: true,
             chat: false,
             shard: None,
+            pre_from: None,
             out: out.to_path_buf(),
         }
     }
@@ -191,6 +195,14 @@ pub fn run_dataset(
         progress.notice(&format!(
             "resuming: {resumed} case(s) already in {}",
             spec.out.join("cases.jsonl").display()
+        ));
+    }
+    if let Some(from) = &spec.pre_from {
+        let ids: Vec<String> = requests.iter().map(|r| r.case_id.clone()).collect();
+        let taken = store.import_pre(from, &header, &ids)?;
+        progress.notice(&format!(
+            "took {taken} case(s)' pre-edit metrics from {}",
+            from.display()
         ));
     }
     let mut editor = Editor::new(model);

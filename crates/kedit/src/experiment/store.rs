@@ -82,6 +82,19 @@ pub struct RunStore {
     pub case_ids: BTreeMap<usize, String>,
 }
 
+/// The configuration keys pre-edit metrics depend on: two runs that agree on them computed
+/// the same pre-edit metrics for the same case index.
+const PRE_EDIT_KEYS: &[&str] = &[
+    "kedit_version",
+    "model_fingerprint",
+    "data_sha256",
+    "format",
+    "skip_invalid",
+    "seed",
+    "fluency",
+    "free_generation",
+    "chat",
+];
 const HEADER: &str = "run.json";
 const PRE: &str = "pre.jsonl";
 const CASES: &str = "cases.jsonl";
@@ -156,6 +169,67 @@ impl RunStore {
 
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
+    }
+
+    /// Takes from the run directory `from` the pre-edit metrics this run lacks, for cases
+    /// whose ids are `case_ids` (by index), once `from`'s configuration is found to agree
+    /// with `header` on everything pre-edit metrics depend on (`PRE_EDIT_KEYS`: not the
+    /// method, its settings or the mode). Returns how many were taken.
+    pub fn import_pre(
+        &mut self,
+        from: &Path,
+        header: &Value,
+        case_ids: &[String],
+    ) -> Result<usize> {
+        let path = from.join(HEADER);
+        if !path.is_file() {
+            return Err(Error::config(format!(
+                "{}: not a run directory (no {HEADER}), so no pre-edit metrics can be taken from it",
+                from.display()
+            )));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let theirs: Value = serde_json::from_str(&text)
+            .map_err(|e| Error::model(&path, format!("not valid JSON: {e}")))?;
+        let differ: Vec<String> = PRE_EDIT_KEYS
+            .iter()
+            .filter(|k| theirs.get(**k) != header.get(**k))
+            .map(|k| k.to_string())
+            .collect();
+        if !differ.is_empty() {
+            return Err(Error::config(format!(
+                "{}'s pre-edit metrics are not this run's: {}",
+                from.display(),
+                describe_changes(&theirs, header, &differ)
+            )));
+        }
+        let pre_path = from.join(PRE);
+        // Every line checked before any is taken, so that a refusal writes nothing here.
+        let mut todo = Vec::new();
+        for (line, m) in read_lines::<IndexedMetrics>(&pre_path)?
+            .into_iter()
+            .enumerate()
+        {
+            let Some(id) = case_ids.get(m.index) else {
+                continue;
+            };
+            if *id != m.case_id {
+                return Err(Error::record(
+                    &pre_path,
+                    line,
+                    "case_id",
+                    format!("case {} is `{}` there and `{id}` here", m.index, m.case_id),
+                ));
+            }
+            if !self.pre.contains_key(&m.index) {
+                todo.push(m);
+            }
+        }
+        let taken = todo.len();
+        for m in todo {
+            self.put_pre(m.index, &m.case_id, m.metrics)?;
+        }
+        Ok(taken)
     }
 
     pub fn put_pre(&mut self, index: usize, case_id: &str, metrics: Metrics) -> Result<()> {
