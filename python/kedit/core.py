@@ -222,13 +222,14 @@ class Editor:
 
 def evaluate(method, data, out, model=None, limit=None, mode="single", batch_size=1, hparams=None,
              format="auto", corpus=None, seed=0, fluency=True, free_generation=True, skip_invalid=False,
-             chat=False, shard=None):
+             chat=False, shard=None, pre_from=None):
     """``kedit eval``: edit and evaluate a dataset into the run directory ``out``
     (``run.json``, ``pre.jsonl``, ``cases.jsonl``, ``summary.json``); running it again
     resumes. ``method=None``: pre-edit metrics only. ``data``: a file or a list of files.
     ``chat``: prompts through the chat template. ``shard``: ``"K/N"`` (or ``(K, N)``) runs
     every N-th case (batch mode: batch) from K; :func:`merge_runs` joins the shards.
-    Returns the summary (a dict)."""
+    ``pre_from``: a run directory of the same model, data and metric settings whose pre-edit
+    metrics are taken instead of computed. Returns the summary (a dict)."""
     if isinstance(shard, tuple):
         shard = "{}/{}".format(*shard)
     if not isinstance(model, Model):
@@ -237,7 +238,7 @@ def evaluate(method, data, out, model=None, limit=None, mode="single", batch_siz
     summary = _native.evaluate_run(
         model._native, method, [os.fspath(f) for f in files], os.fspath(out), limit, mode,
         batch_size, _path(hparams), format, _path(corpus), seed, fluency, free_generation, skip_invalid,
-        chat, shard,
+        chat, shard, _path(pre_from),
     )
     return json.loads(summary)
 

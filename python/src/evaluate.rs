@@ -43,11 +43,12 @@ pub fn read_hparams(path: PathBuf) -> PyResult<String> {
 
 /// `kedit eval` from Python (the library's `run_dataset`, which the command line runs
 /// too); returns `summary.json`'s contents. `method=None`: pre-edit metrics only; `shard`:
-/// `"K/N"`, every N-th case (single mode) or batch (batch mode) from K.
+/// `"K/N"`, every N-th case (single mode) or batch (batch mode) from K; `pre_from`: a run
+/// directory whose pre-edit metrics are taken instead of computed.
 #[pyfunction]
 #[pyo3(signature = (model, method, data, out, limit=None, mode="single", batch_size=1,
     hparams=None, format="auto", corpus=None, seed=0, fluency=true, free_generation=true,
-    skip_invalid=false, chat=false, shard=None))]
+    skip_invalid=false, chat=false, shard=None, pre_from=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_run(
     py: Python<'_>,
@@ -67,6 +68,7 @@ pub fn evaluate_run(
     skip_invalid: bool,
     chat: bool,
     shard: Option<&str>,
+    pre_from: Option<PathBuf>,
 ) -> PyResult<String> {
     if data.is_empty() {
         return Err(value_err("data: at least one dataset file is required"));
@@ -89,6 +91,7 @@ pub fn evaluate_run(
         free_generation,
         chat,
         shard: shard.map(str::parse).transpose().map_err(value_err)?,
+        pre_from,
         out,
     };
     let model = model.inner.clone();
