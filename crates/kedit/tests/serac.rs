@@ -235,3 +235,205 @@ fn broken_checkpoints_and_training_files_are_clear_errors() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A classifier (10 steps) and a counterfactual model (the top two blocks, 12 steps),
+/// trained once per test binary.
+fn trained_with_counterfactual() -> &'static (PathBuf, serde_json::Value) {
+    static DIR: OnceLock<(PathBuf, serde_json::Value)> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempdir("counterfactual");
+        let mut hp = hparams(10);
+        for (k, v) in [
+            ("cf_layers", serde_json::json!(2)),
+            ("cf_max_iters", serde_json::json!(12)),
+            ("cf_val_every", serde_json::json!(4)),
+            ("cf_batch_size", serde_json::json!(8)),
+            ("val_records", serde_json::json!(16)),
+        ] {
+            hp.set(k, v);
+        }
+        let job = TrainJob {
+            method: "serac",
+            train: records("counterfact/counterfact-train.json", 96),
+            val: records("counterfact/counterfact-val.json", 16),
+            hparams: Some(hp),
+            out_dir: &dir,
+            seed: 3,
+        };
+        let summary = train(&Registry::builtin(), smollm2(), job, &mut Silent)
+            .unwrap()
+            .summary;
+        (dir, summary)
+    })
+}
+
+#[test]
+fn the_counterfactual_model_learns_to_answer_behind_the_edit() {
+    let (dir, summary) = trained_with_counterfactual();
+    let cf = &summary["counterfactual"];
+    let first = cf["best"]["step"].as_u64().unwrap();
+    eprintln!("{cf:#}");
+    assert_eq!(cf["steps"], 12);
+    // Validation NLL of the edits' targets behind their contexts falls with training.
+    let history: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("counterfactual-state.json")).unwrap(),
+    )
+    .unwrap();
+    let nll: Vec<f64> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["val_nll"].as_f64().unwrap())
+        .collect();
+    assert_eq!(nll.len(), 3);
+    assert!(nll[2] < nll[0], "validation NLL {nll:?}");
+    assert!(first >= 4);
+    let yaml = std::fs::read_to_string(dir.join("hparams.yaml")).unwrap();
+    assert!(
+        yaml.contains("counterfactual: counterfactual.safetensors"),
+        "{yaml}"
+    );
+    assert!(dir.join("counterfactual-curve.png").exists());
+}
+
+#[test]
+fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_identical() {
+    let (dir, _) = trained_with_counterfactual();
+    let source = HparamsSource::read(&dir.join("hparams.yaml")).unwrap();
+    let model = smollm2();
+    let serac = Registry::builtin()
+        .load_source("serac", Some(source.clone()), model)
+        .unwrap();
+    let requests = zsre_dev(2);
+    let refs: Vec<&EditRequest> = requests.iter().collect();
+    let mut editor = Editor::new(model.clone());
+    let pre = evaluate(&editor, &refs, None, &options()).unwrap();
+    let pre_refs: Vec<&Metrics> = pre.iter().collect();
+    let computed = serac
+        .method
+        .compute(&editor, &requests, &EditContext::default())
+        .unwrap();
+    editor.apply(&computed.edit).unwrap();
+    let post = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
+
+    // The edit's own prompt is routed: it is answered by the model with the counterfactual
+    // deltas added, reading the edit's context in front of it.
+    let tok = model.tokenizer().unwrap();
+    let Edit::Memory(memory) = &computed.edit else {
+        panic!("SERAC's edit is a memory")
+    };
+    let record = &memory.records[0];
+    let prompt = tok.encode(&requests[0].prompt).unwrap();
+    let through_editor = editor.next_logits(std::slice::from_ref(&prompt)).unwrap();
+    let mut finetuned = Editor::new(model.clone());
+    finetuned
+        .apply(&Edit::load(&dir.join("counterfactual.safetensors")).unwrap())
+        .unwrap();
+    let behind = tok
+        .encode(&format!("{}{}", record.context, requests[0].prompt))
+        .unwrap();
+    let by_hand = finetuned.next_logits(&[behind.clone()]).unwrap();
+    let diff = common::max_abs_diff(&through_editor, &by_hand);
+    assert!(diff < 1e-4, "routed prompt: {diff}");
+    // ... and not by the base model reading the same context.
+    let base = model.next_logits(&[behind]).unwrap();
+    assert!(common::max_abs_diff(&through_editor, &base) > 1e-3);
+    // An unrelated input is not routed: the plain model answers it, bit for bit.
+    let far = tok
+        .encode("The recipe for a classic French omelette calls for")
+        .unwrap();
+    let plain = model.next_logits(std::slice::from_ref(&far)).unwrap();
+    let edited = editor.next_logits(std::slice::from_ref(&far)).unwrap();
+    assert_eq!(common::max_abs_diff(&plain, &edited), 0.0);
+    // Routed and unrouted rows in one call come back in their order.
+    let both = editor.next_logits(&[far.clone(), prompt.clone()]).unwrap();
+    assert_eq!(
+        common::max_abs_diff(&both.get(0).unwrap().unsqueeze(0).unwrap(), &plain),
+        0.0
+    );
+    let routed_row = both.get(1).unwrap().unsqueeze(0).unwrap();
+    assert!(common::max_abs_diff(&routed_row, &through_editor) < 1e-4);
+
+    // Saved and reloaded, the memory gives the same metrics; reverted, nothing is left.
+    let scratch = tempdir("cf-edit");
+    let path = scratch.join("serac.safetensors");
+    computed.edit.save(&path).unwrap();
+    editor.revert_all();
+    assert!(editor.is_pristine().unwrap());
+    editor.apply(&Edit::load(&path).unwrap()).unwrap();
+    let again = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
+    assert_eq!(post, again, "metrics after reloading the saved memory");
+    editor.revert_all();
+    assert!(editor.is_pristine().unwrap());
+
+    // A counterfactual file replaced since the memory was made: refused, system untouched.
+    let copy = scratch.join("cf");
+    std::fs::create_dir_all(&copy).unwrap();
+    for f in [
+        "hparams.yaml",
+        "classifier.safetensors",
+        "counterfactual.safetensors",
+    ] {
+        std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+    }
+    let serac_copy = Registry::builtin()
+        .load_source(
+            "serac",
+            Some(HparamsSource::read(&copy.join("hparams.yaml")).unwrap()),
+            model,
+        )
+        .unwrap();
+    let memory_edit = serac_copy
+        .method
+        .compute(&editor, &requests, &EditContext::default())
+        .unwrap()
+        .edit;
+    let bytes = std::fs::read(copy.join("counterfactual.safetensors")).unwrap();
+    std::fs::write(
+        copy.join("counterfactual.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    // (An editor that has loaded the file it names keeps it; a fresh one reads the file.)
+    let mut fresh = Editor::new(model.clone());
+    let err = fresh.apply(&memory_edit).unwrap_err().to_string();
+    assert!(
+        err.contains("counterfactual.safetensors") && err.contains("sha256"),
+        "{err}"
+    );
+    assert!(fresh.is_pristine().unwrap());
+    // Loading SERAC over a truncated file names it.
+    let err = Registry::builtin()
+        .load_source(
+            "serac",
+            Some(HparamsSource::read(&copy.join("hparams.yaml")).unwrap()),
+            model,
+        )
+        .err()
+        .expect("a truncated counterfactual model")
+        .to_string();
+    assert!(err.contains("counterfactual.safetensors"), "{err}");
+    // A counterfactual model trained on another model (its provenance says so).
+    let Edit::Weights(mut w) = Edit::load(&dir.join("counterfactual.safetensors")).unwrap() else {
+        panic!("a weight edit")
+    };
+    w.meta
+        .insert("model_fingerprint".into(), "0123456789abcdef".into());
+    Edit::Weights(w)
+        .save(&copy.join("counterfactual.safetensors"))
+        .unwrap();
+    let err = Registry::builtin()
+        .load_source(
+            "serac",
+            Some(HparamsSource::read(&copy.join("hparams.yaml")).unwrap()),
+            model,
+        )
+        .err()
+        .expect("another model's counterfactual model")
+        .to_string();
+    assert!(
+        err.contains("counterfactual.safetensors") && err.contains("another model"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&scratch).unwrap();
+}

@@ -34,7 +34,19 @@ pub enum Router {
         classifier: PathBuf,
         fingerprint: String,
         threshold: f64,
+        /// The model that answers routed inputs, when it is not the system's own
+        /// (SERAC's fine-tuned counterfactual model).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        counterfactual: Option<CounterfactualModel>,
     },
+}
+
+/// A fine-tuned counterfactual model: a weight edit file (written by `kedit train --method
+/// serac` with `cf_layers` > 0) that routed inputs run with, identified by its sha256.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CounterfactualModel {
+    pub path: PathBuf,
+    pub fingerprint: String,
 }
 
 /// Records and their router. Applying a memory edit adds a memory to the system; inputs

@@ -5,6 +5,7 @@
 
 pub mod adaptor;
 pub mod context;
+pub mod counterfactual;
 mod file;
 pub mod memory;
 pub mod peft;
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 
 pub use adaptor::{AdaptorEdit, AdaptorPositions};
 pub use context::ContextEdit;
-pub use memory::{MemoryEdit, MemoryRecord, Route, Router};
+pub use memory::{CounterfactualModel, MemoryEdit, MemoryRecord, Route, Router};
 pub use scope::ScopeClassifier;
 pub use side_memory::{SideMemory, SideMemoryEdit, SideMemoryInfo, WrittenFact};
 pub use weights::{Delta, WeightEdit};

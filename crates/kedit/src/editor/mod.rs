@@ -16,8 +16,8 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::edit::{
-    weights, AdaptorEdit, ContextEdit, Edit, MemoryEdit, Router, ScopeClassifier, SideMemoryEdit,
-    WeightEdit,
+    weights, AdaptorEdit, ContextEdit, CounterfactualModel, Edit, MemoryEdit, Router,
+    ScopeClassifier, SideMemoryEdit, WeightEdit,
 };
 use crate::encoder::SentenceEncoder;
 use crate::error::{Error, Result};
@@ -52,6 +52,9 @@ struct Extras {
     /// At most one set of side memories per layer.
     side_memories: BTreeMap<usize, SideMemoryEdit>,
     memories: Vec<MemoryEdit>,
+    /// Per memory, the counterfactual model its routed inputs run with (its weight deltas),
+    /// when it is not the system's own.
+    counterfactuals: Vec<Option<Arc<WeightEdit>>>,
     /// The memories routed by scope classifiers, one index per classifier.
     scopes: Vec<ScopeIndex>,
     contexts: Vec<ContextEdit>,
@@ -112,6 +115,8 @@ pub struct Editor {
     /// Scope classifiers loaded for memories, by fingerprint: kept across reverts, so that
     /// re-applying a memory does not read its classifier again.
     classifiers: BTreeMap<String, Arc<ScopeClassifier>>,
+    /// Counterfactual models loaded for memories, by fingerprint (likewise kept).
+    counterfactual_files: BTreeMap<String, Arc<WeightEdit>>,
     pub guard: Guard,
 }
 
@@ -123,6 +128,7 @@ impl Editor {
             extras: Extras::default(),
             applied: Vec::new(),
             classifiers: BTreeMap::new(),
+            counterfactual_files: BTreeMap::new(),
             guard: Guard::default(),
         }
     }
@@ -218,12 +224,20 @@ impl Editor {
             }
             Edit::Memory(m) => {
                 m.check()?;
+                let mut counterfactual = None;
                 if let Router::Scope {
                     classifier,
                     fingerprint,
                     threshold,
+                    counterfactual: cf,
                 } = &m.router
                 {
+                    // Loaded (and checked) before anything is added, so that a refused
+                    // counterfactual model leaves the system as it was.
+                    counterfactual = cf
+                        .as_ref()
+                        .map(|cf| self.counterfactual_model(cf))
+                        .transpose()?;
                     let c = self.scope_classifier(classifier, fingerprint)?;
                     let at = self.extras.memories.len();
                     let fp = c.fingerprint();
@@ -242,6 +256,7 @@ impl Editor {
                     index.add(at, m, *threshold)?;
                 }
                 self.extras.memories.push(m.clone());
+                self.extras.counterfactuals.push(counterfactual);
                 AppliedEdit {
                     entries: m.records.len(),
                     ..AppliedEdit::of_kind("memory")
@@ -360,6 +375,27 @@ impl Editor {
         let c = Arc::new(c);
         self.classifiers.insert(got, c.clone());
         Ok(c)
+    }
+
+    /// The counterfactual model `cf` names, which must be the file the memory was made
+    /// with and trained on this editor's unedited model; loaded once per editor.
+    fn counterfactual_model(&mut self, cf: &CounterfactualModel) -> Result<Arc<WeightEdit>> {
+        if let Some(e) = self.counterfactual_files.get(&cf.fingerprint) {
+            return Ok(e.clone());
+        }
+        let got = crate::hash::sha256_file(&cf.path)?;
+        if got != cf.fingerprint {
+            return Err(Error::EditRefused(format!(
+                "{}: the counterfactual model there has sha256 {got}; the memory was made \
+                 with {} (the file was retrained or replaced since)",
+                cf.path.display(),
+                cf.fingerprint
+            )));
+        }
+        let edit = crate::edit::counterfactual::load(&cf.path, &self.original_model(), None)?;
+        let edit = Arc::new(edit);
+        self.counterfactual_files.insert(got, edit.clone());
+        Ok(edit)
     }
 
     fn check_logits_finite(&self) -> Result<()> {

@@ -2,8 +2,11 @@
 //! then the context of the memory record it is routed to (if any); the site adaptors act
 //! at the prompt's end. With none of these held it is exactly the plain model.
 
+use std::collections::BTreeMap;
+
 use candle_core::Tensor;
 
+use crate::edit::WeightEdit;
 use crate::editor::Editor;
 use crate::error::Result;
 use crate::lm::generate::generate_with;
@@ -11,13 +14,15 @@ use crate::lm::score::score_rows;
 use crate::lm::{
     next_logits_with, ChunkLimits, GenerateOptions, LanguageModel, PromptEnds, ScoreRow, Scored,
 };
+use crate::model::Model;
 use crate::runtime::Intervention;
 use crate::tokenizer::Tokenizer;
 
 impl Editor {
-    /// The text put in front of each input whose prompt is `prompts[i]`: every context's
-    /// prefix, the context of the memory record the prompt is routed to, then the last lead.
-    fn prefixes_for(&self, prompts: &[String]) -> Result<Vec<String>> {
+    /// The text put in front of each input whose prompt is `prompts[i]` — every context's
+    /// prefix, the context of the memory record the prompt is routed to, then the last lead —
+    /// and the memory whose counterfactual model answers it, if that memory has one.
+    fn prefixes_for(&self, prompts: &[String]) -> Result<Vec<(String, Option<usize>)>> {
         let common: String = self.contexts().iter().map(|c| c.prefix.as_str()).collect();
         let lead = self
             .contexts()
@@ -28,16 +33,22 @@ impl Editor {
         let routed = self.routed_contexts(prompts)?;
         let out = routed
             .into_iter()
-            .map(|context| format!("{common}{}{lead}", context.unwrap_or("")))
+            .map(|routed| {
+                let context = routed.map_or("", |(c, _)| c);
+                let answerer = routed
+                    .map(|(_, m)| m)
+                    .filter(|&m| self.extras.counterfactuals[m].is_some());
+                (format!("{common}{context}{lead}"), answerer)
+            })
             .collect();
         Ok(out)
     }
 
     /// For each prompt, the context of the record, over every memory, it is routed to with
-    /// the highest score (word overlap, or a scope classifier's probability). Each
-    /// classifier embeds all the prompts in one call and compares them with every record
-    /// it routes in one product.
-    fn routed_contexts(&self, prompts: &[String]) -> Result<Vec<Option<&str>>> {
+    /// the highest score (word overlap, or a scope classifier's probability), and that
+    /// record's memory. Each classifier embeds all the prompts in one call and compares
+    /// them with every record it routes in one product.
+    fn routed_contexts(&self, prompts: &[String]) -> Result<Vec<Option<(&str, usize)>>> {
         // Per prompt: (score, memory, record) of the best match so far.
         let mut best: Vec<Option<(f64, usize, usize)>> = vec![None; prompts.len()];
         let mut consider = |at: usize, score: f64, memory: usize, record: usize| {
@@ -70,7 +81,7 @@ impl Editor {
         }
         Ok(best
             .into_iter()
-            .map(|b| b.map(|(_, m, i)| memories[m].records[i].context.as_str()))
+            .map(|b| b.map(|(_, m, i)| (memories[m].records[i].context.as_str(), m)))
             .collect())
     }
 
@@ -82,9 +93,18 @@ impl Editor {
     /// `Prompt: ` would leave a lone space token before the prompt's first word, a
     /// tokenization the model never saw. The tokens after the prompt (a scored target) are
     /// kept as they are.
-    fn with_prefixes(&self, rows: &[(&[u32], usize)]) -> Result<Vec<(Vec<u32>, usize)>> {
+    ///
+    /// Each row also names the memory whose counterfactual model answers it, if any.
+    fn with_prefixes(&self, rows: &[(&[u32], usize)]) -> Result<Vec<Prefixed>> {
         if self.memories().is_empty() && self.contexts().is_empty() {
-            return Ok(rows.iter().map(|(ids, n)| (ids.to_vec(), *n)).collect());
+            return Ok(rows
+                .iter()
+                .map(|(ids, n)| Prefixed {
+                    ids: ids.to_vec(),
+                    prompt_len: *n,
+                    answerer: None,
+                })
+                .collect());
         }
         let tok = self.model().tokenizer()?;
         let prompts = rows
@@ -94,9 +114,13 @@ impl Editor {
         let prefixes = self.prefixes_for(&prompts)?;
         rows.iter()
             .zip(prefixes)
-            .map(|(&(ids, prompt_len), prefix)| {
+            .map(|(&(ids, prompt_len), (prefix, answerer))| {
                 if prefix.is_empty() {
-                    return Ok((ids.to_vec(), prompt_len));
+                    return Ok(Prefixed {
+                        ids: ids.to_vec(),
+                        prompt_len,
+                        answerer,
+                    });
                 }
                 // The prefix goes after a leading BOS, which stays first.
                 let bos = tok
@@ -113,9 +137,60 @@ impl Editor {
                     .chain(&ids[prompt_len..])
                     .copied()
                     .collect();
-                Ok((out, head + joint.len()))
+                Ok(Prefixed {
+                    ids: out,
+                    prompt_len: head + joint.len(),
+                    answerer,
+                })
             })
             .collect()
+    }
+
+    /// Runs `f` once per model that answers some of `answerers` — the system's own (`None`)
+    /// or a memory's counterfactual model — with the indices of the rows it answers, and
+    /// puts the results back in row order.
+    fn by_answerer<T>(
+        &self,
+        answerers: &[Option<usize>],
+        mut f: impl FnMut(&Model, &[usize]) -> Result<Vec<T>>,
+    ) -> Result<Vec<T>> {
+        if answerers.iter().all(Option::is_none) {
+            let all: Vec<usize> = (0..answerers.len()).collect();
+            return f(self.model(), &all);
+        }
+        let mut groups: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+        for (i, a) in answerers.iter().enumerate() {
+            groups.entry(*a).or_default().push(i);
+        }
+        let mut out: Vec<Option<T>> = (0..answerers.len()).map(|_| None).collect();
+        for (answerer, rows) in groups {
+            let results = match answerer {
+                None => f(self.model(), &rows)?,
+                Some(m) => {
+                    let deltas = self.extras.counterfactuals[m]
+                        .as_ref()
+                        .expect("an answering memory has a counterfactual model");
+                    f(&self.counterfactual(deltas)?, &rows)?
+                }
+            };
+            for (i, r) in rows.into_iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.expect("every row has one answerer"))
+            .collect())
+    }
+
+    /// The model as edited, with a counterfactual model's deltas added to its weights.
+    fn counterfactual(&self, deltas: &WeightEdit) -> Result<Model> {
+        let mut model = self.model().clone();
+        for (id, delta) in &deltas.deltas {
+            let updated = delta.added_to(model.params.require(*id)?)?;
+            model.params.replace(*id, updated)?;
+        }
+        Ok(model)
     }
 
     fn adaptor_hooks(&self, ends: &PromptEnds) -> Result<Vec<Intervention>> {
@@ -128,14 +203,18 @@ impl Editor {
             .collect())
     }
 
-    fn prefixed_prompts(&self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
+    fn prefixed_prompts(&self, prompts: &[Vec<u32>]) -> Result<Vec<Prefixed>> {
         let rows: Vec<(&[u32], usize)> = prompts.iter().map(|p| (p.as_slice(), p.len())).collect();
-        Ok(self
-            .with_prefixes(&rows)?
-            .into_iter()
-            .map(|(ids, _)| ids)
-            .collect())
+        self.with_prefixes(&rows)
     }
+}
+
+/// An input with what goes in front of it.
+struct Prefixed {
+    ids: Vec<u32>,
+    prompt_len: usize,
+    /// The memory whose counterfactual model answers it (`None`: the system's model).
+    answerer: Option<usize>,
 }
 
 impl LanguageModel for Editor {
@@ -148,24 +227,34 @@ impl LanguageModel for Editor {
             .iter()
             .map(|r| (r.ids.as_slice(), r.prompt_len))
             .collect();
-        let rows: Vec<ScoreRow> = self
-            .with_prefixes(&plain)?
+        let prefixed = self.with_prefixes(&plain)?;
+        let answerers: Vec<Option<usize>> = prefixed.iter().map(|p| p.answerer).collect();
+        let rows: Vec<ScoreRow> = prefixed
             .into_iter()
-            .map(|(ids, prompt_len)| ScoreRow { ids, prompt_len })
+            .map(|p| ScoreRow {
+                ids: p.ids,
+                prompt_len: p.prompt_len,
+            })
             .collect();
         let hooks = |ends: &PromptEnds| self.adaptor_hooks(ends);
-        score_rows(
-            self.model(),
-            &rows,
-            with_log_probs,
-            ChunkLimits::default(),
-            &hooks,
-        )
+        self.by_answerer(&answerers, |model, at| {
+            let rows: Vec<ScoreRow> = at.iter().map(|&i| rows[i].clone()).collect();
+            score_rows(model, &rows, with_log_probs, ChunkLimits::default(), &hooks)
+        })
     }
 
     fn next_logits(&self, prompts: &[Vec<u32>]) -> Result<Tensor> {
         let hooks = |ends: &PromptEnds| self.adaptor_hooks(ends);
-        next_logits_with(self.model(), &self.prefixed_prompts(prompts)?, &hooks)
+        let prefixed = self.prefixed_prompts(prompts)?;
+        let answerers: Vec<Option<usize>> = prefixed.iter().map(|p| p.answerer).collect();
+        let rows = self.by_answerer(&answerers, |model, at| {
+            let ids: Vec<Vec<u32>> = at.iter().map(|&i| prefixed[i].ids.clone()).collect();
+            let logits = next_logits_with(model, &ids, &hooks)?;
+            (0..at.len())
+                .map(|r| Ok(logits.get(r)?))
+                .collect::<Result<Vec<Tensor>>>()
+        })?;
+        Ok(Tensor::stack(&rows, 0)?)
     }
 
     fn generate(
@@ -175,12 +264,12 @@ impl LanguageModel for Editor {
         opts: &GenerateOptions,
     ) -> Result<Vec<Vec<u32>>> {
         let hooks = |ends: &PromptEnds| self.adaptor_hooks(ends);
-        generate_with(
-            self.model(),
-            &self.prefixed_prompts(prompts)?,
-            seeds,
-            opts,
-            &hooks,
-        )
+        let prefixed = self.prefixed_prompts(prompts)?;
+        let answerers: Vec<Option<usize>> = prefixed.iter().map(|p| p.answerer).collect();
+        self.by_answerer(&answerers, |model, at| {
+            let ids: Vec<Vec<u32>> = at.iter().map(|&i| prefixed[i].ids.clone()).collect();
+            let seeds: Vec<u64> = at.iter().map(|&i| seeds[i]).collect();
+            generate_with(model, &ids, &seeds, opts, &hooks)
+        })
     }
 }

@@ -3,9 +3,11 @@
 //! `kedit train --method serac` ([`train`]) — decides whether an input falls within a stored
 //! edit; if it does, the input is answered with that edit in front of it
 //! (`New Fact: {prompt} {target}\nPrompt: {input}`), otherwise the model answers untouched.
-//! The counterfactual model here is the base model reading the edit in context (see
-//! docs/memory-based.md for what that gives up against a trained one).
+//! The counterfactual model is the base model reading the edit in context, or, with
+//! `cf_layers` > 0, that model with its top blocks fine-tuned to answer behind an edit
+//! ([`counterfactual`]; docs/memory-based.md).
 
+pub mod counterfactual;
 mod pairs;
 pub mod train;
 
@@ -15,7 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::edit::{Edit, MemoryEdit, MemoryRecord, Router, ScopeClassifier};
+use crate::edit::{CounterfactualModel, Edit, MemoryEdit, MemoryRecord, Router, ScopeClassifier};
 use crate::editor::Editor;
 use crate::encoder::{SentenceEncoder, DEFAULT_ENCODER_DIR};
 use crate::error::Result;
@@ -66,6 +68,37 @@ pub struct SeracHparams {
     pub context_template: String,
     /// Validation records used at most (each a memory entry and its probes).
     pub val_records: usize,
+    /// The counterfactual model: 0, the base model prompted with the edit; N > 0, the base
+    /// model with the matrices of its top N blocks fine-tuned by `kedit train`, which names
+    /// the trained file in `counterfactual:`.
+    #[serde(default)]
+    pub cf_layers: usize,
+    /// Its training: Adam's learning rate, rows per step, steps at most, steps between
+    /// validations (patience and validation records are the classifier's).
+    #[serde(default = "default_cf_lr", deserialize_with = "lenient_f64")]
+    pub cf_lr: f64,
+    #[serde(default = "default_cf_batch_size")]
+    pub cf_batch_size: usize,
+    #[serde(default = "default_cf_max_iters")]
+    pub cf_max_iters: usize,
+    #[serde(default = "default_cf_val_every")]
+    pub cf_val_every: usize,
+}
+
+fn default_cf_lr() -> f64 {
+    1e-4
+}
+
+fn default_cf_batch_size() -> usize {
+    16
+}
+
+fn default_cf_max_iters() -> usize {
+    1000
+}
+
+fn default_cf_val_every() -> usize {
+    100
 }
 
 fn default_scale_lr() -> f64 {
@@ -80,6 +113,7 @@ impl SeracHparams {
     fn check(&self, source: &HparamsSource) -> Result<()> {
         source.check("lr", self.lr).positive()?;
         source.check("scale_lr", self.scale_lr).positive()?;
+        source.check("cf_lr", self.cf_lr).positive()?;
         source
             .check("threshold", self.threshold)
             .in_range(0.0, 1.0)?;
@@ -92,6 +126,9 @@ impl SeracHparams {
             ("early_stop_patience", self.early_stop_patience),
             ("train_layers", self.train_layers),
             ("val_records", self.val_records),
+            ("cf_batch_size", self.cf_batch_size),
+            ("cf_max_iters", self.cf_max_iters),
+            ("cf_val_every", self.cf_val_every),
         ] {
             if v == 0 {
                 return Err(source.error(key, " must be at least 1"));
@@ -131,10 +168,11 @@ pub struct Serac {
     hp: SeracHparams,
     classifier_path: PathBuf,
     fingerprint: String,
+    counterfactual: Option<CounterfactualModel>,
 }
 
 impl Serac {
-    pub fn load(_name: &str, source: HparamsSource, _model: &Model) -> Result<LoadedMethod> {
+    pub fn load(_name: &str, source: HparamsSource, model: &Model) -> Result<LoadedMethod> {
         let (hp, unknown): (SeracHparams, _) = source.deserialize()?;
         hp.check(&source)?;
         let Some(path) = source.path_key("archive")? else {
@@ -147,6 +185,26 @@ impl Serac {
         };
         let base = SentenceEncoder::load(&hp.encoder_dir())?;
         let classifier = Arc::new(ScopeClassifier::load(&path, &base)?);
+        let counterfactual = match (source.path_key("counterfactual")?, hp.cf_layers) {
+            (Some(cf), _) => {
+                crate::edit::counterfactual::load(&cf, model, Some(&hp.context_template))?;
+                Some(CounterfactualModel {
+                    fingerprint: crate::hash::sha256_file(&cf)?,
+                    path: cf,
+                })
+            }
+            (None, 0) => None,
+            (None, n) => {
+                return Err(source.error(
+                    "counterfactual",
+                    &format!(
+                        " is missing while cf_layers is {n}: the fine-tuned counterfactual \
+                         model is written by `kedit train --method serac`, which names it \
+                         in the hparams.yaml it leaves"
+                    ),
+                ))
+            }
+        };
         Ok(LoadedMethod {
             warnings: filter_warnings(&source.origin, unknown),
             hparams_origin: source.origin.clone(),
@@ -154,6 +212,7 @@ impl Serac {
                 hp,
                 fingerprint: format!("{:016x}", classifier.fingerprint()),
                 classifier_path: path,
+                counterfactual,
             }),
         })
     }
@@ -196,6 +255,7 @@ impl EditMethod for Serac {
                     classifier: self.classifier_path.clone(),
                     fingerprint: self.fingerprint.clone(),
                     threshold: self.hp.threshold,
+                    counterfactual: self.counterfactual.clone(),
                 },
                 meta,
             }),

@@ -16,7 +16,7 @@ use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{scope_examples, ScopeExample, SeracHparams};
+use super::{counterfactual, scope_examples, ScopeExample, SeracHparams};
 use crate::edit::ScopeClassifier;
 use crate::encoder::{bert, BertWeights, SentenceEncoder};
 use crate::error::{Error, Result};
@@ -109,18 +109,43 @@ pub fn train(inputs: TrainInputs) -> Result<Trained> {
     let curve = write_curve(&trainer.state.history, &inputs.out_dir.join("curve"))?;
     let mut hparams = serde_json::Map::new();
     hparams.insert("cls_name".into(), Value::String(hp.cls_name.clone()));
+    let mut summary = json!({
+        "best": best,
+        "steps": trainer.state.step,
+        "stopped_early": trainer.state.stale >= hp.early_stop_patience,
+        "seconds": trainer.state.seconds,
+        "train_examples": train.len(),
+        "val_examples": val.len(),
+        "curve": curve.map(|p| p.display().to_string()),
+    });
+    if hp.cf_layers > 0 {
+        let cf = counterfactual::train(
+            inputs.model,
+            &hp,
+            inputs.train,
+            inputs.val,
+            inputs.out_dir,
+            inputs.seed,
+            progress,
+        )?;
+        hparams.insert(
+            "counterfactual".into(),
+            Value::String(counterfactual::COUNTERFACTUAL.into()),
+        );
+        summary["counterfactual"] = json!({
+            "best": cf.best,
+            "steps": cf.steps,
+            "stopped_early": cf.stopped_early,
+            "seconds": cf.seconds,
+            "train_rows": cf.train_rows,
+            "val_rows": cf.val_rows,
+            "curve": cf.curve.map(|p| p.display().to_string()),
+        });
+    }
     Ok(Trained {
         checkpoint: inputs.out_dir.join(CHECKPOINT),
         hparams,
-        summary: json!({
-            "best": best,
-            "steps": trainer.state.step,
-            "stopped_early": trainer.state.stale >= hp.early_stop_patience,
-            "seconds": trainer.state.seconds,
-            "train_examples": train.len(),
-            "val_examples": val.len(),
-            "curve": curve.map(|p| p.display().to_string()),
-        }),
+        summary,
     })
 }
 
