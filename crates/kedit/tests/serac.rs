@@ -332,7 +332,9 @@ fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_iden
     let behind = tok
         .encode(&format!("{}{}", record.context, requests[0].prompt))
         .unwrap();
-    let by_hand = finetuned.next_logits(&[behind.clone()]).unwrap();
+    let by_hand = finetuned
+        .next_logits(std::slice::from_ref(&behind))
+        .unwrap();
     let diff = common::max_abs_diff(&through_editor, &by_hand);
     assert!(diff < 1e-4, "routed prompt: {diff}");
     // ... and not by the base model reading the same context.
