@@ -338,7 +338,7 @@ fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_iden
     let diff = common::max_abs_diff(&through_editor, &by_hand);
     assert!(diff < 1e-4, "routed prompt: {diff}");
     // ... and not by the base model reading the same context.
-    let base = model.next_logits(&[behind]).unwrap();
+    let base = model.next_logits(std::slice::from_ref(&behind)).unwrap();
     assert!(common::max_abs_diff(&through_editor, &base) > 1e-3);
     // An unrelated input is not routed: the plain model answers it, bit for bit.
     let far = tok
@@ -355,6 +355,31 @@ fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_iden
     );
     let routed_row = both.get(1).unwrap().unsqueeze(0).unwrap();
     assert!(common::max_abs_diff(&routed_row, &through_editor) < 1e-4);
+
+    // A weight edit applied after the memory: routed inputs see it too (the counterfactual
+    // model is the system's weights plus its deltas), and a restored checkpoint takes it back.
+    let before_weights = editor.checkpoint();
+    let id = kedit::ParamId::mlp_out(29);
+    let w = model.params.require(id).unwrap();
+    let nudge = (w.ones_like().unwrap() * 1e-3).unwrap();
+    let mut weight_edit = kedit::edit::WeightEdit::new();
+    weight_edit.push(id, kedit::edit::Delta::Dense(nudge));
+    let weight_edit = Edit::Weights(weight_edit);
+    editor.apply(&weight_edit).unwrap();
+    finetuned.apply(&weight_edit).unwrap();
+    let after_editor = editor.next_logits(std::slice::from_ref(&prompt)).unwrap();
+    let after_by_hand = finetuned
+        .next_logits(std::slice::from_ref(&behind_again(
+            &tok,
+            record,
+            &requests[0],
+        )))
+        .unwrap();
+    assert!(common::max_abs_diff(&after_editor, &after_by_hand) < 1e-4);
+    assert!(common::max_abs_diff(&after_editor, &through_editor) > 1e-4);
+    editor.restore(&before_weights);
+    let restored = editor.next_logits(std::slice::from_ref(&prompt)).unwrap();
+    assert_eq!(common::max_abs_diff(&restored, &through_editor), 0.0);
 
     // Saved and reloaded, the memory gives the same metrics; reverted, nothing is left.
     let scratch = tempdir("cf-edit");

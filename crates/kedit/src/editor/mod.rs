@@ -52,9 +52,9 @@ struct Extras {
     /// At most one set of side memories per layer.
     side_memories: BTreeMap<usize, SideMemoryEdit>,
     memories: Vec<MemoryEdit>,
-    /// Per memory, the counterfactual model its routed inputs run with (its weight deltas),
-    /// when it is not the system's own.
-    counterfactuals: Vec<Option<Arc<WeightEdit>>>,
+    /// Per memory, the counterfactual model its routed inputs run with, when it is not the
+    /// system's own.
+    counterfactuals: Vec<Option<system::Answerer>>,
     /// The memories routed by scope classifiers, one index per classifier.
     scopes: Vec<ScopeIndex>,
     contexts: Vec<ContextEdit>,
@@ -256,7 +256,9 @@ impl Editor {
                     index.add(at, m, *threshold)?;
                 }
                 self.extras.memories.push(m.clone());
-                self.extras.counterfactuals.push(counterfactual);
+                self.extras
+                    .counterfactuals
+                    .push(counterfactual.map(system::Answerer::new));
                 AppliedEdit {
                     entries: m.records.len(),
                     ..AppliedEdit::of_kind("memory")
@@ -282,6 +284,10 @@ impl Editor {
     }
 
     fn apply_weights(&mut self, edit: &WeightEdit) -> Result<AppliedEdit> {
+        // Counterfactual models are built on the system's weights: built again when used.
+        for a in self.extras.counterfactuals.iter_mut().flatten() {
+            a.forget_model();
+        }
         if edit.deltas.is_empty() {
             return Err(Error::EditRefused("the edit changes no weight".into()));
         }

@@ -3,6 +3,7 @@
 //! at the prompt's end. With none of these held it is exactly the plain model.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::Tensor;
 
@@ -167,10 +168,10 @@ impl Editor {
             let results = match answerer {
                 None => f(self.model(), &rows)?,
                 Some(m) => {
-                    let deltas = self.extras.counterfactuals[m]
+                    let answerer = self.extras.counterfactuals[m]
                         .as_ref()
                         .expect("an answering memory has a counterfactual model");
-                    f(&self.counterfactual(deltas)?, &rows)?
+                    f(answerer.model(self.model())?, &rows)?
                 }
             };
             for (i, r) in rows.into_iter().zip(results) {
@@ -181,16 +182,6 @@ impl Editor {
             .into_iter()
             .map(|r| r.expect("every row has one answerer"))
             .collect())
-    }
-
-    /// The model as edited, with a counterfactual model's deltas added to its weights.
-    fn counterfactual(&self, deltas: &WeightEdit) -> Result<Model> {
-        let mut model = self.model().clone();
-        for (id, delta) in &deltas.deltas {
-            let updated = delta.added_to(model.params.require(*id)?)?;
-            model.params.replace(*id, updated)?;
-        }
-        Ok(model)
     }
 
     fn adaptor_hooks(&self, ends: &PromptEnds) -> Result<Vec<Intervention>> {
@@ -206,6 +197,42 @@ impl Editor {
     fn prefixed_prompts(&self, prompts: &[Vec<u32>]) -> Result<Vec<Prefixed>> {
         let rows: Vec<(&[u32], usize)> = prompts.iter().map(|p| (p.as_slice(), p.len())).collect();
         self.with_prefixes(&rows)
+    }
+}
+
+/// A memory's counterfactual model: its deltas, and the model they make with the system's
+/// weights — built on first use (with its weights' contiguous transposes) and forgotten when
+/// the system's weights change. Clones share what was built: a checkpoint keeps the model
+/// of its weights.
+#[derive(Clone, Debug)]
+pub(super) struct Answerer {
+    deltas: Arc<WeightEdit>,
+    built: Arc<OnceLock<Model>>,
+}
+
+impl Answerer {
+    pub fn new(deltas: Arc<WeightEdit>) -> Self {
+        Answerer {
+            deltas,
+            built: Arc::new(OnceLock::new()),
+        }
+    }
+
+    pub fn forget_model(&mut self) {
+        self.built = Arc::new(OnceLock::new());
+    }
+
+    /// The system's model `base` with the deltas added to its weights.
+    fn model(&self, base: &Model) -> Result<&Model> {
+        if let Some(m) = self.built.get() {
+            return Ok(m);
+        }
+        let mut model = base.clone();
+        for (id, delta) in &self.deltas.deltas {
+            let updated = delta.added_to(model.params.require(*id)?)?;
+            model.params.replace(*id, updated)?;
+        }
+        Ok(self.built.get_or_init(|| model))
     }
 }
 
