@@ -369,11 +369,7 @@ fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_iden
     finetuned.apply(&weight_edit).unwrap();
     let after_editor = editor.next_logits(std::slice::from_ref(&prompt)).unwrap();
     let after_by_hand = finetuned
-        .next_logits(std::slice::from_ref(&behind_again(
-            &tok,
-            record,
-            &requests[0],
-        )))
+        .next_logits(std::slice::from_ref(&behind))
         .unwrap();
     assert!(common::max_abs_diff(&after_editor, &after_by_hand) < 1e-4);
     assert!(common::max_abs_diff(&after_editor, &through_editor) > 1e-4);
