@@ -304,6 +304,7 @@ fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_iden
     let serac = Registry::builtin()
         .load_source("serac", Some(source.clone()), model)
         .unwrap();
+    assert!(serac.warnings.is_empty(), "{:?}", serac.warnings);
     let requests = zsre_dev(2);
     let refs: Vec<&EditRequest> = requests.iter().collect();
     let mut editor = Editor::new(model.clone());

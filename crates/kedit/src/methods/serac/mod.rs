@@ -83,6 +83,10 @@ pub struct SeracHparams {
     pub cf_max_iters: usize,
     #[serde(default = "default_cf_val_every")]
     pub cf_val_every: usize,
+    /// The trained counterfactual model (written by `kedit train` when `cf_layers` > 0;
+    /// relative to the hparams file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counterfactual: Option<String>,
 }
 
 fn default_cf_lr() -> f64 {
