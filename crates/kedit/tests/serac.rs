@@ -132,25 +132,82 @@ fn options() -> MetricOptions {
     }
 }
 
-#[test]
-fn a_serac_edit_answers_in_scope_and_leaves_the_rest_bit_identical() {
-    let source = HparamsSource::read(&trained().join("hparams.yaml")).unwrap();
+/// A SERAC edit of the first two ZsRE dev records, made with the classifier (and
+/// counterfactual model) trained into `dir`, with the metrics before and after it.
+struct Edited {
+    requests: Vec<EditRequest>,
+    editor: Editor,
+    pre: Vec<Metrics>,
+    post: Vec<Metrics>,
+    edit: Edit,
+}
+
+fn edit_two_dev_records(dir: &Path) -> Edited {
+    let source = HparamsSource::read(&dir.join("hparams.yaml")).unwrap();
     let model = smollm2();
     let serac = Registry::builtin()
         .load_source("serac", Some(source), model)
         .unwrap();
+    // The hparams.yaml that `kedit train` writes holds only keys SERAC reads.
+    assert!(serac.warnings.is_empty(), "{:?}", serac.warnings);
     let requests = zsre_dev(2);
     let refs: Vec<&EditRequest> = requests.iter().collect();
     let mut editor = Editor::new(model.clone());
     let pre = evaluate(&editor, &refs, None, &options()).unwrap();
     let pre_refs: Vec<&Metrics> = pre.iter().collect();
-    let computed = serac
+    let edit = serac
         .method
         .compute(&editor, &requests, &EditContext::default())
-        .unwrap();
-    assert_eq!(computed.edit.kind(), "memory");
-    editor.apply(&computed.edit).unwrap();
+        .unwrap()
+        .edit;
+    editor.apply(&edit).unwrap();
     let post = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
+    Edited {
+        requests,
+        editor,
+        pre,
+        post,
+        edit,
+    }
+}
+
+/// Saved to `path`, reverted and reloaded, the edit gives the metrics it gave; reverted
+/// again, the editor is pristine.
+fn assert_reloads_identically(
+    editor: &mut Editor,
+    edit: &Edit,
+    path: &Path,
+    refs: &[&EditRequest],
+    pre_refs: &[&Metrics],
+    post: &[Metrics],
+) {
+    edit.save(path).unwrap();
+    editor.revert_all();
+    assert!(editor.is_pristine().unwrap());
+    editor.apply(&Edit::load(path).unwrap()).unwrap();
+    let again = evaluate(editor, refs, Some(pre_refs), &options()).unwrap();
+    assert_eq!(
+        post,
+        again.as_slice(),
+        "metrics after reloading the saved memory"
+    );
+    editor.revert_all();
+    assert!(editor.is_pristine().unwrap());
+}
+
+#[test]
+fn a_serac_edit_answers_in_scope_and_leaves_the_rest_bit_identical() {
+    let Edited {
+        requests,
+        mut editor,
+        pre,
+        post,
+        edit,
+    } = edit_two_dev_records(trained());
+    let model = smollm2();
+    let refs: Vec<&EditRequest> = requests.iter().collect();
+    let pre_refs: Vec<&Metrics> = pre.iter().collect();
+    assert_eq!(edit.kind(), "memory");
     for (b, a) in pre.iter().zip(&post) {
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         assert!(
@@ -170,14 +227,7 @@ fn a_serac_edit_answers_in_scope_and_leaves_the_rest_bit_identical() {
     assert_eq!(common::max_abs_diff(&plain, &edited), 0.0);
 
     let path = tempdir("edit").join("serac.safetensors");
-    computed.edit.save(&path).unwrap();
-    editor.revert_all();
-    assert!(editor.is_pristine().unwrap());
-    editor.apply(&Edit::load(&path).unwrap()).unwrap();
-    let again = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
-    assert_eq!(post, again, "metrics after reloading the saved memory");
-    editor.revert_all();
-    assert!(editor.is_pristine().unwrap());
+    assert_reloads_identically(&mut editor, &edit, &path, &refs, &pre_refs, &post);
 }
 
 #[test]
@@ -224,16 +274,21 @@ fn broken_checkpoints_and_training_files_are_clear_errors() {
         .to_string();
     assert!(err.contains("paraphrase"), "{err}");
     // SERAC without a trained classifier names the key and how to get one.
-    let err = Registry::builtin()
-        .load_source("serac", Some(hparams(10)), smollm2())
-        .err()
-        .expect("no archive")
-        .to_string();
+    let err = load_error(hparams(10), "no archive");
     assert!(
         err.contains("archive") && err.contains("kedit train"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Why SERAC refuses to load from `source` (which must be refused: `why_refused`).
+fn load_error(source: HparamsSource, why_refused: &str) -> String {
+    Registry::builtin()
+        .load_source("serac", Some(source), smollm2())
+        .err()
+        .expect(why_refused)
+        .to_string()
 }
 
 /// A classifier (10 steps) and a counterfactual model (the top two blocks, 12 steps),
@@ -299,28 +354,21 @@ fn the_counterfactual_model_learns_to_answer_behind_the_edit() {
 #[test]
 fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_identical() {
     let (dir, _) = trained_with_counterfactual();
-    let source = HparamsSource::read(&dir.join("hparams.yaml")).unwrap();
+    let Edited {
+        requests,
+        mut editor,
+        pre,
+        post,
+        edit,
+    } = edit_two_dev_records(dir);
     let model = smollm2();
-    let serac = Registry::builtin()
-        .load_source("serac", Some(source.clone()), model)
-        .unwrap();
-    assert!(serac.warnings.is_empty(), "{:?}", serac.warnings);
-    let requests = zsre_dev(2);
     let refs: Vec<&EditRequest> = requests.iter().collect();
-    let mut editor = Editor::new(model.clone());
-    let pre = evaluate(&editor, &refs, None, &options()).unwrap();
     let pre_refs: Vec<&Metrics> = pre.iter().collect();
-    let computed = serac
-        .method
-        .compute(&editor, &requests, &EditContext::default())
-        .unwrap();
-    editor.apply(&computed.edit).unwrap();
-    let post = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
 
     // The edit's own prompt is routed: it is answered by the model with the counterfactual
     // deltas added, reading the edit's context in front of it.
     let tok = model.tokenizer().unwrap();
-    let Edit::Memory(memory) = &computed.edit else {
+    let Edit::Memory(memory) = &edit else {
         panic!("SERAC's edit is a memory")
     };
     let record = &memory.records[0];
@@ -381,14 +429,7 @@ fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_iden
     // Saved and reloaded, the memory gives the same metrics; reverted, nothing is left.
     let scratch = tempdir("cf-edit");
     let path = scratch.join("serac.safetensors");
-    computed.edit.save(&path).unwrap();
-    editor.revert_all();
-    assert!(editor.is_pristine().unwrap());
-    editor.apply(&Edit::load(&path).unwrap()).unwrap();
-    let again = evaluate(&editor, &refs, Some(&pre_refs), &options()).unwrap();
-    assert_eq!(post, again, "metrics after reloading the saved memory");
-    editor.revert_all();
-    assert!(editor.is_pristine().unwrap());
+    assert_reloads_identically(&mut editor, &edit, &path, &refs, &pre_refs, &post);
 
     // A counterfactual file replaced since the memory was made: refused, system untouched.
     let copy = scratch.join("cf");
@@ -427,15 +468,10 @@ fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_iden
     );
     assert!(fresh.is_pristine().unwrap());
     // Loading SERAC over a truncated file names it.
-    let err = Registry::builtin()
-        .load_source(
-            "serac",
-            Some(HparamsSource::read(&copy.join("hparams.yaml")).unwrap()),
-            model,
-        )
-        .err()
-        .expect("a truncated counterfactual model")
-        .to_string();
+    let err = load_error(
+        HparamsSource::read(&copy.join("hparams.yaml")).unwrap(),
+        "a truncated counterfactual model",
+    );
     assert!(err.contains("counterfactual.safetensors"), "{err}");
     // A counterfactual model trained on another model (its provenance says so).
     let Edit::Weights(mut w) = Edit::load(&dir.join("counterfactual.safetensors")).unwrap() else {
@@ -446,15 +482,10 @@ fn routed_inputs_run_through_the_counterfactual_model_and_the_rest_stay_bit_iden
     Edit::Weights(w)
         .save(&copy.join("counterfactual.safetensors"))
         .unwrap();
-    let err = Registry::builtin()
-        .load_source(
-            "serac",
-            Some(HparamsSource::read(&copy.join("hparams.yaml")).unwrap()),
-            model,
-        )
-        .err()
-        .expect("another model's counterfactual model")
-        .to_string();
+    let err = load_error(
+        HparamsSource::read(&copy.join("hparams.yaml")).unwrap(),
+        "another model's counterfactual model",
+    );
     assert!(
         err.contains("counterfactual.safetensors") && err.contains("another model"),
         "{err}"

@@ -18,6 +18,7 @@ pub mod registry;
 pub mod rome;
 pub mod serac;
 pub mod train;
+pub(crate) mod validated_loop;
 pub mod wise;
 
 use std::path::{Path, PathBuf};

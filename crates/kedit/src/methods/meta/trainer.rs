@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var, D};
 use serde::{Deserialize, Serialize};
@@ -32,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 use crate::methods::adam::Adam;
 use crate::methods::loss::mean_row_nll;
+use crate::methods::validated_loop::{self, Report, Schedule};
 use crate::model::safetensors_io::SafetensorFiles;
 use crate::model::Model;
 use crate::plot::{Figure, LinePlot, Panel};
@@ -511,7 +511,6 @@ pub fn train(
         state,
     };
     let unedited = run.unedited_locality(&val_c)?;
-    let started = Instant::now();
     let seconds_before = run.state.seconds;
     progress.phase(&format!("{kind} training"), s.max_iters, run.state.step);
     if run.state.history.is_empty() {
@@ -526,38 +525,49 @@ pub fn train(
         run.record(v)?;
     }
     let n = train_c.len();
-    let mut losses = Vec::new();
-    while run.state.step < s.max_iters && run.stale_steps() < s.patience {
-        let batch: Vec<&Cached> = (0..s.accumulate)
-            .map(|k| {
-                let global = run.state.step * s.accumulate + k;
-                let (epoch, at) = (global / n, global % n);
-                &train_c[epoch_order(n, seed, epoch)[at]]
-            })
-            .collect();
-        losses.push(run.step(&batch)?);
-        run.state.step += 1;
-        progress.advance(1);
-        if run.state.step % s.val_every == 0 || run.state.step == s.max_iters {
-            let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
-            losses.clear();
-            let v = run.validate(&val_c, &unedited, Some(train_loss))?;
-            progress.status(&format!(
-                "loss {train_loss:.3} · rel {:.3} · gen {:.3} · loc {:.3}",
-                v.reliability, v.generalization, v.locality
-            ));
-            progress.log(&format!(
-                "step {}: loss {train_loss:.4}, reliability {:.4}, generalization {:.4}, \
-                 locality {:.4}, c_loc {:.4}",
-                v.step, v.reliability, v.generalization, v.locality, v.c_loc
-            ));
-            run.state.seconds = seconds_before + started.elapsed().as_secs_f64();
-            run.record(Validation {
-                seconds: Some(run.state.seconds),
+    let schedule = Schedule {
+        max_iters: s.max_iters,
+        val_every: s.val_every,
+        patience: s.patience,
+    };
+    validated_loop::run(
+        &mut run,
+        schedule,
+        progress,
+        |r| (r.state.step, r.stale_steps()),
+        |r| {
+            let batch: Vec<&Cached> = (0..s.accumulate)
+                .map(|k| {
+                    let global = r.state.step * s.accumulate + k;
+                    let (epoch, at) = (global / n, global % n);
+                    &train_c[epoch_order(n, seed, epoch)[at]]
+                })
+                .collect();
+            let loss = r.step(&batch)?;
+            r.state.step += 1;
+            Ok(loss)
+        },
+        |r, train_loss, seconds| {
+            let v = r.validate(&val_c, &unedited, Some(train_loss))?;
+            let report = Report {
+                status: format!(
+                    "loss {train_loss:.3} · rel {:.3} · gen {:.3} · loc {:.3}",
+                    v.reliability, v.generalization, v.locality
+                ),
+                log: format!(
+                    "step {}: loss {train_loss:.4}, reliability {:.4}, generalization {:.4}, \
+                     locality {:.4}, c_loc {:.4}",
+                    v.step, v.reliability, v.generalization, v.locality, v.c_loc
+                ),
+            };
+            r.state.seconds = seconds_before + seconds;
+            r.record(Validation {
+                seconds: Some(r.state.seconds),
                 ..v
             })?;
-        }
-    }
+            Ok(report)
+        },
+    )?;
     let best = run.state.best.clone().expect("validated at step 0");
     let curve = write_curve(kind, &run.state.history, &out_dir.join("curve"))?;
     Ok(Outcome {

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -25,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 use crate::methods::adam::Adam;
 use crate::methods::loss::mean_row_nll;
+use crate::methods::validated_loop::{self, Report, Schedule};
 use crate::model::safetensors_io::{save_atomic, SafetensorFiles};
 use crate::model::{BlockParam, Model, ParamId};
 use crate::plot::{Figure, LinePlot, Panel};
@@ -153,35 +153,45 @@ pub fn train(
         ));
     }
     let mut trainer = Trainer::new(model, hp, out_dir)?;
-    let started = Instant::now();
     let seconds_before = trainer.state.seconds;
     progress.phase(
         "SERAC counterfactual model",
         hp.cf_max_iters,
         trainer.state.step,
     );
-    let mut losses = Vec::new();
-    while trainer.state.step < hp.cf_max_iters && trainer.state.stale < hp.early_stop_patience {
-        let batch = batch(&train_rows, trainer.state.step, hp.cf_batch_size, seed);
-        losses.push(trainer.step(&batch)?);
-        trainer.state.step += 1;
-        progress.advance(1);
-        if trainer.state.step % hp.cf_val_every == 0 || trainer.state.step == hp.cf_max_iters {
-            let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
-            losses.clear();
-            let v = trainer.validate(&val_rows, train_loss)?;
-            progress.status(&format!(
-                "loss {train_loss:.4} · val NLL {:.4} · val accuracy {:.3}",
-                v.val_nll, v.val_accuracy
-            ));
-            progress.log(&format!(
-                "step {}: loss {train_loss:.4}, val NLL {:.4}, val accuracy {:.4}",
-                v.step, v.val_nll, v.val_accuracy
-            ));
-            trainer.state.seconds = seconds_before + started.elapsed().as_secs_f64();
-            trainer.record(v)?;
-        }
-    }
+    let schedule = Schedule {
+        max_iters: hp.cf_max_iters,
+        val_every: hp.cf_val_every,
+        patience: hp.early_stop_patience,
+    };
+    validated_loop::run(
+        &mut trainer,
+        schedule,
+        progress,
+        |t| (t.state.step, t.state.stale),
+        |t| {
+            let rows = batch(&train_rows, t.state.step, hp.cf_batch_size, seed);
+            let loss = t.step(&rows)?;
+            t.state.step += 1;
+            Ok(loss)
+        },
+        |t, train_loss, seconds| {
+            let v = t.validate(&val_rows, train_loss)?;
+            let report = Report {
+                status: format!(
+                    "loss {train_loss:.4} · val NLL {:.4} · val accuracy {:.3}",
+                    v.val_nll, v.val_accuracy
+                ),
+                log: format!(
+                    "step {}: loss {train_loss:.4}, val NLL {:.4}, val accuracy {:.4}",
+                    v.step, v.val_nll, v.val_accuracy
+                ),
+            };
+            t.state.seconds = seconds_before + seconds;
+            t.record(v)?;
+            Ok(report)
+        },
+    )?;
     let best = trainer.state.best.clone().ok_or_else(|| {
         Error::invalid(
             "the counterfactual model's training ended before its first validation \

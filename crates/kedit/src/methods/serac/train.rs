@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
 
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -23,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::fsio::write_atomic;
 use crate::methods::adam::Adam;
 use crate::methods::train::{TrainInputs, Trained};
+use crate::methods::validated_loop::{self, Report, Schedule};
 use crate::model::safetensors_io::{save_atomic, SafetensorFiles};
 use crate::plot::{Figure, LinePlot, Panel};
 use crate::rng::{epoch_order, Rng};
@@ -76,33 +76,42 @@ pub fn train(inputs: TrainInputs) -> Result<Trained> {
     let base = SentenceEncoder::load(&hp.encoder_dir())?;
     let mut trainer = Trainer::new(&hp, &base, inputs.out_dir)?;
     let tokenized = Tokenized::new(&base, &train)?;
-    let started = Instant::now();
     let seconds_before = trainer.state.seconds;
     let progress = inputs.progress;
     progress.phase("SERAC scope classifier", hp.max_iters, trainer.state.step);
-    let mut losses = Vec::new();
-    while trainer.state.step < hp.max_iters && trainer.state.stale < hp.early_stop_patience {
-        let step = trainer.state.step;
-        let batch = tokenized.batch(&train, step, hp.batch_size, inputs.seed);
-        losses.push(trainer.step(&batch)?);
-        trainer.state.step += 1;
-        progress.advance(1);
-        if trainer.state.step % hp.val_every == 0 || trainer.state.step == hp.max_iters {
-            let train_loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
-            losses.clear();
-            let v = trainer.validate(&val, train_loss)?;
-            progress.status(&format!(
-                "loss {train_loss:.4} · in-scope {:.3} · out-of-scope {:.3}",
-                v.in_scope, v.out_of_scope
-            ));
-            progress.log(&format!(
-                "step {}: loss {train_loss:.4}, in-scope {:.4}, out-of-scope {:.4}",
-                v.step, v.in_scope, v.out_of_scope
-            ));
-            trainer.state.seconds = seconds_before + started.elapsed().as_secs_f64();
-            trainer.record(v)?;
-        }
-    }
+    let schedule = Schedule {
+        max_iters: hp.max_iters,
+        val_every: hp.val_every,
+        patience: hp.early_stop_patience,
+    };
+    validated_loop::run(
+        &mut trainer,
+        schedule,
+        progress,
+        |t| (t.state.step, t.state.stale),
+        |t| {
+            let batch = tokenized.batch(&train, t.state.step, hp.batch_size, inputs.seed);
+            let loss = t.step(&batch)?;
+            t.state.step += 1;
+            Ok(loss)
+        },
+        |t, train_loss, seconds| {
+            let v = t.validate(&val, train_loss)?;
+            let report = Report {
+                status: format!(
+                    "loss {train_loss:.4} · in-scope {:.3} · out-of-scope {:.3}",
+                    v.in_scope, v.out_of_scope
+                ),
+                log: format!(
+                    "step {}: loss {train_loss:.4}, in-scope {:.4}, out-of-scope {:.4}",
+                    v.step, v.in_scope, v.out_of_scope
+                ),
+            };
+            t.state.seconds = seconds_before + seconds;
+            t.record(v)?;
+            Ok(report)
+        },
+    )?;
     let best = trainer.state.best.clone().ok_or_else(|| {
         Error::invalid("training ended before its first validation (max_iters below val_every?)")
     })?;
