@@ -2,16 +2,18 @@
 //! score of steps on CounterFact training records) routes better than the untrained encoder,
 //! training resumes exactly after an interruption, a SERAC edit answers its own prompt with
 //! the new fact and leaves inputs out of its scope bit-identical, saved edits reload with
-//! identical metrics, and broken checkpoints and training files are clear errors.
+//! identical metrics, and broken checkpoints and training files are clear errors. The same
+//! for the cross-encoder (`cross_attend`).
 
 use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use candle_core::{DType, Device, Tensor};
 use common::{data, smollm2, zsre_dev};
 use kedit::data::{load, Format, LoadOptions};
-use kedit::edit::{Edit, ScopeClassifier};
+use kedit::edit::{Edit, ScopeClassifier, ScopeKind};
 use kedit::editor::Editor;
 use kedit::encoder::SentenceEncoder;
 use kedit::evaluate::{evaluate, MetricOptions, Metrics};
@@ -50,17 +52,41 @@ fn hparams(max_iters: usize) -> HparamsSource {
 }
 
 fn train_into(dir: &Path, max_iters: usize) -> serde_json::Value {
+    train_with(dir, hparams(max_iters))
+}
+
+fn train_with(dir: &Path, hparams: HparamsSource) -> serde_json::Value {
     let job = TrainJob {
         method: "serac",
         train: records("counterfact/counterfact-train.json", 96),
         val: records("counterfact/counterfact-val.json", 32),
-        hparams: Some(hparams(max_iters)),
+        hparams: Some(hparams),
         out_dir: dir,
         seed: 3,
     };
     train(&Registry::builtin(), smollm2(), job, &mut Silent)
         .unwrap()
         .summary
+}
+
+/// The cross-encoder's settings: EasyEdit's `cross_attend`, a shortlist of 4, and an
+/// offset that starts it undecided (its head starts at zero).
+fn cross_hparams(max_iters: usize) -> HparamsSource {
+    let mut src = hparams(max_iters);
+    src.set("cross_attend", serde_json::json!(true));
+    src.set("shortlist", serde_json::json!(4));
+    src.set("bias_init", serde_json::json!(-2.0));
+    src
+}
+
+/// A cross-encoder trained once per test binary: 20 steps.
+fn cross_trained() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempdir("cross");
+        train_with(&dir, cross_hparams(20));
+        dir
+    })
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -122,6 +148,60 @@ fn an_interrupted_training_resumes_where_it_stopped() {
         "resumed and uninterrupted classifiers differ by {diff}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_cross_encoder_learns_to_route_and_resumes_exactly() {
+    let dir = cross_trained();
+    let val = scope_examples(&records("counterfact/counterfact-val.json", 32));
+    let base = encoder();
+    let path = dir.join("classifier.safetensors");
+    let classifier = ScopeClassifier::load(&path, &base).unwrap();
+    assert_eq!(classifier.kind, ScopeKind::Cross { shortlist: 4 });
+    // Untrained, its head is zero: every pair gets the offset, nothing is told apart.
+    let head = Tensor::zeros(base.dim(), DType::F32, &Device::Cpu).unwrap();
+    let untrained = ScopeClassifier::cross(base.clone(), 4, 20.0, -2.0, head).unwrap();
+    let (in0, out0) = routing_accuracy(&untrained, &val, 0.5).unwrap();
+    let (in1, out1) = routing_accuracy(&classifier, &val, 0.5).unwrap();
+    eprintln!("cross-encoder: in scope {in0:.3} → {in1:.3}, out of scope {out0:.3} → {out1:.3}");
+    assert!(in1 >= 0.5, "in scope {in0} → {in1}");
+    assert!(
+        in1 + out1 > in0 + out0 + 0.2,
+        "balanced accuracy {} → {}",
+        (in0 + out0) / 2.0,
+        (in1 + out1) / 2.0
+    );
+
+    // Ten steps, then ten more from the checkpoint: the classifier of twenty straight.
+    let resumed_dir = tempdir("cross-resume");
+    train_with(&resumed_dir, cross_hparams(10));
+    assert_eq!(train_with(&resumed_dir, cross_hparams(20))["steps"], 20);
+    let resumed =
+        ScopeClassifier::load(&resumed_dir.join("classifier.safetensors"), &base).unwrap();
+    let prompts = [
+        "The mother tongue of Danielle Darrieux is",
+        "Paris is the capital of",
+    ];
+    let inputs = [
+        "Danielle Darrieux's mother tongue is",
+        "The capital city of France is",
+    ];
+    let logits = |c: &ScopeClassifier| {
+        let keys = c.keys(&prompts).unwrap();
+        c.best(&inputs, &keys).unwrap()
+    };
+    let (a, b) = (logits(&classifier), logits(&resumed));
+    for (x, y) in a.iter().zip(&b) {
+        let ((i, lx), (j, ly)) = (x.unwrap(), y.unwrap());
+        assert_eq!(i, j);
+        assert!((lx - ly).abs() < 1e-3, "resumed {ly} against straight {lx}");
+    }
+    // Each input's own prompt is its best candidate.
+    assert_eq!(
+        a.iter().map(|r| r.unwrap().0).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    std::fs::remove_dir_all(&resumed_dir).unwrap();
 }
 
 fn options() -> MetricOptions {
@@ -197,13 +277,22 @@ fn assert_reloads_identically(
 
 #[test]
 fn a_serac_edit_answers_in_scope_and_leaves_the_rest_bit_identical() {
+    answers_in_scope_leaves_the_rest_and_reloads(trained(), "edit");
+}
+
+#[test]
+fn a_serac_edit_routed_by_a_cross_encoder_does_the_same() {
+    answers_in_scope_leaves_the_rest_and_reloads(cross_trained(), "cross-edit");
+}
+
+fn answers_in_scope_leaves_the_rest_and_reloads(classifier_dir: &Path, name: &str) {
     let Edited {
         requests,
         mut editor,
         pre,
         post,
         edit,
-    } = edit_two_dev_records(trained());
+    } = edit_two_dev_records(classifier_dir);
     let model = smollm2();
     let refs: Vec<&EditRequest> = requests.iter().collect();
     let pre_refs: Vec<&Metrics> = pre.iter().collect();
@@ -226,7 +315,7 @@ fn a_serac_edit_answers_in_scope_and_leaves_the_rest_bit_identical() {
     let edited = editor.next_logits(std::slice::from_ref(&far)).unwrap();
     assert_eq!(common::max_abs_diff(&plain, &edited), 0.0);
 
-    let path = tempdir("edit").join("serac.safetensors");
+    let path = tempdir(name).join("serac.safetensors");
     assert_reloads_identically(&mut editor, &edit, &path, &refs, &pre_refs, &post);
 }
 
@@ -273,6 +362,27 @@ fn broken_checkpoints_and_training_files_are_clear_errors() {
         .expect_err("no usable pairs")
         .to_string();
     assert!(err.contains("paraphrase"), "{err}");
+    // An embedding classifier's run resumed as a cross-encoder's.
+    let switched = dir.join("switched");
+    std::fs::create_dir_all(&switched).unwrap();
+    for f in ["last.safetensors", "train-state.json"] {
+        std::fs::copy(trained().join(f), switched.join(f)).unwrap();
+    }
+    let job = TrainJob {
+        method: "serac",
+        train: records("counterfact/counterfact-train.json", 8),
+        val: records("counterfact/counterfact-val.json", 4),
+        hparams: Some(cross_hparams(30)),
+        out_dir: &switched,
+        seed: 3,
+    };
+    let err = train(&Registry::builtin(), smollm2(), job, &mut Silent)
+        .expect_err("a run of another kind")
+        .to_string();
+    assert!(
+        err.contains("last.safetensors") && err.contains("cross_attend"),
+        "{err}"
+    );
     // SERAC without a trained classifier names the key and how to get one.
     let err = load_error(hparams(10), "no archive");
     assert!(

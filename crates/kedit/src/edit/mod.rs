@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 pub use adaptor::{AdaptorEdit, AdaptorPositions};
 pub use context::ContextEdit;
 pub use memory::{CounterfactualModel, MemoryEdit, MemoryRecord, Route, Router};
-pub use scope::ScopeClassifier;
+pub use scope::{ScopeClassifier, ScopeKeys, ScopeKind};
 pub use side_memory::{SideMemory, SideMemoryEdit, SideMemoryInfo, WrittenFact};
 pub use weights::{Delta, WeightEdit};
 

@@ -72,8 +72,7 @@ impl Editor {
         }
         if !self.extras.scopes.is_empty() && !prompts.is_empty() {
             for index in &self.extras.scopes {
-                let xs = index.classifier.embed(prompts)?;
-                for (at, routed) in index.best(&xs)?.into_iter().enumerate() {
+                for (at, routed) in index.best(prompts)?.into_iter().enumerate() {
                     if let Some((m, i, p)) = routed {
                         consider(at, p, m, i);
                     }

@@ -143,6 +143,19 @@ impl SentenceEncoder {
         self.embed_with(&self.weights, texts)
     }
 
+    /// One input of a cross-encoder: `[CLS] a [SEP] b [SEP]` from the two texts' own
+    /// token ids (each as [`tokenize`](Self::tokenize) gives them), cut to
+    /// [`MAX_SEQ_LENGTH`] with the final `[SEP]` kept.
+    pub fn pair_ids(a: &[u32], b: &[u32]) -> Vec<u32> {
+        let mut ids: Vec<u32> = a.iter().chain(b.iter().skip(1)).copied().collect();
+        if ids.len() > MAX_SEQ_LENGTH {
+            let sep = *ids.last().expect("a pair is not empty");
+            ids.truncate(MAX_SEQ_LENGTH - 1);
+            ids.push(sep);
+        }
+        ids
+    }
+
     /// [`embed`](Self::embed) with other weights of the same shape (differentiable when
     /// they are `Var`s).
     pub fn embed_with<S: AsRef<str>>(&self, weights: &BertWeights, texts: &[S]) -> Result<Tensor> {
@@ -150,6 +163,12 @@ impl SentenceEncoder {
             .iter()
             .map(|t| self.tokenize(t.as_ref()))
             .collect::<Result<Vec<_>>>()?;
+        self.embed_rows(weights, &ids)
+    }
+
+    /// Unit embeddings of tokenized rows `[rows, dim]`, in the order given, encoded in
+    /// chunks of similar length.
+    pub fn embed_rows(&self, weights: &BertWeights, ids: &[Vec<u32>]) -> Result<Tensor> {
         if ids.is_empty() {
             return Ok(Tensor::zeros(
                 (0, self.dim()),

@@ -61,6 +61,14 @@ pub struct SeracHparams {
     pub scale_init: f64,
     #[serde(deserialize_with = "lenient_f64")]
     pub bias_init: f64,
+    /// EasyEdit's key: the scope classifier is a cross-encoder (the edit and the input read
+    /// together) instead of the embedding classifier.
+    #[serde(default)]
+    pub cross_attend: bool,
+    /// A cross-encoder's candidates per input: the stored edits nearest to it under the
+    /// base encoder.
+    #[serde(default = "default_shortlist")]
+    pub shortlist: usize,
     /// In-scope probability from which an input is routed to an edit.
     #[serde(deserialize_with = "lenient_f64")]
     pub threshold: f64,
@@ -105,6 +113,10 @@ fn default_cf_val_every() -> usize {
     100
 }
 
+fn default_shortlist() -> usize {
+    8
+}
+
 fn default_scale_lr() -> f64 {
     1e-2
 }
@@ -133,6 +145,7 @@ impl SeracHparams {
             ("cf_batch_size", self.cf_batch_size),
             ("cf_max_iters", self.cf_max_iters),
             ("cf_val_every", self.cf_val_every),
+            ("shortlist", self.shortlist),
         ] {
             if v == 0 {
                 return Err(source.error(key, " must be at least 1"));

@@ -7,11 +7,18 @@
 //! classifier by balanced routing accuracy is kept; training stops early when it has not
 //! improved for `early_stop_patience` validations. Every validation writes a checkpoint
 //! (weights, optimiser moments, history) atomically, so a killed run resumes where it was.
+//!
+//! With `cross_attend`, the classifier is a cross-encoder and a step scores pairs instead:
+//! each prompt with itself (in scope), each paraphrase and locality prompt of the batch
+//! against its own record's prompt (in scope for a paraphrase, out of it for a locality
+//! prompt) and against the
+//! [`HARD_NEGATIVES`] other prompts of the batch nearest to it under the base encoder —
+//! the candidates its shortlist will hold when it routes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -28,6 +35,8 @@ use crate::plot::{Figure, LinePlot, Panel};
 use crate::rng::{epoch_order, Rng};
 
 pub const CHECKPOINT: &str = "classifier.safetensors";
+/// Other records' prompts each input of a cross-encoder's batch is paired with.
+pub const HARD_NEGATIVES: usize = 2;
 const LAST: &str = "last.safetensors";
 const STATE: &str = "train-state.json";
 
@@ -170,6 +179,8 @@ struct Tokenized {
 struct Batch {
     anchors: Vec<Vec<u32>>,
     candidates: Vec<Vec<u32>>,
+    /// The anchor each negative candidate belongs to.
+    negative_of: Vec<usize>,
 }
 
 impl Tokenized {
@@ -201,6 +212,7 @@ impl Tokenized {
         let mut anchors = Vec::with_capacity(size);
         let mut positives = Vec::with_capacity(size);
         let mut negatives = Vec::new();
+        let mut negative_of = Vec::new();
         for slot in 0..size {
             let global = step * size + slot;
             let (epoch, at) = (global / n, global % n);
@@ -212,12 +224,14 @@ impl Tokenized {
             let ng = &self.negatives[i];
             if !ng.is_empty() {
                 negatives.push(ng[(rng.next_u64() % ng.len() as u64) as usize].clone());
+                negative_of.push(slot);
             }
         }
         positives.extend(negatives);
         Batch {
             anchors,
             candidates: positives,
+            negative_of,
         }
     }
 }
@@ -230,6 +244,8 @@ struct Trainer<'a> {
     weights: BertWeights,
     scale: Var,
     bias: Var,
+    /// The cross-encoder's direction (absent for the embedding classifier).
+    head: Option<Var>,
     adam: Adam,
     scale_adam: Adam,
     state: State,
@@ -247,7 +263,7 @@ impl<'a> Trainer<'a> {
         }
         let state_path = out_dir.join(STATE);
         let resumed = state_path.exists();
-        let (weights, scale, bias, state, moments) = if resumed {
+        let (weights, scale, bias, head, state, moments) = if resumed {
             let text =
                 std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
             let state: State = serde_json::from_str(&text).map_err(|e| {
@@ -272,18 +288,35 @@ impl<'a> Trainer<'a> {
                     ))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let head = if hp.cross_attend {
+                Some(files.get("scope.head").map_err(|_| {
+                    Error::model(
+                        &last,
+                        "holds no cross-encoder head (scope.head): the run there trained an \
+                         embedding classifier; cross_attend must be what it was",
+                    )
+                })?)
+            } else {
+                None
+            };
             (
                 weights,
                 scalar("scope.scale")?,
                 scalar("scope.bias")?,
+                head,
                 state,
                 Some(moments),
             )
         } else {
+            let head = hp
+                .cross_attend
+                .then(|| Tensor::zeros(base.dim(), DType::F32, &Device::Cpu))
+                .transpose()?;
             (
                 base.weights.clone(),
                 hp.scale_init,
                 hp.bias_init,
+                head,
                 State::default(),
                 None,
             )
@@ -300,10 +333,14 @@ impl<'a> Trainer<'a> {
         let dev = Device::Cpu;
         let scale = Var::from_tensor(&Tensor::new(&[scale as f32], &dev)?)?;
         let bias = Var::from_tensor(&Tensor::new(&[bias as f32], &dev)?)?;
+        let head = head.map(|h| Var::from_tensor(&h)).transpose()?;
         let mut adam = Adam::new(vars, hp.lr, 0.0)?;
-        let mut scale_adam = Adam::new(vec![scale.clone(), bias.clone()], hp.scale_lr, 0.0)?;
+        let mut small = vec![scale.clone(), bias.clone()];
+        small.extend(head.clone());
+        let n_small = small.len();
+        let mut scale_adam = Adam::new(small, hp.scale_lr, 0.0)?;
         if let Some(mut m) = moments {
-            let tail = m.split_off(m.len().saturating_sub(2));
+            let tail = m.split_off(m.len().saturating_sub(n_small));
             let bad = |e: Error| Error::model(out_dir.join(LAST), e.to_string());
             adam.restore(state.step as i32, m).map_err(bad)?;
             scale_adam.restore(state.step as i32, tail).map_err(bad)?;
@@ -315,6 +352,7 @@ impl<'a> Trainer<'a> {
             weights,
             scale,
             bias,
+            head,
             adam,
             scale_adam,
             state,
@@ -323,22 +361,15 @@ impl<'a> Trainer<'a> {
 
     /// One optimisation step; the batch's loss.
     fn step(&mut self, batch: &Batch) -> Result<f64> {
-        let a = self.base.embed_ids(&self.weights, &batch.anchors)?;
-        let c = self.base.embed_ids(&self.weights, &batch.candidates)?;
-        let logits = a
-            .matmul(&c.t()?)?
-            .broadcast_mul(self.scale.as_tensor())?
-            .broadcast_add(self.bias.as_tensor())?;
-        let (rows, cols) = logits.dims2()?;
-        let mut labels = vec![0f32; rows * cols];
-        for i in 0..rows {
-            labels[i * cols + i] = 1.0;
-        }
-        let y = Tensor::from_vec(labels, (rows, cols), &Device::Cpu)?;
+        let (logits, y) = match &self.head {
+            None => self.embedding_logits(batch)?,
+            Some(head) => self.pair_logits(batch, head.as_tensor())?,
+        };
         // softplus(−l) for in-scope pairs, softplus(l) for the rest; each kind averaged.
-        let pos = (softplus(&logits.neg()?)? * &y)?.sum_all()? / rows as f64;
-        let neg =
-            (softplus(&logits)? * (1.0 - &y)?)?.sum_all()? / (rows * cols - rows).max(1) as f64;
+        let n_pos = y.sum_all()?.to_scalar::<f32>()? as f64;
+        let n_neg = y.elem_count() as f64 - n_pos;
+        let pos = (softplus(&logits.neg()?)? * &y)?.sum_all()? / n_pos.max(1.0);
+        let neg = (softplus(&logits)? * (1.0 - &y)?)?.sum_all()? / n_neg.max(1.0);
         let loss = (pos? + neg?)?;
         let value = f64::from(loss.to_scalar::<f32>()?);
         if !value.is_finite() {
@@ -353,11 +384,87 @@ impl<'a> Trainer<'a> {
         Ok(value)
     }
 
+    /// Every anchor against every candidate (its own positive in scope): logits and labels
+    /// `[anchors, candidates]`.
+    fn embedding_logits(&self, batch: &Batch) -> Result<(Tensor, Tensor)> {
+        let a = self.base.embed_ids(&self.weights, &batch.anchors)?;
+        let c = self.base.embed_ids(&self.weights, &batch.candidates)?;
+        let logits = a
+            .matmul(&c.t()?)?
+            .broadcast_mul(self.scale.as_tensor())?
+            .broadcast_add(self.bias.as_tensor())?;
+        let (rows, cols) = logits.dims2()?;
+        let mut labels = vec![0f32; rows * cols];
+        for i in 0..rows {
+            labels[i * cols + i] = 1.0;
+        }
+        Ok((
+            logits,
+            Tensor::from_vec(labels, (rows, cols), &Device::Cpu)?,
+        ))
+    }
+
+    /// Each candidate paired with its own anchor and with the [`HARD_NEGATIVES`] other
+    /// anchors nearest to it under the base encoder: logits and labels `[pairs]`.
+    fn pair_logits(&self, batch: &Batch, head: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = batch.anchors.len();
+        let a = self.base.embed_ids(&self.base.weights, &batch.anchors)?;
+        let c = self.base.embed_ids(&self.base.weights, &batch.candidates)?;
+        let near = c.matmul(&a.t()?)?.to_vec2::<f32>()?;
+        // An edit's own prompt is in its scope: the pair a stored edit's reliability probe
+        // makes, which no paraphrase shows.
+        let mut pairs: Vec<Vec<u32>> = batch
+            .anchors
+            .iter()
+            .map(|x| SentenceEncoder::pair_ids(x, x))
+            .collect();
+        let mut labels = vec![1f32; n];
+        for (k, row) in near.iter().enumerate() {
+            let (own, in_scope) = if k < n {
+                (k, true)
+            } else {
+                (batch.negative_of[k - n], false)
+            };
+            pairs.push(SentenceEncoder::pair_ids(
+                &batch.anchors[own],
+                &batch.candidates[k],
+            ));
+            labels.push(if in_scope { 1f32 } else { 0.0 });
+            let mut others: Vec<usize> = (0..n).filter(|&j| j != own).collect();
+            others.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
+            for &j in others.iter().take(HARD_NEGATIVES) {
+                pairs.push(SentenceEncoder::pair_ids(
+                    &batch.anchors[j],
+                    &batch.candidates[k],
+                ));
+                labels.push(0.0);
+            }
+        }
+        let pooled = self.base.embed_ids(&self.weights, &pairs)?;
+        let logits = pooled
+            .matmul(&head.unsqueeze(1)?)?
+            .squeeze(1)?
+            .broadcast_mul(self.scale.as_tensor())?
+            .broadcast_add(self.bias.as_tensor())?;
+        let count = labels.len();
+        Ok((logits, Tensor::from_vec(labels, count, &Device::Cpu)?))
+    }
+
     fn classifier(&self) -> Result<ScopeClassifier> {
         let weights = detach(&self.weights)?;
         let s = f64::from(self.scale.as_tensor().to_vec1::<f32>()?[0]);
         let b = f64::from(self.bias.as_tensor().to_vec1::<f32>()?[0]);
-        ScopeClassifier::new(self.base.clone(), s, b).with_parts(weights, s, b)
+        let untrained = match &self.head {
+            None => ScopeClassifier::new(self.base.clone(), s, b),
+            Some(h) => ScopeClassifier::cross(
+                self.base.clone(),
+                self.hp.shortlist,
+                s,
+                b,
+                h.as_tensor().detach(),
+            )?,
+        };
+        untrained.with_parts(weights, s, b)
     }
 
     fn validate(&self, val: &[ScopeExample], train_loss: f64) -> Result<Validation> {
@@ -399,6 +506,9 @@ impl<'a> Trainer<'a> {
             .collect();
         tensors.insert("scope.scale".into(), self.scale.as_tensor().detach());
         tensors.insert("scope.bias".into(), self.bias.as_tensor().detach());
+        if let Some(h) = &self.head {
+            tensors.insert("scope.head".into(), h.as_tensor().detach());
+        }
         let (_, mut moments) = self.adam.moments();
         moments.extend(self.scale_adam.moments().1);
         for (i, (m, v)) in moments.into_iter().enumerate() {
@@ -423,20 +533,12 @@ pub fn routing_accuracy(
     threshold: f64,
 ) -> Result<(f64, f64)> {
     let anchors: Vec<&str> = val.iter().map(|e| e.anchor.as_str()).collect();
-    let keys = c.embed(&anchors)?;
+    let keys = c.keys(&anchors)?;
     let route = |texts: &[(usize, &str)]| -> Result<Vec<Option<usize>>> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
         let strs: Vec<&str> = texts.iter().map(|(_, t)| *t).collect();
-        let logits = c.logits(&c.embed(&strs)?, &keys)?.to_vec2::<f32>()?;
-        Ok(logits
-            .iter()
-            .map(|row| {
-                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
-                best.filter(|(_, &l)| l >= logit_of(threshold))
-                    .map(|(i, _)| i)
-            })
+        Ok(c.best(&strs, &keys)?
+            .into_iter()
+            .map(|b| b.filter(|&(_, l)| l >= logit_of(threshold)).map(|(i, _)| i))
             .collect())
     };
     let pos: Vec<(usize, &str)> = val
