@@ -124,7 +124,12 @@ pub fn train(inputs: TrainInputs) -> Result<Trained> {
     let best = trainer.state.best.clone().ok_or_else(|| {
         Error::invalid("training ended before its first validation (max_iters below val_every?)")
     })?;
-    let curve = write_curve(&trainer.state.history, &inputs.out_dir.join("curve"))?;
+    let title = if hp.cross_attend {
+        "SERAC scope classifier (cross-encoder): validation routing"
+    } else {
+        "SERAC scope classifier: validation routing"
+    };
+    let curve = write_curve(&trainer.state.history, &inputs.out_dir.join("curve"), title)?;
     let mut hparams = serde_json::Map::new();
     hparams.insert("cls_name".into(), Value::String(hp.cls_name.clone()));
     let mut summary = json!({
@@ -609,7 +614,11 @@ fn logit_of(p: f64) -> f32 {
     (p / (1.0 - p)).ln() as f32
 }
 
-fn write_curve(history: &[Validation], stem: &Path) -> Result<Option<std::path::PathBuf>> {
+fn write_curve(
+    history: &[Validation],
+    stem: &Path,
+    title: &str,
+) -> Result<Option<std::path::PathBuf>> {
     if history.len() < 2 {
         return Ok(None);
     }
@@ -617,7 +626,7 @@ fn write_curve(history: &[Validation], stem: &Path) -> Result<Option<std::path::
     let figure = Figure {
         panels: vec![
             Panel::Lines(LinePlot {
-                title: "SERAC scope classifier: validation routing".into(),
+                title: title.into(),
                 x_label: "training step".into(),
                 y_label: "accuracy".into(),
                 series: vec![
