@@ -217,7 +217,7 @@ impl ScopeClassifier {
         }
         let mut best: Vec<Option<(usize, f32)>> = vec![None; inputs.len()];
         for (chunk, who) in pairs.chunks(PAIR_ROWS).zip(owner.chunks(PAIR_ROWS)) {
-            let logits = self.pair_logits(&self.encoder.weights, chunk)?;
+            let logits = self.pair_logits(chunk)?;
             for (&(i, j), l) in who.iter().zip(logits.to_vec1::<f32>()?) {
                 if best[i].is_none_or(|(_, b)| l > b) {
                     best[i] = Some((j, l));
@@ -227,14 +227,19 @@ impl ScopeClassifier {
         Ok(best)
     }
 
-    /// A cross-encoder's logits `[pairs]` of tokenized pairs under `weights`
-    /// (differentiable when they, the head, scale and offset are `Var`s).
-    pub fn pair_logits(&self, weights: &BertWeights, pairs: &[Vec<u32>]) -> Result<Tensor> {
+    /// A cross-encoder's logits `[pairs]` of tokenized pairs.
+    fn pair_logits(&self, pairs: &[Vec<u32>]) -> Result<Tensor> {
         let head = self.head.as_ref().ok_or_else(|| {
             Error::config("pair logits asked of an embedding classifier (it has no head)")
         })?;
-        let pooled = self.encoder.embed_rows(weights, pairs)?;
-        cross_logits(&pooled, head, self.scale, self.bias)
+        let pooled = self.encoder.embed_rows(&self.encoder.weights, pairs)?;
+        let dev = Device::Cpu;
+        cross_logits(
+            &pooled,
+            head,
+            &Tensor::new(&[self.scale as f32], &dev)?,
+            &Tensor::new(&[self.bias as f32], &dev)?,
+        )
     }
 
     /// Unit embeddings `[texts, dim]`.
@@ -336,10 +341,19 @@ impl ScopeClassifier {
     }
 }
 
-/// `s · (pooled · head) + b` for each row of `pooled` `[rows, dim]`.
-pub fn cross_logits(pooled: &Tensor, head: &Tensor, scale: f64, bias: f64) -> Result<Tensor> {
-    let dots = pooled.matmul(&head.unsqueeze(1)?)?.squeeze(1)?;
-    Ok(((dots * scale)? + bias)?)
+/// `s · (pooled · head) + b` for each row of `pooled` `[rows, dim]`, with `s` and `b`
+/// one-element tensors (differentiable when any of them are `Var`s: training uses it too).
+pub fn cross_logits(
+    pooled: &Tensor,
+    head: &Tensor,
+    scale: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor> {
+    Ok(pooled
+        .matmul(&head.unsqueeze(1)?)?
+        .squeeze(1)?
+        .broadcast_mul(scale)?
+        .broadcast_add(bias)?)
 }
 
 fn argmax(row: &[f32]) -> Option<(usize, f32)> {

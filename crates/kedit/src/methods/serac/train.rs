@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{counterfactual, scope_examples, ScopeExample, SeracHparams};
+use crate::edit::scope::cross_logits;
 use crate::edit::ScopeClassifier;
 use crate::encoder::{bert, BertWeights, SentenceEncoder};
 use crate::error::{Error, Result};
@@ -446,11 +447,7 @@ impl<'a> Trainer<'a> {
             }
         }
         let pooled = self.base.embed_ids(&self.weights, &pairs)?;
-        let logits = pooled
-            .matmul(&head.unsqueeze(1)?)?
-            .squeeze(1)?
-            .broadcast_mul(self.scale.as_tensor())?
-            .broadcast_add(self.bias.as_tensor())?;
+        let logits = cross_logits(&pooled, head, self.scale.as_tensor(), self.bias.as_tensor())?;
         let count = labels.len();
         Ok((logits, Tensor::from_vec(labels, count, &Device::Cpu)?))
     }
