@@ -34,6 +34,10 @@ pub struct Args {
     probe_data: Option<PathBuf>,
     #[arg(long, default_value_t = 100, value_parser = crate::bounds::count(1, 100_000))]
     probes: usize,
+    /// Scoring rounds, plain and through the memory alternating; the ratio is the median
+    /// of the rounds' ratios.
+    #[arg(long, default_value_t = 5, value_parser = crate::bounds::count(1, 100))]
+    rounds: usize,
     #[arg(long)]
     json: bool,
 }
@@ -65,6 +69,7 @@ pub fn run(args: Args) -> Result<()> {
         &model,
         stored,
         probes,
+        args.rounds,
         &EditContext::default(),
         &mut crate::progress::Bars::default(),
     )?;
@@ -77,8 +82,27 @@ pub fn run(args: Args) -> Result<()> {
         b.compute_ms, b.apply_ms, b.compute_ms_full, b.apply_ms_full
     );
     println!(
-        "  scoring {} teacher-forced prompts: plain {:.2} s, through the memory {:.2} s ({:.2}×)",
-        b.prompts, b.plain_seconds, b.edited_seconds, b.ratio
+        "  scoring {} teacher-forced prompts, median of {} rounds: plain {:.2} s, through the \
+         memory {:.2} s; median ratio {:.2}×",
+        b.prompts, b.rounds, b.plain_seconds, b.edited_seconds, b.ratio
+    );
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|s| format!("{s:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "    {} of them routed; routing them all alone {:.2} s",
+        b.routed, b.routing_seconds
+    );
+    println!(
+        "    plain, each round:       {}",
+        list(&b.plain_round_seconds)
+    );
+    println!(
+        "    through memory, each:    {}",
+        list(&b.edited_round_seconds)
     );
     Ok(())
 }

@@ -45,6 +45,15 @@ impl Editor {
         Ok(out)
     }
 
+    /// Which of `prompts` a memory routes (a stored record's context goes in front).
+    pub(crate) fn routed(&self, prompts: &[String]) -> Result<Vec<bool>> {
+        Ok(self
+            .routed_contexts(prompts)?
+            .iter()
+            .map(Option::is_some)
+            .collect())
+    }
+
     /// For each prompt, the context of the record, over every memory, it is routed to with
     /// the highest score (word overlap, or a scope classifier's probability), and that
     /// record's memory. Each classifier embeds all the prompts in one call and compares
