@@ -42,16 +42,35 @@ pub fn stream_points(store: &RunStore, cases: usize, batch_size: usize) -> Vec<S
     points
 }
 
+/// Most points a line of the picture gets. A stream of one-edit calls has a point per edit,
+/// each a single case scoring 0 or 1: drawn as it is, a thousand of them are a solid band
+/// (and the thick strokes' sharp turns spike out of the chart), so consecutive calls are
+/// averaged in windows. `stream.json` keeps every call.
+const MAX_DRAWN: usize = 50;
+
 /// The series worth drawing: CounterFact's scores when the data has them, else the
-/// EasyEdit metrics; fluency in a panel of its own (another scale).
+/// EasyEdit metrics; fluency in a panel of its own (another scale). With more than
+/// [`MAX_DRAWN`] calls, each drawn point is the mean of `window` consecutive calls, and a
+/// last, incomplete window is left out.
 pub fn stream_figure(title: &str, points: &[StreamPoint]) -> Option<Figure> {
     let first = points.first()?;
-    let step = first.edits as f64;
+    let window = points.len().div_ceil(MAX_DRAWN).max(1);
+    let drawn = if window == 1 {
+        points.len()
+    } else {
+        points.len() / window
+    };
+    let step = first.edits as f64 * window as f64;
     let pick = |f: &dyn Fn(&Scores) -> Option<f64>| -> Vec<f64> {
-        points
-            .iter()
-            .map(|p| f(&p.scores).unwrap_or(f64::NAN))
+        points[..drawn * window]
+            .chunks(window)
+            .map(|calls| mean_finite(calls.iter().map(|p| f(&p.scores).unwrap_or(f64::NAN))))
             .collect()
+    };
+    let title = if window == 1 {
+        format!("{title}: each call's cases right after its edit")
+    } else {
+        format!("{title}: right after each edit, mean of every {window} calls")
     };
     let series: Vec<(String, Vec<f64>)> = if first.scores.counterfact.is_some() {
         let cf = |g: fn(&crate::experiment::summary::CounterFactScores) -> Option<f64>| {
@@ -70,7 +89,7 @@ pub fn stream_figure(title: &str, points: &[StreamPoint]) -> Option<Figure> {
         ]
     };
     let mut panels = vec![Panel::Lines(LinePlot {
-        title: format!("{title}: each call's cases right after its edit"),
+        title,
         x_label: "edits made".into(),
         y_label: "score".into(),
         series,
@@ -93,6 +112,18 @@ pub fn stream_figure(title: &str, points: &[StreamPoint]) -> Option<Figure> {
         panels,
         panel_size: (640, 420),
     })
+}
+
+/// The mean of the finite values (NaN when there are none).
+fn mean_finite(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values
+        .filter(|v| v.is_finite())
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        f64::NAN
+    } else {
+        sum / n as f64
+    }
 }
 
 /// Writes `stream.json` and `stream.png`/`stream.svg` into `dir`.
@@ -146,5 +177,32 @@ mod tests {
         assert_eq!(points[1].scores.reliability, Some(0.5));
         let fig = stream_figure("test", &points).unwrap();
         assert_eq!(fig.panels.len(), 1, "no fluency, no fluency panel");
+    }
+
+    #[test]
+    fn a_long_stream_of_single_edits_is_drawn_as_window_means() {
+        let mut store = RunStore::in_memory();
+        // 1,010 one-edit calls: reliability 1 for the first 500, then 0.
+        for i in 0..1010 {
+            store
+                .put_case(record(i, if i < 500 { 1.0 } else { 0.0 }))
+                .unwrap();
+        }
+        let points = stream_points(&store, 1010, 1);
+        assert_eq!(points.len(), 1010);
+        let fig = stream_figure("test", &points).unwrap();
+        let Panel::Lines(plot) = &fig.panels[0] else {
+            panic!("a line panel");
+        };
+        // Windows of 21 calls: 48 whole ones drawn, the last 2 calls left out.
+        assert_eq!(plot.x_start, 21.0);
+        assert_eq!(plot.x_step, 21.0);
+        let reliability = &plot.series[0].1;
+        assert_eq!(reliability.len(), 48);
+        assert_eq!(reliability[0], 1.0);
+        // Window 23 holds calls 483..504: 17 of them before call 500.
+        assert!((reliability[23] - 17.0 / 21.0).abs() < 1e-12);
+        assert_eq!(reliability[47], 0.0);
+        assert!(plot.title.contains("mean of every 21 calls"));
     }
 }
