@@ -80,15 +80,15 @@ pub fn memory_bench(
     let prompts: Vec<String> = pairs.iter().map(|p| p.prompt.clone()).collect();
     let (mut plain, mut edited, mut routing) = (Vec::new(), Vec::new(), Vec::new());
     let mut routed = 0;
+    let time = |lm: &dyn LanguageModel| -> Result<f64> {
+        let t = Instant::now();
+        score(lm, &pairs, false)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
     for round in 0..rounds {
         let t = Instant::now();
         routed = editor.routed(&prompts)?.iter().filter(|&&r| r).count();
         routing.push(t.elapsed().as_secs_f64());
-        let time = |lm: &dyn LanguageModel| -> Result<f64> {
-            let t = Instant::now();
-            score(lm, &pairs, false)?;
-            Ok(t.elapsed().as_secs_f64())
-        };
         if round % 2 == 0 {
             plain.push(time(model)?);
             edited.push(time(&editor)?);

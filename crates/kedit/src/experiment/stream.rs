@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::evaluate::metrics::Metrics;
-use crate::experiment::summary::{summarize, Scores};
+use crate::experiment::summary::{mean, summarize, Scores};
 use crate::experiment::RunStore;
 use crate::plot::{Figure, LinePlot, Panel, Written};
 
@@ -55,16 +55,12 @@ const MAX_DRAWN: usize = 50;
 pub fn stream_figure(title: &str, points: &[StreamPoint]) -> Option<Figure> {
     let first = points.first()?;
     let window = points.len().div_ceil(MAX_DRAWN).max(1);
-    let drawn = if window == 1 {
-        points.len()
-    } else {
-        points.len() / window
-    };
+    let drawn = points.len() / window;
     let step = first.edits as f64 * window as f64;
     let pick = |f: &dyn Fn(&Scores) -> Option<f64>| -> Vec<f64> {
         points[..drawn * window]
             .chunks(window)
-            .map(|calls| mean_finite(calls.iter().map(|p| f(&p.scores).unwrap_or(f64::NAN))))
+            .map(|calls| mean(calls.iter().filter_map(|p| f(&p.scores))).unwrap_or(f64::NAN))
             .collect()
     };
     let title = if window == 1 {
@@ -112,18 +108,6 @@ pub fn stream_figure(title: &str, points: &[StreamPoint]) -> Option<Figure> {
         panels,
         panel_size: (640, 420),
     })
-}
-
-/// The mean of the finite values (NaN when there are none).
-fn mean_finite(values: impl Iterator<Item = f64>) -> f64 {
-    let (sum, n) = values
-        .filter(|v| v.is_finite())
-        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    if n == 0 {
-        f64::NAN
-    } else {
-        sum / n as f64
-    }
 }
 
 /// Writes `stream.json` and `stream.png`/`stream.svg` into `dir`.

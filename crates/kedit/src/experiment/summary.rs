@@ -46,7 +46,8 @@ pub struct CounterFactScores {
     pub score: Option<f64>,
 }
 
-fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
+/// The mean of the finite values (`None` when there are none).
+pub(crate) fn mean(xs: impl IntoIterator<Item = f64>) -> Option<f64> {
     let (mut sum, mut n) = (0.0, 0usize);
     for x in xs {
         if x.is_finite() {
