@@ -76,6 +76,9 @@ fn cross_hparams(max_iters: usize) -> HparamsSource {
     src.set("cross_attend", serde_json::json!(true));
     src.set("shortlist", serde_json::json!(4));
     src.set("bias_init", serde_json::json!(-2.0));
+    // Twenty steps from an undecided head leave the edit's own prompt below the
+    // shipped file's 0.9 (set for a fully trained classifier): decide at EasyEdit's 0.5.
+    src.set("threshold", serde_json::json!(0.5));
     src
 }
 

@@ -2,7 +2,7 @@
 //! then the context of the memory record it is routed to (if any); the site adaptors act
 //! at the prompt's end. With none of these held it is exactly the plain model.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 
 use candle_core::Tensor;
@@ -59,6 +59,24 @@ impl Editor {
     /// record's memory. Each classifier embeds all the prompts in one call and compares
     /// them with every record it routes in one product.
     fn routed_contexts(&self, prompts: &[String]) -> Result<Vec<Option<(&str, usize)>>> {
+        // A scoring call holds a prompt once per target scored after it: each distinct
+        // text is embedded and routed once.
+        let mut slot_of: HashMap<&str, usize> = HashMap::new();
+        let mut distinct: Vec<String> = Vec::new();
+        let slots: Vec<usize> = prompts
+            .iter()
+            .map(|p| {
+                *slot_of.entry(p.as_str()).or_insert_with(|| {
+                    distinct.push(p.clone());
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        let routed = self.routed_distinct(&distinct)?;
+        Ok(slots.into_iter().map(|s| routed[s]).collect())
+    }
+
+    fn routed_distinct(&self, prompts: &[String]) -> Result<Vec<Option<(&str, usize)>>> {
         // Per prompt: (score, memory, record) of the best match so far.
         let mut best: Vec<Option<(f64, usize, usize)>> = vec![None; prompts.len()];
         let mut consider = |at: usize, score: f64, memory: usize, record: usize| {
