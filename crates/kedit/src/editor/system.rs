@@ -62,12 +62,12 @@ impl Editor {
         // A scoring call holds a prompt once per target scored after it: each distinct
         // text is embedded and routed once.
         let mut slot_of: HashMap<&str, usize> = HashMap::new();
-        let mut distinct: Vec<String> = Vec::new();
+        let mut distinct: Vec<&str> = Vec::new();
         let slots: Vec<usize> = prompts
             .iter()
             .map(|p| {
-                *slot_of.entry(p.as_str()).or_insert_with(|| {
-                    distinct.push(p.clone());
+                *slot_of.entry(p).or_insert_with(|| {
+                    distinct.push(p);
                     distinct.len() - 1
                 })
             })
@@ -76,7 +76,7 @@ impl Editor {
         Ok(slots.into_iter().map(|s| routed[s]).collect())
     }
 
-    fn routed_distinct(&self, prompts: &[String]) -> Result<Vec<Option<(&str, usize)>>> {
+    fn routed_distinct(&self, prompts: &[&str]) -> Result<Vec<Option<(&str, usize)>>> {
         // Per prompt: (score, memory, record) of the best match so far.
         let mut best: Vec<Option<(f64, usize, usize)>> = vec![None; prompts.len()];
         let mut consider = |at: usize, score: f64, memory: usize, record: usize| {
