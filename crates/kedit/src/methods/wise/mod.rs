@@ -43,7 +43,7 @@ use crate::methods::{
     check_requests, filter_warnings, request_rng, Computed, EditContext, EditMethod, HparamsSource,
     LoadedMethod, MethodReport,
 };
-use crate::model::{BlockParam, Model, ParamId};
+use crate::model::{BlockLayout, BlockParam, Model, ParamId};
 use crate::request::EditRequest;
 use crate::runtime::side_memory::{activation_distance, routed_tokens, side_change};
 use crate::runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};
@@ -65,10 +65,16 @@ pub struct Wise {
 /// facts (bare prompt and target), then the irrelevant inputs.
 struct Rows {
     batch: TokenBatch,
+    /// The fact rows alone, padded among themselves: the only rows the blocks above the
+    /// memory need to run (an irrelevant row's loss is its activation distance, read at
+    /// the memory's own layer). (Padding the edit's templated prompts and the shorter
+    /// replayed ones apart, in two passes, was slower: 16.8 s an edit against 15.4.)
+    facts: TokenBatch,
     /// Rows holding a fact to write: the edit's and the replayed ones (the rest are
     /// irrelevant inputs).
     edit_rows: usize,
-    /// Where the target's tokens are predicted, what they are, and their row.
+    /// Where the target's tokens are predicted (`(row, index)` in `facts`), what they are,
+    /// and their row.
     entries: Vec<(usize, usize)>,
     targets: Vec<u32>,
     entry_rows: Vec<usize>,
@@ -223,6 +229,17 @@ impl Wise {
             seqs.push(full);
         }
         let edit_rows = seqs.len();
+        let facts = TokenBatch::new(&seqs, Padding::Right, tok.pad_id())?;
+        let mut entries = Vec::new();
+        let mut targets = Vec::new();
+        let mut entry_rows = Vec::new();
+        for (row, &(n_prompt, len)) in spans.iter().enumerate() {
+            for p in n_prompt - 1..len - 1 {
+                entries.push((row, facts.index(row, p)));
+                targets.push(seqs[row][p + 1]);
+                entry_rows.push(row);
+            }
+        }
         for text in irrelevant {
             seqs.push(tok.encode_input(text)?);
         }
@@ -234,18 +251,9 @@ impl Wise {
                 measured[at] = measured[at] && batch.index(row, n_prompt) > t;
             }
         }
-        let mut entries = Vec::new();
-        let mut targets = Vec::new();
-        let mut entry_rows = Vec::new();
-        for (row, &(n_prompt, len)) in spans.iter().enumerate() {
-            for p in n_prompt - 1..len - 1 {
-                entries.push((row, batch.index(row, p)));
-                targets.push(seqs[row][p + 1]);
-                entry_rows.push(row);
-            }
-        }
         Ok(Rows {
             batch,
+            facts,
             edit_rows,
             entries,
             targets,
@@ -254,24 +262,39 @@ impl Wise {
         })
     }
 
-    /// Trains the open memory's `delta` on one edit, in the subspace `mask`.
-    fn train(&self, model: &Model, rows: &Rows, delta: &Tensor, mask: &Tensor) -> Result<Trained> {
+    /// Trains the open memory's `delta` on one edit, in the subspace `mask`; each step
+    /// starts above the memory's block when `above` ([`starts_above`]), else runs it.
+    fn train(
+        &self,
+        model: &Model,
+        rows: &Rows,
+        delta: &Tensor,
+        mask: &Tensor,
+        above: bool,
+    ) -> Result<Trained> {
         let l = self.layer;
         let act = model.config.activation;
         let b = &rows.batch;
+        let start_site = if above {
+            Site::ResidPost(l)
+        } else {
+            Site::ResidPre(l)
+        };
         let frozen = model
             .forward(b)
-            .capture([Site::ResidPre(l), Site::MlpKey(l), Site::MlpOut(l)])
+            .capture([start_site, Site::MlpKey(l), Site::MlpOut(l)])
             .stop_after(l)
             .run()?;
-        let resid = frozen.capture(Site::ResidPre(l))?.clone();
         let key = frozen.capture(Site::MlpKey(l))?.clone();
         let main = frozen.capture(Site::MlpOut(l))?.clone();
-        let every: Vec<(usize, usize)> = (0..b.rows)
-            .flat_map(|r| (0..b.len).map(move |t| (r, t)))
-            .collect();
-        let width = main.dim(2)?;
+        let start = frozen.capture(start_site)?;
         let n = rows.edit_rows;
+        let facts = &rows.facts;
+        let part = |t: &Tensor| -> Result<Tensor> {
+            Ok(t.narrow(0, 0, facts.rows)?.narrow(1, 0, facts.len)?)
+        };
+        let resid = part(start)?;
+        let width = main.dim(2)?;
         let (alpha, beta, gamma) = (self.hp.alpha(), self.hp.beta(), self.hp.gamma());
         let c = self.hp.norm_constraint;
         let var = Var::from_tensor(&delta.to_dtype(key.dtype())?)?;
@@ -280,14 +303,21 @@ impl Wise {
         let mut steps = 0;
         for _ in 0..self.hp.n_iter {
             let change = side_change(&key, var.as_tensor())?;
-            let logits = model
-                .forward(b)
-                .start_at(l, resid.clone())
-                .intervene(Intervention::add(
-                    Site::MlpOut(l),
-                    every.clone(),
-                    change.reshape((b.rows * b.len, width))?,
-                ))
+            let on_facts = part(&change)?;
+            let pass = if above {
+                model.forward(facts).start_at(l + 1, (&resid + on_facts)?)
+            } else {
+                let every = (0..facts.rows).flat_map(|r| (0..facts.len).map(move |t| (r, t)));
+                model
+                    .forward(facts)
+                    .start_at(l, resid.clone())
+                    .intervene(Intervention::add(
+                        Site::MlpOut(l),
+                        every.collect(),
+                        on_facts.reshape((facts.rows * facts.len, width))?,
+                    ))
+            };
+            let logits = pass
                 .logits(LogitsAt::Entries(rows.entries.clone()))
                 .run()?
                 .logits
@@ -372,6 +402,16 @@ impl Wise {
     }
 }
 
+/// Whether a step of training can start above block `layer`: where the MLP output adds
+/// straight into the residual stream, the block's output under the memory is its frozen
+/// output plus the memory's change, so the block need not run again at every step (a
+/// third of the forward work at SmolLM2's layer 27). A sandwich block normalises the MLP
+/// output first, and the last block has no block above it: those run the block with the
+/// change added at its MLP output.
+fn starts_above(model: &Model, layer: usize) -> bool {
+    model.config.block != BlockLayout::Sandwich && layer + 1 < model.config.n_layers
+}
+
 /// The mean of the positive entries of `t` (0 when none is positive), differentiable.
 fn positive_mean(t: &Tensor) -> Result<Tensor> {
     let values = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
@@ -437,6 +477,7 @@ impl EditMethod for Wise {
             },
         };
         state.act_ratio = self.hp.act_ratio;
+        let above = starts_above(model, self.layer);
         let (mut steps, mut merged, mut replays) = (0, 0, 0);
         let mut stats = Vec::new();
         for r in requests {
@@ -471,8 +512,9 @@ impl EditMethod for Wise {
                 &replayed,
                 &self.irrelevant_for(r, ctx),
             )?;
-            let trained =
-                report.timed("train", |_| self.train(model, &rows, &memory.delta, &mask))?;
+            let trained = report.timed("train", |_| {
+                self.train(model, &rows, &memory.delta, &mask, above)
+            })?;
             report.log.push(format!(
                 "WISE case {}: {} steps, loss {:.4} (target NLL {:.4}), activation {:.3} on the \
                  edit, {:.3} on an irrelevant input",
@@ -534,5 +576,101 @@ impl EditMethod for Wise {
             edit: Edit::SideMemory(state),
             report,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::DEFAULT_MODEL_FILE;
+
+    /// Starting above the memory's block from its frozen output plus the memory's change
+    /// is the same sum as running the block with the change added: the real SmolLM2 trains
+    /// the same memory both ways, step for step, up to the order of float additions.
+    #[test]
+    fn starting_above_the_block_trains_the_memory_running_it_would() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let model = Model::load(root.join("models").join(DEFAULT_MODEL_FILE))
+            .expect("the default model: run scripts/fetch-model (scripts/test does)");
+        let mut source = HparamsSource::read(&root.join("hparams/WISE/smollm2-135m.yaml")).unwrap();
+        source.set("n_iter", serde_json::json!(5));
+        let (hp, _): (WiseHparams, _) = source.deserialize().unwrap();
+        let layer = hp.check(&source, &model).unwrap();
+        assert!(starts_above(&model, layer), "SmolLM2's layer {layer}");
+        let wise = Wise {
+            hp,
+            layer,
+            irrelevant: Vec::new(),
+            templates: TemplateCache::default(),
+        };
+        let request = EditRequest {
+            case_id: "eiffel".into(),
+            prompt: "The Eiffel Tower is located in the city of".into(),
+            target_new: "Rome".into(),
+            ..Default::default()
+        };
+        let templates = ["{}".to_string(), "It was a quiet morning. {}".to_string()];
+        let replayed = WrittenFact {
+            prompt: "The capital of Kenya is".into(),
+            target: "Lima".into(),
+        };
+        let rows = wise
+            .rows(
+                &model,
+                &request,
+                &templates,
+                &[&replayed],
+                &["Who wrote Hamlet? William Shakespeare"],
+            )
+            .unwrap();
+        let shape = model
+            .params
+            .require(ParamId::Block(layer, BlockParam::OutWeight))
+            .unwrap()
+            .dims2()
+            .unwrap();
+        let delta = Tensor::zeros(shape, DType::F32, model.device()).unwrap();
+        let mask = subspace_mask(shape, 0.2, 7, model.device()).unwrap();
+        let fast = wise.train(&model, &rows, &delta, &mask, true).unwrap();
+        let slow = wise.train(&model, &rows, &delta, &mask, false).unwrap();
+        assert_eq!((fast.steps, slow.steps), (5, 5));
+        assert!(fast.nll > 0.0 && fast.act > 0.0, "the memory was trained");
+        for (a, b, what) in [
+            (fast.loss, slow.loss, "loss"),
+            (fast.nll, slow.nll, "target NLL"),
+            (fast.act, slow.act, "edit activation"),
+            (
+                fast.irrelevant_act,
+                slow.irrelevant_act,
+                "irrelevant activation",
+            ),
+        ] {
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+                "{what}: {a} against {b}"
+            );
+        }
+        let moved = slow
+            .delta
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let apart = (&fast.delta - &slow.delta)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            moved > 0.1 && apart <= 1e-4 * moved,
+            "{apart} apart of {moved}"
+        );
     }
 }
