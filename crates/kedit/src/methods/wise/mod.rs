@@ -652,22 +652,14 @@ mod tests {
                 "{what}: {a} against {b}"
             );
         }
-        let moved = slow
-            .delta
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let apart = (&fast.delta - &slow.delta)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let largest = |t: &Tensor| -> f32 {
+            t.abs()
+                .and_then(|t| t.max_all())
+                .and_then(|t| t.to_scalar())
+                .unwrap()
+        };
+        let moved = largest(&slow.delta);
+        let apart = largest(&(&fast.delta - &slow.delta).unwrap());
         assert!(
             moved > 0.1 && apart <= 1e-4 * moved,
             "{apart} apart of {moved}"
