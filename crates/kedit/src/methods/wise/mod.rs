@@ -295,6 +295,15 @@ impl Wise {
         };
         let resid = part(start)?;
         let width = main.dim(2)?;
+        // Where each step runs the block, the change is added at every position of its
+        // MLP output.
+        let every: Vec<(usize, usize)> = if above {
+            Vec::new()
+        } else {
+            (0..facts.rows)
+                .flat_map(|r| (0..facts.len).map(move |t| (r, t)))
+                .collect()
+        };
         let (alpha, beta, gamma) = (self.hp.alpha(), self.hp.beta(), self.hp.gamma());
         let c = self.hp.norm_constraint;
         let var = Var::from_tensor(&delta.to_dtype(key.dtype())?)?;
@@ -307,13 +316,12 @@ impl Wise {
             let pass = if above {
                 model.forward(facts).start_at(l + 1, (&resid + on_facts)?)
             } else {
-                let every = (0..facts.rows).flat_map(|r| (0..facts.len).map(move |t| (r, t)));
                 model
                     .forward(facts)
                     .start_at(l, resid.clone())
                     .intervene(Intervention::add(
                         Site::MlpOut(l),
-                        every.collect(),
+                        every.clone(),
                         on_facts.reshape((facts.rows * facts.len, width))?,
                     ))
             };
