@@ -67,6 +67,9 @@ pub struct Args {
     /// metric settings (any method or mode, or `--pre-only`) instead of computing them.
     #[arg(long, value_name = "DIR")]
     pre_from: Option<PathBuf>,
+    /// Print each edit's log lines (a method's own account: steps, losses, routing).
+    #[arg(long)]
+    verbose: bool,
     /// Run directory; rerunning the same command there resumes the run.
     #[arg(long)]
     out: PathBuf,
@@ -96,7 +99,7 @@ pub fn run_cmd(args: Args) -> Result<()> {
         pre_from: args.pre_from.clone(),
         out: args.out.clone(),
     };
-    let mut bar = Bars::default();
+    let mut bar = Bars::verbose(args.verbose);
     let outcome = run_dataset(model, &spec, &mut bar);
     bar.finish();
     let outcome = outcome?;

@@ -57,9 +57,11 @@ impl Progress for Bars {
     }
 
     fn notice(&mut self, line: &str) {
+        // A bar drawn to a terminal keeps its line below the notice; a hidden one (output
+        // piped to a log) would swallow it.
         match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            Some(bar) if !bar.is_hidden() => bar.println(line),
+            _ => eprintln!("{line}"),
         }
     }
 }

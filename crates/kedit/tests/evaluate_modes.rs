@@ -445,6 +445,68 @@ fn a_sequential_stream_of_batches_edits_per_call_and_resumes_mid_call() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// GRACE's codebook is the whole state at its site, so a sequential run keeps only the
+/// newest call's edit and resumes from that one file; a run killed between saving a call's
+/// edit and writing its records resumes from the call before. Either way it ends where the
+/// uninterrupted run ends.
+#[test]
+fn a_stream_of_whole_state_edits_keeps_the_newest_and_resumes_from_it() {
+    let requests = zsre_dev(3);
+    let method = methods::load("grace", None, smollm2()).unwrap().method;
+    let opts = options(Mode::Sequential, 1);
+    let (uninterrupted, _) = run_mode(method.as_ref(), &requests, opts);
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("kedit-seq-whole-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let header = serde_json::json!({"method": "grace", "mode": "sequential"});
+    let ctx = EditContext::default();
+    let mut editor = Editor::new(smollm2().clone());
+    let saved = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("edits"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mut resume = |n: usize| {
+        let mut store = RunStore::open(&dir, &header).unwrap();
+        run(
+            &mut editor,
+            method.as_ref(),
+            &ctx,
+            &requests[..n],
+            &opts,
+            &mut store,
+            &mut (),
+        )
+        .unwrap();
+        assert!(editor.is_pristine().unwrap());
+        store
+    };
+    // Two calls, then the third resumed from the second's edit alone.
+    resume(2);
+    assert_eq!(saved(), ["1.safetensors"]);
+    let second = std::fs::read(dir.join("edits/1.safetensors")).unwrap();
+    let store = resume(3);
+    assert_eq!(saved(), ["2.safetensors"]);
+    assert_eq!(store.after_all, uninterrupted.after_all);
+    // Killed after the third call's edit was saved, before its record was written.
+    let cases = std::fs::read_to_string(dir.join("cases.jsonl")).unwrap();
+    let kept: Vec<&str> = cases.lines().take(2).collect();
+    std::fs::write(dir.join("cases.jsonl"), kept.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("edits/1.safetensors"), second).unwrap();
+    std::fs::remove_file(dir.join("after_all.jsonl")).unwrap();
+    let store = resume(3);
+    assert_eq!(saved(), ["2.safetensors"]);
+    assert_eq!(store.after_all, uninterrupted.after_all);
+    assert!(store
+        .after_all
+        .values()
+        .all(|m| m.rewrite_acc.iter().all(|&a| a > 0.99)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A run takes its pre-edit metrics from another run of the same model, data and metric
 /// settings (here a pre-only run) instead of computing them again; a run whose metric
 /// settings differ, or whose cases are not the same, is refused, naming what differs.

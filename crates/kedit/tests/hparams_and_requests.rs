@@ -155,6 +155,19 @@ fn rome_hyper_parameters_out_of_range_are_refused_at_load_naming_file_and_key() 
             "mom2_extra",
             "[{dataset: \"q.json\", fields: [loc], records: [9, 9], weight: 1}]",
         ),
+        ("v_wordings", "{dataset: \"no/such.json\", count: 3}"),
+        (
+            "v_wordings",
+            "{dataset: \"../shared/data/zsre/zsre_mend_train-1k.json\", count: 0}",
+        ),
+        (
+            "v_wordings",
+            "{dataset: \"../shared/data/zsre/zsre_mend_train-1k.json\", records: [0, 5000], count: 3}",
+        ),
+        (
+            "v_wordings",
+            "{dataset: \"../shared/data/zsre/zsre_mend_train-1k.json\", count: 3, extra: 1}",
+        ),
     ] {
         for method in ["rome", "r-rome"] {
             let msg = refused(method, origin, &with(&base, key, value), key);
@@ -246,6 +259,13 @@ fn every_shipped_hparams_file_and_easyedit_originals_load() {
     for method in ["rome", "r-rome"] {
         load(method, "llama-7b.yaml", EASYEDIT_ROME_LLAMA).unwrap();
     }
+    // The variant for free generation on ZsRE: the shipped file and two keys of z*.
+    let path = workspace().join("hparams/MEMIT/smollm2-135m-zsre-free-generation.yaml");
+    let loaded = registry.load("memit", Some(&path), smollm2()).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let hp = loaded.method.hparams_json();
+    assert_eq!(hp["v_answer_end"], true);
+    assert_eq!(hp["v_wordings"]["count"], 3);
 }
 
 fn request(prompt: &str, subject: &str, target: &str) -> EditRequest {

@@ -70,6 +70,17 @@ impl Edit {
         }
     }
 
+    /// Where this edit holds the whole state, when it does: applying a codebook or side
+    /// memories sets everything at their place, and a method adding to them returns the
+    /// grown state, so a later edit of the same kind and place holds this one.
+    pub fn whole_state_place(&self) -> Option<(&'static str, String)> {
+        match self {
+            Edit::Adaptor(a) => Some((self.kind(), a.site.to_string())),
+            Edit::SideMemory(e) => Some((self.kind(), e.site().to_string())),
+            Edit::Weights(_) | Edit::Memory(_) | Edit::Context(_) => None,
+        }
+    }
+
     /// The weight deltas, when this is a weight edit.
     pub fn weights(&self) -> Option<&WeightEdit> {
         match self {

@@ -418,24 +418,47 @@ impl Session<'_> {
         // Resume: rebuild the accumulated system from the edits of the calls already done. A
         // call some of whose cases are missing was interrupted before its records were all
         // written: it is redone, as are all after it.
-        let mut first_todo = chunks.len();
-        for (c, chunk) in chunks.iter().enumerate() {
-            if !chunk.iter().all(|i| store.cases.contains_key(i)) {
-                first_todo = c;
-                break;
-            }
-            let edited = chunk.iter().any(|i| store.cases[i].edit.error.is_none());
-            match store.load_edit(chunk[0])? {
-                Some(edit) if edited => {
-                    self.editor.apply(&edit)?;
+        let first_todo = chunks
+            .iter()
+            .position(|chunk| !chunk.iter().all(|i| store.cases.contains_key(i)))
+            .unwrap_or(chunks.len());
+        let edited = |chunk: &[usize]| chunk.iter().any(|i| store.cases[i].edit.error.is_none());
+        let edited_calls: Vec<usize> = chunks[..first_todo]
+            .iter()
+            .filter(|c| edited(c))
+            .map(|c| c[0])
+            .collect();
+        // The newest saved edit first: when it holds the whole state (a codebook, side
+        // memories), it is all there is to re-apply, and the earlier files are dropped.
+        let newest = match edited_calls.last() {
+            Some(&i) => store.load_edit(i)?.map(|e| (i, e)),
+            None => None,
+        };
+        let mut held: Option<(usize, (&'static str, String))> = None;
+        match newest {
+            Some((i, edit)) if edit.whole_state_place().is_some() => {
+                self.editor.apply(&edit)?;
+                for &earlier in &edited_calls[..edited_calls.len() - 1] {
+                    store.remove_edit(earlier)?;
                 }
-                None if !edited => {}
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "cannot resume this sequential run: the saved edit of the call from \
-                         case {} is missing or inconsistent with its records; start a new run",
-                        chunk[0]
-                    )))
+                held = edit.whole_state_place().map(|p| (i, p));
+            }
+            _ => {
+                for chunk in &chunks[..first_todo] {
+                    match store.load_edit(chunk[0])? {
+                        Some(edit) if edited(chunk) => {
+                            self.editor.apply(&edit)?;
+                        }
+                        None if !edited(chunk) => {}
+                        _ => {
+                            return Err(Error::invalid(format!(
+                                "cannot resume this sequential run: the saved edit of the \
+                                 call from case {} is missing or inconsistent with its \
+                                 records; start a new run",
+                                chunk[0]
+                            )))
+                        }
+                    }
                 }
             }
         }
@@ -450,10 +473,19 @@ impl Session<'_> {
         self.progress.phase("edits (sequential)", n, done);
         for chunk in todo {
             let (edit, records) = self.edit_and_evaluate(chunk, store)?;
-            if let Some(edit) = edit {
-                store.save_edit(chunk[0], &edit)?;
+            let place = edit.as_ref().and_then(Edit::whole_state_place);
+            if let Some(edit) = &edit {
+                store.save_edit(chunk[0], edit)?;
             }
             self.put_all(store, records)?;
+            // Only once this call's records are written does its edit stand for the
+            // earlier one of its place (a run killed before resumes from the earlier).
+            if let Some(place) = place {
+                if let Some((earlier, _)) = held.take().filter(|(_, p)| *p == place) {
+                    store.remove_edit(earlier)?;
+                }
+                held = Some((chunk[0], place));
+            }
         }
         let rest: Vec<usize> = (0..n)
             .filter(|i| !store.after_all.contains_key(i))

@@ -7,7 +7,9 @@
 //! - `cases.jsonl`: one line per case once it is edited and evaluated ([`CaseRecord`]);
 //! - `after_all.jsonl`: sequential mode, each case evaluated after all edits;
 //! - `edits/<index>.safetensors`: sequential mode, each applied edit, so a resumed run can
-//!   rebuild the accumulated model without recomputing them.
+//!   rebuild the accumulated model without recomputing them; of edits that hold the whole
+//!   state at their place (a codebook, side memories) only the newest is kept, so a run
+//!   directory small enough to carry to another machine resumes there.
 //!
 //! Lines are appended and flushed one at a time; a torn last line (an interrupted write)
 //! is ignored on reading. The directory is created with the first record, so that a
@@ -276,6 +278,16 @@ impl RunStore {
         edit.save(&edits.join(format!("{index}.safetensors")))
     }
 
+    /// Drops a saved edit that a later one holds (nothing when there is none).
+    pub fn remove_edit(&self, index: usize) -> Result<()> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let path = dir.join("edits").join(format!("{index}.safetensors"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn load_edit(&self, index: usize) -> Result<Option<Edit>> {
         let Some(dir) = &self.dir else {
             return Ok(None);
@@ -385,10 +397,15 @@ fn differing_keys(old: &Value, new: &Value) -> Vec<String> {
     let (Some(a), Some(b)) = (old.as_object(), new.as_object()) else {
         return vec!["(whole header)".into()];
     };
+    // The model's path may move with the run directory (another checkout or machine); its
+    // weights' fingerprint says whether it is the same model.
+    let fingerprint = "model_fingerprint";
+    let same_weights = a.get(fingerprint).is_some() && a.get(fingerprint) == b.get(fingerprint);
     let mut keys: Vec<String> = a
         .keys()
         .chain(b.keys())
         .filter(|k| a.get(*k) != b.get(*k))
+        .filter(|k| !(same_weights && k.as_str() == "model"))
         .cloned()
         .collect();
     keys.sort();
@@ -438,6 +455,17 @@ mod tests {
             .to_string();
         assert!(err.contains("method"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_model_at_another_path_with_the_same_weights_resumes_and_other_weights_do_not() {
+        let header = |path: &str, fingerprint: &str| serde_json::json!({"model": path, "model_fingerprint": fingerprint, "limit": 3});
+        let here = header("/work/main/models/m.gguf", "9cb5");
+        assert!(differing_keys(&here, &header("/ci/repo/models/m.gguf", "9cb5")).is_empty());
+        assert_eq!(
+            differing_keys(&here, &header("/ci/repo/models/m.gguf", "77aa")),
+            ["model", "model_fingerprint"]
+        );
     }
 
     #[test]

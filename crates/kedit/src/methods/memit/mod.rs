@@ -424,11 +424,21 @@ impl EditMethod for Memit {
             vh.groups = POOL_GROUPS;
         }
         let deltas = report.timed("z", |report| {
+            let value_rewriting: Vec<Vec<Lookup>> =
+                prompts.iter().map(|p| p.value_rewriting()).collect();
+            let wordings: usize = prompts.iter().map(|p| p.wordings.len()).sum();
+            if wordings > 0 {
+                report.note(
+                    "z_wordings_mean",
+                    format!("{:.2}", wordings as f64 / prompts.len() as f64),
+                );
+            }
             let value_prompts: Vec<ValuePrompts> = prompts
                 .iter()
-                .map(|p| ValuePrompts {
+                .zip(&value_rewriting)
+                .map(|(p, rewriting)| ValuePrompts {
                     layer: last,
-                    rewriting: &p.rewriting,
+                    rewriting,
                     target: &p.target,
                     kl: &p.kl,
                 })

@@ -12,6 +12,7 @@ pub mod moment;
 pub mod templates;
 pub mod update;
 pub mod value;
+pub mod wordings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ use key::{key_star, keys_at, Lookup};
 use moment::KeyCovariance;
 use templates::{TemplateCache, TemplateSpec};
 use value::{value_star, KlAt, ValueHparams, ValuePrompts};
+use wordings::{WordingBank, WordingSource};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RomeHparams {
@@ -103,6 +105,10 @@ pub struct RomeHparams {
     /// see docs/mass-editing.md, "Free generation").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub v_answer_end: bool,
+    /// Other wordings of each request's question, from a training file's prompts and
+    /// paraphrases, added to v*'s prompts (a kedit extension; [`wordings`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v_wordings: Option<WordingSource>,
 }
 
 /// A further corpus for the key statistics: `dataset` is a corpus file (as `mom2_dataset`),
@@ -253,6 +259,10 @@ impl RomeHparams {
         source
             .check("v_batch_requests", self.v_batch_requests as f64)
             .in_range(1.0, 4096.0)?;
+        if let Some(wordings) = &self.v_wordings {
+            WordingBank::load(wordings)
+                .map_err(|e| source.error("v_wordings", &format!(": {e}")))?;
+        }
         Ok(params)
     }
 }
@@ -273,9 +283,22 @@ fn default_v_early_stop() -> f64 {
 /// A request's prompts as ROME and MEMIT optimise and read them.
 pub(crate) struct RequestPrompts {
     pub rewriting: Vec<Lookup>,
+    /// Other wordings of the question (`v_wordings`): v*'s prompts, not the key's.
+    pub wordings: Vec<Lookup>,
     pub kl: Vec<Lookup>,
     pub plain: Vec<Lookup>,
     pub target: Vec<u32>,
+}
+
+impl RequestPrompts {
+    /// What v* (z*) is optimised over: the rewriting prompts, then the other wordings.
+    pub fn value_rewriting(&self) -> Vec<Lookup> {
+        self.rewriting
+            .iter()
+            .chain(&self.wordings)
+            .cloned()
+            .collect()
+    }
 }
 
 pub struct Rome {
@@ -291,6 +314,8 @@ pub struct Rome {
     covariances: Mutex<HashMap<(usize, u64), Arc<KeyCovariance>>>,
     /// The tokens that end an answer, when `v_answer_end` asks for them (read once).
     answer_end: Mutex<Option<Tensor>>,
+    /// The wordings `v_wordings` names (read once).
+    wordings: Mutex<Option<Arc<WordingBank>>>,
 }
 
 impl Rome {
@@ -333,6 +358,7 @@ impl Rome {
                 templates: TemplateCache::default(),
                 covariances: Mutex::new(HashMap::new()),
                 answer_end: Mutex::new(None),
+                wordings: Mutex::new(None),
             }),
         })
     }
@@ -346,6 +372,7 @@ impl Rome {
             templates: TemplateCache::default(),
             covariances: Mutex::new(HashMap::new()),
             answer_end: Mutex::new(None),
+            wordings: Mutex::new(None),
         }
     }
 
@@ -435,6 +462,18 @@ impl Rome {
         Ok(Some(c))
     }
 
+    /// The bank `v_wordings` names, read on first use.
+    fn wording_bank(&self) -> Result<Option<Arc<WordingBank>>> {
+        let Some(source) = &self.hp.v_wordings else {
+            return Ok(None);
+        };
+        let mut cached = self.wordings.lock().expect("lock");
+        if cached.is_none() {
+            *cached = Some(Arc::new(WordingBank::load(source)?));
+        }
+        Ok(cached.clone())
+    }
+
     /// The settings of the v* optimisation (MEMIT's z* uses the same).
     pub(crate) fn value_hparams(&self, model: &Model) -> Result<ValueHparams> {
         let answer_end = if self.hp.v_answer_end {
@@ -490,8 +529,13 @@ impl Rome {
                 })
                 .collect()
         };
+        let wordings = match self.wording_bank()? {
+            Some(bank) => bank.wordings(&prompt),
+            None => Vec::new(),
+        };
         Ok(RequestPrompts {
             rewriting: lookups(&contexts)?,
+            wordings: lookups(&wordings)?,
             kl: lookups(&["{} is a".to_string()])?,
             plain: lookups(std::slice::from_ref(&prompt))?,
             target,
@@ -508,12 +552,18 @@ impl Rome {
         ctx: &EditContext,
         report: &mut MethodReport,
     ) -> Result<Delta> {
+        let prompts = self.request_prompts(model, r, ctx, report)?;
+        if self.hp.v_wordings.is_some() {
+            report.note("v_wordings", prompts.wordings.len());
+        }
+        let value_rewriting = prompts.value_rewriting();
         let RequestPrompts {
             rewriting,
             kl,
             plain,
             target,
-        } = self.request_prompts(model, r, ctx, report)?;
+            ..
+        } = prompts;
 
         let covariance = report.timed("statistics", |report| {
             self.key_covariance(model, layer, ctx, report)
@@ -530,7 +580,7 @@ impl Rome {
         let v = report.timed("value", |report| {
             let prompts = ValuePrompts {
                 layer,
-                rewriting: &rewriting,
+                rewriting: &value_rewriting,
                 target: &target,
                 kl: &kl,
             };
