@@ -430,34 +430,39 @@ impl Session<'_> {
             .collect();
         // The newest saved edit first: when it holds the whole state (a codebook, side
         // memories), it is all there is to re-apply, and the earlier files are dropped.
-        let newest = match edited_calls.last() {
+        let mut newest = match edited_calls.last() {
             Some(&i) => store.load_edit(i)?.map(|e| (i, e)),
             None => None,
         };
         let mut held: Option<(usize, (&'static str, String))> = None;
-        match newest {
-            Some((i, edit)) if edit.whole_state_place().is_some() => {
-                self.editor.apply(&edit)?;
+        if let Some((i, edit)) = &newest {
+            if let Some(place) = edit.whole_state_place() {
+                self.editor.apply(edit)?;
                 for &earlier in &edited_calls[..edited_calls.len() - 1] {
                     store.remove_edit(earlier)?;
                 }
-                held = edit.whole_state_place().map(|p| (i, p));
+                held = Some((*i, place));
             }
-            _ => {
-                for chunk in &chunks[..first_todo] {
-                    match store.load_edit(chunk[0])? {
-                        Some(edit) if edited(chunk) => {
-                            self.editor.apply(&edit)?;
-                        }
-                        None if !edited(chunk) => {}
-                        _ => {
-                            return Err(Error::invalid(format!(
-                                "cannot resume this sequential run: the saved edit of the \
-                                 call from case {} is missing or inconsistent with its \
-                                 records; start a new run",
-                                chunk[0]
-                            )))
-                        }
+        }
+        if held.is_none() {
+            for chunk in &chunks[..first_todo] {
+                // (The newest is read once, above.)
+                let saved = match newest.take_if(|(i, _)| *i == chunk[0]) {
+                    Some((_, edit)) => Some(edit),
+                    None => store.load_edit(chunk[0])?,
+                };
+                match saved {
+                    Some(edit) if edited(chunk) => {
+                        self.editor.apply(&edit)?;
+                    }
+                    None if !edited(chunk) => {}
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "cannot resume this sequential run: the saved edit of the call \
+                             from case {} is missing or inconsistent with its records; start \
+                             a new run",
+                            chunk[0]
+                        )))
                     }
                 }
             }
