@@ -10,17 +10,8 @@
 use std::path::Path;
 
 use kedit::edit::{Edit, SideMemory};
-use kedit::hash::Fast64;
-use kedit::methods::wise::shard::subspace_mask;
+use kedit::methods::wise::shard::{shard_seed, subspace_mask};
 use kedit::{Error, Result};
-
-/// The mask seed WISE gives the shard opened after `total_edits` edits.
-fn shard_seed(run_seed: u64, total_edits: u64) -> u64 {
-    let mut h = Fast64::new();
-    h.u64(run_seed);
-    h.u64(total_edits);
-    h.finish()
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();

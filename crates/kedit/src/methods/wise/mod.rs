@@ -36,7 +36,6 @@ use crate::data::{self, Format, LoadOptions};
 use crate::edit::{Edit, SideMemory, SideMemoryEdit, SideMemoryInfo, WrittenFact};
 use crate::editor::Editor;
 use crate::error::{Error, Result};
-use crate::hash::Fast64;
 use crate::methods::loss::mean_row_nll;
 use crate::methods::rome::templates::{count_warnings, TemplateCache, TemplateSpec};
 use crate::methods::{
@@ -48,7 +47,7 @@ use crate::request::EditRequest;
 use crate::runtime::side_memory::{activation_distance, routed_tokens, side_change};
 use crate::runtime::{Intervention, LogitsAt, Padding, Site, TokenBatch};
 use hparams::WiseHparams;
-use shard::{subspace_mask, ties_merge};
+use shard::{shard_seed, subspace_mask, ties_merge};
 
 /// Salts the seed of the replay draw, so that it is not the irrelevant inputs' draw.
 const REPLAY_STREAM: u64 = 0x7265_706c_6179;
@@ -490,15 +489,12 @@ impl EditMethod for Wise {
         let mut stats = Vec::new();
         for r in requests {
             if !state.memories.last().is_some_and(|m| m.info.open) {
-                let mut h = Fast64::new();
-                h.u64(ctx.seed);
-                h.u64(state.total_edits as u64);
                 state.memories.push(SideMemory {
                     delta: Tensor::zeros(shape, DType::F32, model.device())?,
                     info: SideMemoryInfo {
                         min_act: 0.0,
                         edits: 0,
-                        mask_seed: h.finish(),
+                        mask_seed: shard_seed(ctx.seed, state.total_edits as u64),
                         open: true,
                         written: Vec::new(),
                     },

@@ -4,7 +4,17 @@
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::hash::Fast64;
 use crate::rng::Rng;
+
+/// The mask seed of the shard opened after `total_edits` edits of a run seeded `run_seed`:
+/// derived, not drawn, so a merged state can be split back by its shards' masks.
+pub fn shard_seed(run_seed: u64, total_edits: u64) -> u64 {
+    let mut h = Fast64::new();
+    h.u64(run_seed);
+    h.u64(total_edits);
+    h.finish()
+}
 
 /// The gradient mask of a shard: each entry of an `[out, in]` weight is free with
 /// probability `ratio`, drawn from `seed` (so a saved memory's subspace can be drawn again).
