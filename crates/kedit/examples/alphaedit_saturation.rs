@@ -24,6 +24,7 @@ use candle_core::{DType, Tensor};
 use faer::Side;
 use kedit::edit::{Edit, WeightEdit};
 use kedit::methods::memit::nullspace::accumulated;
+use kedit::methods::memit::spread::to_mat;
 use kedit::ParamId;
 use kedit::{Error, Result};
 
@@ -68,26 +69,33 @@ fn main() -> Result<()> {
             calls[0].0.display()
         )));
     }
+    // C_prev per layer, grown by each call's keys after its row is measured.
+    let mut c_prevs = params
+        .iter()
+        .map(|p| {
+            let first = keys_at(&calls[0].1, *p, &calls[0].0)?;
+            accumulated(&[&first], first.dim(1)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
     println!("| call | first case | layer | earlier keys | held (of d_ff) | new in held | moved / written |");
     println!("|---|---|---|---|---|---|---|");
     for c in 1..calls.len() {
         let (path, edit) = &calls[c];
         let first_case = first_case(path)?;
-        for param in &params {
+        for (param, c_prev) in params.iter().zip(c_prevs.iter_mut()) {
             let earlier: Vec<&Tensor> = calls[..c]
                 .iter()
                 .flat_map(|(_, e)| e.keys_of(*param))
                 .collect();
             let new = keys_at(edit, *param, path)?;
             let width = new.dim(1)?;
-            let c_prev = accumulated(&earlier, width)?;
             let evd = c_prev
                 .self_adjoint_eigen(Side::Lower)
                 .map_err(|e| Error::invalid(format!("eigendecomposition failed: {e:?}")))?;
             let values = evd.S().column_vector();
             let held: Vec<usize> = (0..width).filter(|&i| values[i] > l2).collect();
-            let k = kedit::methods::memit::spread::to_mat(&new.to_dtype(DType::F64)?)?;
+            let k = to_mat(&new.to_dtype(DType::F64)?)?;
             let coords = &k * evd.U(); // each key in C_prev's eigenbasis
             let total = k.squared_norm_l2();
             let in_held: f64 = (0..coords.nrows())
@@ -117,6 +125,7 @@ fn main() -> Result<()> {
                 row.moved_over_written
             );
             rows.push(row);
+            *c_prev += accumulated(&[&new], width)?;
         }
     }
     if let Some(out) = json_out {
